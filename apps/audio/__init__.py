@@ -1,0 +1,1 @@
+"""mambakit audio app (installed as mambakit.apps.audio)."""

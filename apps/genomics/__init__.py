@@ -1,0 +1,1 @@
+"""mambakit genomics app (installed as mambakit.apps.genomics)."""

@@ -1,0 +1,1 @@
+"""mambakit text app (installed as mambakit.apps.text)."""

@@ -1,0 +1,1 @@
+"""mambakit vision app (installed as mambakit.apps.vision)."""

@@ -1,0 +1,1 @@
+from .ops import available_backends, selective_scan  # noqa: F401

@@ -1,0 +1,138 @@
+"""Selective-scan ops: one API, several backends (see `backends`), each checked against `reference`.
+
+Shapes follow mamba-ssm: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L), (batch, groups, N, L)
+or (dim, N) for a time-invariant layer; D, delta_bias (dim,); states (batch, dim, N), always fp32 math.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .backends import (
+    ENV_VAR,
+    Backend,
+    BackendUnavailableError,
+    available_backends,
+    list_backends,
+    register_backend,
+    resolve_backend,
+)
+from .checks import check_scan_args, check_state_update_args
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The selective scan (Mamba's S6): h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, y_t = C_t h_t + D u_t,
+    out = y * silu(z). delta gets `delta_bias` added, then softplus when `delta_softplus`.
+
+    `initial_state` (batch, dim, N) starts the recurrence (zeros by default); with `return_last_state` the
+    state after the last step comes back too, differentiable, so a sequence can be scanned in pieces.
+    Returns out (batch, dim, L) in u's dtype [, last state (batch, dim, N) in fp32].
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    implementation = resolve_backend(backend, u.device).load("selective_scan")
+    return implementation(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
+    )
+
+
+def selective_state_update(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """One recurrent step of the selective scan, O(1) in sequence length. `state` (batch, dim, N), fp32, is
+    updated in place; x, dt, z: (batch, dim); B, C: (batch, N) or (batch, groups, N). Returns (batch, dim)."""
+    check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+    implementation = resolve_backend(backend, x.device, "selective_state_update").load("selective_state_update")
+    return implementation(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _check_conv(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> None:
+    if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight must have shape (dim, width) = ({x.shape[1]}, width), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (x.shape[1],):
+        raise ValueError(f"bias must have shape (dim,) = ({x.shape[1]},), got {tuple(bias.shape)}")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Depthwise causal 1-D convolution. x: (batch, dim, L); weight: (dim, width); `initial_states`
+    (batch, dim, width-1) are the inputs before x (zeros by default). Returns (batch, dim, L)
+    [and the final (batch, dim, width-1) inputs, to continue from]."""
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (batch, dim, L), got {tuple(x.shape)}")
+    _check_conv(x, weight, bias, activation)
+    if initial_states is not None and tuple(initial_states.shape) != (*x.shape[:2], weight.shape[1] - 1):
+        raise ValueError(
+            f"initial_states must have shape (batch, dim, width-1) = {(*x.shape[:2], weight.shape[1] - 1)}, "
+            f"got {tuple(initial_states.shape)}"
+        )
+    implementation = resolve_backend(backend, x.device, "causal_conv1d").load("causal_conv1d")
+    return implementation(x, weight, bias, activation, initial_states, return_final_states)
+
+
+def causal_conv1d_update(
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """One step of `causal_conv1d`. x: (batch, dim); conv_state (batch, dim, width-1), the last inputs,
+    shifted in place to take x. Returns (batch, dim)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
+    _check_conv(x, weight, bias, activation)
+    if tuple(conv_state.shape) != (*x.shape, weight.shape[1] - 1):
+        raise ValueError(
+            f"conv_state must have shape (batch, dim, width-1) = {(*x.shape, weight.shape[1] - 1)}, "
+            f"got {tuple(conv_state.shape)}"
+        )
+    implementation = resolve_backend(backend, x.device, "causal_conv1d_update").load("causal_conv1d_update")
+    return implementation(x, conv_state, weight, bias, activation)
+
+
+__all__ = [
+    "ENV_VAR",
+    "Backend",
+    "BackendUnavailableError",
+    "available_backends",
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "list_backends",
+    "register_backend",
+    "resolve_backend",
+    "selective_scan",
+    "selective_state_update",
+]

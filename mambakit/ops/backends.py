@@ -1,0 +1,167 @@
+"""The backend registry: which implementation runs an op, chosen at call time.
+
+A backend is registered with a probe that says, for a device, whether it can run there and if not why.
+`backend="auto"` (or the MAMBAKIT_SCAN_BACKEND environment variable) picks the first usable backend in
+registration order: triton, mamba_ssm, torch, reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+ENV_VAR = "MAMBAKIT_SCAN_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here; the message says why and what to use."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the ops. `probe(device)` returns None when usable there, else the reason."""
+
+    name: str
+    description: str
+    probe: Callable[[torch.device], str | None]
+    ops: dict[str, str] = field(default_factory=dict)
+    """op name -> "module:function" (module relative to mambakit.ops), imported only when used;
+    ops a backend lacks fall back to the `torch` backend."""
+
+    def load(self, op: str) -> Callable:
+        """Import and return this backend's function for `op`."""
+        module, function = self.ops[op].split(":")
+        return getattr(importlib.import_module(module, __package__), function)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add a backend; later registrations come later in the `auto` order. Names must be unique."""
+    if backend.name in _REGISTRY or backend.name == "auto":
+        raise ValueError(f"a scan backend named {backend.name!r} is already registered")
+    _REGISTRY[backend.name] = backend
+
+
+def list_backends() -> list[str]:
+    """Names of all registered backends, in `auto` order."""
+    return list(_REGISTRY)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def available_backends(device: torch.device | str | None = None) -> dict[str, str | None]:
+    """Each backend's name -> None when usable on `device` (default: CUDA if present, else CPU),
+    else the reason it is not."""
+    device = torch.device(device) if device is not None else _default_device()
+    return {name: backend.probe(device) for name, backend in _REGISTRY.items()}
+
+
+def resolve_backend(name: str, device: torch.device, op: str = "selective_scan") -> Backend:
+    """The backend that runs `op` for tensors on `device`: `name`, or the first usable one for "auto"."""
+    if name == "auto":
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+    if name == "auto":
+        for backend in _REGISTRY.values():
+            if op in backend.ops and backend.probe(device) is None:
+                return backend
+        raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown scan backend {name!r}; choose one of: auto, {', '.join(_REGISTRY)}")
+    backend = _REGISTRY[name]
+    reason = backend.probe(device)
+    if reason is not None:
+        raise BackendUnavailableError(f"scan backend {name!r} cannot run on {device}: {reason}")
+    if op not in backend.ops:
+        return _REGISTRY["torch"]
+    return backend
+
+
+def _needs_cuda(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return (
+            f"it needs CUDA tensors and these are on {device.type}; use backend='torch' (fast, pure PyTorch)"
+            if torch.cuda.is_available()
+            else "it needs a CUDA GPU and none is visible; use backend='torch' (fast, pure PyTorch) on CPU"
+        )
+    return None
+
+
+def _probe_import(module: str, extra_hint: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - an ABI mismatch raises more than ImportError
+        return f"cannot import {module} ({type(error).__name__}: {error}); {extra_hint}"
+    return None
+
+
+def _probe_triton(device: torch.device) -> str | None:
+    return _needs_cuda(device) or _probe_import("triton", "install triton (it ships with CUDA builds of torch)") or (
+        _probe_import(f"{__package__}.triton_scan", "this mambakit version has no Triton kernels")
+    )
+
+
+def _probe_mamba_ssm(device: torch.device) -> str | None:
+    return _needs_cuda(device) or _probe_import(
+        "mamba_ssm.ops.selective_scan_interface",
+        "install the official kernels with: pip install 'mambakit[cuda]' --no-build-isolation",
+    )
+
+
+def _always(device: torch.device) -> str | None:
+    return None
+
+
+register_backend(
+    Backend(
+        "triton",
+        "mambakit's Triton GPU kernels",
+        _probe_triton,
+        {"selective_scan": ".triton_scan:selective_scan_triton"},
+    )
+)
+register_backend(
+    Backend(
+        "mamba_ssm",
+        "the official mamba-ssm CUDA kernels",
+        _probe_mamba_ssm,
+        {
+            "selective_scan": ".mamba_ssm_adapter:selective_scan_mamba_ssm",
+            "selective_state_update": ".mamba_ssm_adapter:selective_state_update_mamba_ssm",
+        },
+    )
+)
+register_backend(
+    Backend(
+        "torch",
+        "pure PyTorch, chunked scan with a hand-written adjoint (CPU and GPU)",
+        _always,
+        {
+            "selective_scan": ".torch_scan:selective_scan_torch",
+            # One decode step and the depthwise convolution are already single vectorised ops.
+            "selective_state_update": ".reference:selective_state_update_ref",
+            "causal_conv1d": ".reference:causal_conv1d_ref",
+            "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
+        },
+    )
+)
+register_backend(
+    Backend(
+        "reference",
+        "sequential loop in any float dtype (float64 included): the test oracle",
+        _always,
+        {
+            "selective_scan": ".reference:selective_scan_ref",
+            "selective_state_update": ".reference:selective_state_update_ref",
+            "causal_conv1d": ".reference:causal_conv1d_ref",
+            "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
+        },
+    )
+)

@@ -1,0 +1,156 @@
+"""Reference implementations: plain sequential loops, any float dtype (float64 included).
+
+They are the oracle every backend is tested against, and the `reference` backend. Shape letters:
+b batch, d channels (dim), n state size (N), l sequence length, g groups of channels sharing B/C.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def state_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """fp32 state math, or fp64 when any input is fp64 (the oracle's precision)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def per_channel(BC: Tensor, dim: int) -> Tensor:
+    """Expand B or C to one copy per channel: (b, n, l) or (b, g, n, l) -> (b, d, n, l); (d, n) is kept."""
+    if BC.dim() == 2:
+        return BC
+    if BC.dim() == 3:
+        return BC.unsqueeze(1).expand(-1, dim, -1, -1)
+    return BC.repeat_interleave(dim // BC.shape[1], dim=1)
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan, one time step at a time.
+
+    u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l), (b, g, n, l) or (d, n); D, delta_bias: (d,);
+    initial_state: (b, d, n). Returns out (b, d, l) in u's dtype, and the last state (b, d, n) when asked.
+    """
+    dtype_in = u.dtype
+    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dim = u.shape[1]
+    u_f, delta_f, A_f = u.to(compute), delta.to(compute), A.to(compute)
+    if delta_bias is not None:
+        delta_f = delta_f + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta_f = F.softplus(delta_f)
+    B_f, C_f = per_channel(B.to(compute), dim), per_channel(C.to(compute), dim)
+    time_invariant = B.dim() == 2
+    batch, _, length = u.shape
+    h = (
+        initial_state.to(compute)
+        if initial_state is not None
+        else u_f.new_zeros(batch, dim, A.shape[1])
+    )
+    ys = []
+    for t in range(length):
+        dt = delta_f[:, :, t, None]
+        Bt = B_f if time_invariant else B_f[..., t]
+        Ct = C_f if time_invariant else C_f[..., t]
+        h = torch.exp(dt * A_f) * h + dt * Bt * u_f[:, :, t, None]
+        ys.append((h * Ct).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(compute)[:, None] * u_f
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def selective_state_update_ref(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+) -> Tensor:
+    """One recurrent step. state: (b, d, n), updated in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
+
+    Returns y: (b, d) in x's dtype.
+    """
+    compute = state.dtype
+    dim = x.shape[1]
+    dt_f = dt.to(compute)
+    if dt_bias is not None:
+        dt_f = dt_f + dt_bias.to(compute)
+    if dt_softplus:
+        dt_f = F.softplus(dt_f)
+    if B.dim() == 2:
+        B_f, C_f = B.to(compute)[:, None, :], C.to(compute)[:, None, :]
+    else:
+        B_f = B.to(compute).repeat_interleave(dim // B.shape[1], dim=1)
+        C_f = C.to(compute).repeat_interleave(dim // C.shape[1], dim=1)
+    x_f = x.to(compute)
+    new_state = torch.exp(dt_f[..., None] * A.to(compute)) * state + dt_f[..., None] * B_f * x_f[..., None]
+    state.copy_(new_state)
+    y = (new_state * C_f).sum(-1)
+    if D is not None:
+        y = y + D.to(compute) * x_f
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(x.dtype)
+
+
+def causal_conv1d_ref(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+    initial_states: Tensor | None = None,
+    return_final_states: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Depthwise causal convolution. x: (b, d, l); weight: (d, w); bias: (d,);
+    initial_states: (b, d, w-1), the inputs that precede x. Returns (b, d, l) [and the final (b, d, w-1)].
+    """
+    width = weight.shape[1]
+    if initial_states is None:
+        initial_states = x.new_zeros(x.shape[0], x.shape[1], width - 1)
+    padded = torch.cat([initial_states.to(x.dtype), x], dim=-1)
+    out = F.conv1d(padded, weight.unsqueeze(1).to(x.dtype), bias.to(x.dtype) if bias is not None else None,
+                   groups=x.shape[1])
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    final = padded[..., padded.shape[-1] - (width - 1):]
+    return (out, final) if return_final_states else out
+
+
+def causal_conv1d_update_ref(
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+) -> Tensor:
+    """One step of the causal convolution. x: (b, d); conv_state: (b, d, w-1), the previous inputs,
+    shifted in place to take x. Returns (b, d)."""
+    window = torch.cat([conv_state, x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
+    out = (window * weight.to(window.dtype)).sum(-1)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    if activation in ("silu", "swish"):
+        out = F.silu(out)
+    conv_state.copy_(window[..., 1:])
+    return out.to(x.dtype)
