@@ -1,0 +1,177 @@
+"""MambaConfig: the architecture of a Mamba backbone, as plain data with a JSON round trip.
+
+It reads three dialects: its own keys, state-spaces `config.json` (d_model, n_layer, ssm_cfg, ...) and
+Hugging Face `MambaConfig` (hidden_size, state_size, ...). Imports neither torch nor any kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+#: Keys a checkpoint's config.json carries beside the architecture (written by mambakit.models.checkpoint).
+META_KEYS = ("model_type", "architecture", "head", "mambakit_version", "domain")
+
+#: Hugging Face MambaConfig key -> mambakit key.
+_HF_KEYS = {
+    "hidden_size": "d_model",
+    "num_hidden_layers": "n_layer",
+    "vocab_size": "vocab_size",
+    "state_size": "d_state",
+    "conv_kernel": "d_conv",
+    "expand": "expand",
+    "time_step_rank": "dt_rank",
+    "time_step_min": "dt_min",
+    "time_step_max": "dt_max",
+    "time_step_init_scheme": "dt_init",
+    "time_step_scale": "dt_scale",
+    "time_step_floor": "dt_init_floor",
+    "use_conv_bias": "conv_bias",
+    "use_bias": "bias",
+    "layer_norm_epsilon": "norm_epsilon",
+    "residual_in_fp32": "residual_in_fp32",
+    "tie_word_embeddings": "tie_embeddings",
+    "initializer_range": "initializer_range",
+    "rescale_prenorm_residual": "rescale_prenorm_residual",
+    "pad_token_id": "pad_token_id",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+}
+
+#: state-spaces ssm_cfg keys that are mambakit keys of the same meaning.
+_SSM_CFG_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+                 "dt_init_floor", "conv_bias", "bias"}
+
+
+@dataclass(frozen=True)
+class MambaConfig:
+    """Architecture of a Mamba (S6) backbone and its embedding; validated on construction."""
+
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    selective: bool = True
+    """False makes B, C and delta learned constants: a time-invariant, S4D-like layer."""
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+    initializer_range: float = 0.02
+    rescale_prenorm_residual: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
+            raise ValueError(f"config: vocab_size must be an integer >= 0 (0: no embedding), got {self.vocab_size!r}")
+        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+            raise ValueError(f"config: dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
+        if self.dt_init not in ("random", "constant"):
+            raise ValueError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
+
+    @property
+    def d_inner(self) -> int:
+        """Channels of the selective scan: expand * d_model."""
+        return self.expand * self.d_model
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        """Rank of the delta projection: ceil(d_model / 16) when 'auto'."""
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: vocab_size rounded up to pad_vocab_size_multiple (faster matmuls)."""
+        multiple = self.pad_vocab_size_multiple
+        return -(-self.vocab_size // multiple) * multiple
+
+    def replace(self, **changes: Any) -> MambaConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
+        """Build from mambakit, state-spaces or Hugging Face config keys. Unknown keys raise ValueError."""
+        data = dict(data)
+        if data.get("model_type") == "mamba" or "hidden_size" in data:
+            return cls._from_hf(data)
+        for key in META_KEYS:
+            data.pop(key, None)
+        ssm_cfg = dict(data.pop("ssm_cfg", None) or {})
+        layer = ssm_cfg.pop("layer", "Mamba1")
+        if layer != "Mamba1":
+            raise ValueError(f"config: ssm_cfg.layer {layer!r} is not supported; mambakit builds Mamba1 layers")
+        unknown_ssm = set(ssm_cfg) - _SSM_CFG_KEYS
+        if unknown_ssm:
+            raise ValueError(f"config: unknown ssm_cfg keys {sorted(unknown_ssm)}; known: {sorted(_SSM_CFG_KEYS)}")
+        data.update(ssm_cfg)
+        if data.pop("attn_layer_idx", None):
+            raise ValueError("config: hybrid attention layers (attn_layer_idx) are not supported yet")
+        data.pop("attn_cfg", None)
+        if data.pop("d_intermediate", 0):
+            raise ValueError("config: MLP layers between mixers (d_intermediate > 0) are not supported yet")
+        # A kernel choice, not part of the architecture: results are the same either way.
+        data.pop("fused_add_norm", None)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"config: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def _from_hf(cls, data: dict[str, Any]) -> MambaConfig:
+        activation = data.get("hidden_act", "silu")
+        if activation not in ("silu", "swish"):
+            raise ValueError(f"config: hidden_act {activation!r} is not supported; Mamba uses silu")
+        mapped = {ours: data[theirs] for theirs, ours in _HF_KEYS.items() if theirs in data}
+        if isinstance(mapped.get("eos_token_id"), list):
+            mapped["eos_token_id"] = mapped["eos_token_id"][0]
+        # Hugging Face checkpoints store the vocabulary already padded (or not at all): keep it as it is.
+        return cls(**mapped, pad_vocab_size_multiple=1)
+
+    def to_json(self, **meta: Any) -> str:
+        """JSON text of every field, plus optional META_KEYS entries."""
+        return json.dumps({**self.to_dict(), **meta}, indent=2) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> MambaConfig:
+        """Read a config JSON file in any of the three dialects."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of config keys")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None

@@ -1,0 +1,36 @@
+"""Pre-norm residual block around a mixer, as in mamba-ssm: the residual stream can stay in fp32."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .mixer import Mamba, MambaLayerState
+
+
+class Block(nn.Module):
+    """residual = hidden + residual; hidden = mixer(norm(residual)). Returns (hidden, residual), so that the
+    last add happens once, before the final norm."""
+
+    def __init__(self, mixer: Mamba, norm: nn.Module, residual_in_fp32: bool = True) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.norm = norm
+        self.residual_in_fp32 = residual_in_fp32
+
+    def _pre_norm(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        residual = hidden_states if residual is None else residual + hidden_states
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return normed, residual
+
+    def forward(self, hidden_states: Tensor, residual: Tensor | None = None,
+                state: MambaLayerState | None = None) -> tuple[Tensor, Tensor]:
+        """hidden_states, residual: (b, l, d_model)."""
+        normed, residual = self._pre_norm(hidden_states, residual)
+        return self.mixer(normed, state), residual
+
+    def step(self, hidden_states: Tensor, residual: Tensor | None, state: MambaLayerState) -> tuple[Tensor, Tensor]:
+        """One position: hidden_states, residual (b, d_model)."""
+        normed, residual = self._pre_norm(hidden_states, residual)
+        return self.mixer.step(normed, state), residual

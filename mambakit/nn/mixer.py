@@ -1,0 +1,160 @@
+"""The Mamba mixer (the S6 layer of Gu & Dao 2023), with a recurrent step for decoding and streaming.
+
+    x (b, l, d_model) -> in_proj -> [x, z] (b, d_inner, l) each
+    x -> causal depthwise conv (width d_conv) -> silu
+    x -> x_proj -> [dt (dt_rank), B (N), C (N)];  dt -> dt_proj (bias added inside the scan, then softplus)
+    y = selective_scan(x, dt, A = -exp(A_log), B, C, D, z)     (y * silu(z) is the gate)
+    out = out_proj(y)
+
+Parameters and initialisation follow mamba-ssm, so its checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+
+@dataclass
+class MambaLayerState:
+    """Recurrent state of one mixer: the last d_conv-1 conv inputs and the fp32 scan state."""
+
+    conv: Tensor
+    """(batch, d_inner, d_conv - 1)"""
+    ssm: Tensor
+    """(batch, d_inner, d_state), fp32"""
+
+    def detach(self) -> MambaLayerState:
+        """The same state cut from the autograd graph (truncated backpropagation through time)."""
+        return MambaLayerState(self.conv.detach(), self.ssm.detach())
+
+
+def no_weight_decay(parameter: nn.Parameter) -> nn.Parameter:
+    """Tag a parameter so that the trainer's AdamW groups exempt it from weight decay."""
+    parameter._no_weight_decay = True  # type: ignore[attr-defined]
+    return parameter
+
+
+def _inverse_softplus(x: Tensor) -> Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class Mamba(nn.Module):
+    """Selective state space mixer; `selective=False` gives the time-invariant (S4D-like) variant."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        selective: bool = True,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.selective = selective
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias, **factory)
+        dt = torch.exp(
+            torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        if selective:
+            self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+            self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+            dt_init_std = self.dt_rank**-0.5 * dt_scale
+            with torch.no_grad():
+                if dt_init == "constant":
+                    self.dt_proj.weight.fill_(dt_init_std)
+                else:
+                    self.dt_proj.weight.uniform_(-dt_init_std, dt_init_std)
+                # softplus(bias) lands in [dt_min, dt_max]: the initial step sizes of the paper.
+                self.dt_proj.bias.copy_(_inverse_softplus(dt))
+            self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+        else:
+            self.B = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
+            self.C = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
+            self.dt_bias = no_weight_decay(nn.Parameter(_inverse_softplus(dt).to(dtype or torch.float32)))
+        # S4D-real initialisation: A = -(1, 2, ..., N) for every channel.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
+        self.D = no_weight_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def allocate_state(self, batch: int, device: torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> MambaLayerState:
+        """Zero state for `batch` sequences (conv inputs in `dtype`, scan state in fp32)."""
+        weight = self.in_proj.weight
+        device = device or weight.device
+        return MambaLayerState(
+            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype or weight.dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From conv outputs x (..., d_inner): delta (without bias), B, C and the delta bias."""
+        if not self.selective:
+            return torch.zeros_like(x), self.B, self.C, self.dt_bias
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C, self.dt_proj.bias
+
+    def forward(self, hidden_states: Tensor, state: MambaLayerState | None = None) -> Tensor:
+        """hidden_states (b, l, d_model) -> (b, l, d_model). With `state`, continue from it and leave the
+        state after the last position in it (its tensors are replaced, so autograd can flow through)."""
+        xz = self.in_proj(hidden_states).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        conv_weight = self.conv1d.weight.squeeze(1)
+        A = -torch.exp(self.A_log.float())
+        if state is None:
+            x = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend)
+        else:
+            x, state.conv = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv,
+                                          return_final_states=True, backend=self.scan_backend)
+        delta, B, C, delta_bias = self._ssm_inputs(x.transpose(1, 2))
+        if self.selective:
+            B, C = B.transpose(1, 2), C.transpose(1, 2)
+        scan = selective_scan(
+            x, delta.transpose(1, 2), A, B, C, self.D.float(), z, delta_bias.float(), delta_softplus=True,
+            initial_state=None if state is None else state.ssm, return_last_state=state is not None,
+            backend=self.scan_backend,
+        )
+        if state is not None:
+            y, state.ssm = scan
+        else:
+            y = scan
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden_states: Tensor, state: MambaLayerState) -> Tensor:
+        """One position: hidden_states (b, d_model) -> (b, d_model); `state` is updated in place."""
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        x = causal_conv1d_update(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                 backend=self.scan_backend)
+        delta, B, C, delta_bias = self._ssm_inputs(x)
+        if not self.selective:
+            B, C = B.expand(x.shape[0], -1, -1), C.expand(x.shape[0], -1, -1)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(state.ssm, x, delta, A, B, C, self.D.float(), z, delta_bias.float(),
+                                   dt_softplus=True, backend=self.scan_backend)
+        return self.out_proj(y)
