@@ -85,12 +85,10 @@ def resolve_backend(name: str, device: torch.device, op: str = "selective_scan")
 
 
 def _needs_cuda(device: torch.device) -> str | None:
+    if not torch.cuda.is_available():
+        return "it needs a CUDA GPU and none is visible; use backend='torch' (fast, pure PyTorch) on CPU"
     if device.type != "cuda":
-        return (
-            f"it needs CUDA tensors and these are on {device.type}; use backend='torch' (fast, pure PyTorch)"
-            if torch.cuda.is_available()
-            else "it needs a CUDA GPU and none is visible; use backend='torch' (fast, pure PyTorch) on CPU"
-        )
+        return f"it needs CUDA tensors and these are on {device.type}; use backend='torch' (fast, pure PyTorch)"
     return None
 
 

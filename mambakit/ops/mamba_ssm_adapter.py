@@ -1,0 +1,83 @@
+"""The `mamba_ssm` backend: the official CUDA kernels behind mambakit's op contract.
+
+mamba-ssm's Mamba-1 scan has no initial state and does not backpropagate through the last state it returns;
+those calls are refused with a message naming the backends that can.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends import BackendUnavailableError
+
+_USE_INSTEAD = "use backend='triton' or backend='torch'"
+
+
+class _LastStateWithoutGradient(torch.autograd.Function):
+    """Pass the last state through, and refuse a non-zero gradient for it instead of dropping it silently."""
+
+    @staticmethod
+    def forward(ctx, last_state: Tensor, anchor: Tensor) -> Tensor:  # noqa: ANN001
+        return last_state.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None]:  # noqa: ANN001
+        if grad is not None and bool(grad.ne(0).any()):
+            raise BackendUnavailableError(
+                f"the mamba_ssm backend cannot backpropagate through the returned last state; {_USE_INSTEAD}"
+            )
+        return None, None
+
+
+def selective_scan_mamba_ssm(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """mamba-ssm's selective_scan_fn with mambakit's argument checks already done by the caller."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    if initial_state is not None:
+        raise BackendUnavailableError(f"the mamba_ssm backend has no initial_state for Mamba-1 scans; {_USE_INSTEAD}")
+    # Its kernel wants contiguous inputs and (dim, N) B/C in fp32 like A.
+    if B.dim() == 2:
+        B, C = B.float().contiguous(), C.float().contiguous()
+    result = selective_scan_fn(
+        u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
+        None if D is None else D.float(), None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state,
+    )
+    if not return_last_state:
+        return result
+    out, last_state = result
+    last_state = last_state.float()
+    if torch.is_grad_enabled() and out.requires_grad:
+        last_state = _LastStateWithoutGradient.apply(last_state, out)
+    return out, last_state
+
+
+def selective_state_update_mamba_ssm(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+) -> Tensor:
+    """mamba-ssm's Triton decode step; state updated in place."""
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    return selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)

@@ -1,0 +1,232 @@
+"""Every usable scan backend against the float64 reference: forward, last state and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambakit import ops
+from mambakit.ops.reference import causal_conv1d_ref, selective_scan_ref
+from mambakit.ops.torch_scan import selective_scan_torch
+
+FP32_TOL = 1e-5
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
+
+
+def scan_inputs(batch, dim, d_state, length, layout, *, gated=True, skip=True, bias=True, initial=True,
+                device="cpu", seed=0):
+    """Fresh random float64 inputs in mamba-ssm's shapes; layout is 'shared', 'grouped:G' or 'time_invariant'."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
+
+    if layout == "time_invariant":
+        bc_shape = (dim, d_state)
+    elif layout.startswith("grouped"):
+        bc_shape = (batch, int(layout.split(":")[1]), d_state, length)
+    else:
+        bc_shape = (batch, d_state, length)
+    return {
+        "u": rand(batch, dim, length),
+        "delta": rand(batch, dim, length, scale=0.5),
+        "A": -torch.rand(dim, d_state, generator=g, dtype=torch.float64).to(device) * 2 - 0.05,
+        "B": rand(*bc_shape),
+        "C": rand(*bc_shape),
+        "D": rand(dim) if skip else None,
+        "z": rand(batch, dim, length) if gated else None,
+        "delta_bias": rand(dim, scale=0.3) if bias else None,
+        "initial_state": rand(batch, dim, d_state) if initial else None,
+    }
+
+
+def run_with_grads(fn, inputs, dtype, grad_out, grad_state):
+    """Call fn on copies of inputs cast to dtype; return out, last state and every input's gradient."""
+    leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+    loss = (out.double() * grad_out).sum() + (last.double() * grad_state).sum()
+    names = [k for k, v in leaves.items() if v is not None]
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+    return out, last, dict(zip(names, grads, strict=True))
+
+
+def assert_matches_reference(fn, inputs, tol=FP32_TOL, dtype=torch.float32):
+    ref_out, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    grad_out, grad_state = torch.randn_like(ref_out), torch.randn_like(ref_last)
+    _, _, ref_grads = run_with_grads(selective_scan_ref, inputs, torch.float64, grad_out, grad_state)
+    out, last, grads = run_with_grads(fn, inputs, dtype, grad_out, grad_state)
+    assert out.dtype == dtype
+    assert last.dtype == torch.float32
+    assert relative_error(out, ref_out) < tol
+    assert relative_error(last, ref_last) < tol
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        assert relative_error(grad, ref_grads[name]) < tol, f"gradient of {name}"
+
+
+CASES = [
+    # batch, dim, N, L, layout, options
+    (2, 8, 4, 37, "shared", {}),
+    (1, 6, 3, 101, "grouped:3", {}),
+    (2, 8, 5, 19, "grouped:2", {"gated": False, "bias": False}),
+    (2, 4, 4, 33, "time_invariant", {}),
+    (3, 5, 2, 1, "shared", {"skip": False, "initial": False}),
+    (2, 7, 16, 64, "shared", {"initial": False}),
+]
+
+
+def usable_backends(device: str) -> list[str]:
+    return [name for name, reason in ops.available_backends(device).items() if reason is None and name != "reference"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[4]}")
+def test_backends_match_float64_reference(device, case):
+    batch, dim, d_state, length, layout, options = case
+    for backend in usable_backends(device):
+        if backend == "mamba_ssm" and options.get("initial", True):
+            continue  # refused, tested below
+        inputs = scan_inputs(batch, dim, d_state, length, layout, device=device, seed=length, **options)
+
+        def fn(backend=backend, **kwargs):
+            return ops.selective_scan(**kwargs, backend=backend)
+
+        assert_matches_reference(fn, inputs)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16])
+@pytest.mark.parametrize("layout", ["shared", "grouped:2", "time_invariant"])
+def test_torch_backend_across_chunk_boundaries(chunk_size, layout):
+    inputs = scan_inputs(2, 6, 4, 41, layout, seed=chunk_size)
+    assert_matches_reference(lambda **kw: selective_scan_torch(**kw, chunk_size=chunk_size), inputs)
+
+
+def test_torch_backend_float64_is_exact():
+    inputs = scan_inputs(2, 4, 3, 29, "shared", seed=3)
+    out = ops.selective_scan(**inputs, delta_softplus=True, backend="torch")
+    assert relative_error(out, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_scanning_in_two_pieces_equals_one_pass(backend):
+    inputs = scan_inputs(2, 6, 4, 50, "shared", seed=7)
+    grad_out = torch.randn(2, 6, 50, dtype=torch.float64)
+
+    def whole(**kw):
+        return ops.selective_scan(**kw, delta_softplus=True, backend=backend, return_last_state=True)
+
+    def pieces(**kw):
+        cut = 23
+        first = {k: (v[..., :cut] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+        second = {k: (v[..., cut:] if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+        second["initial_state"] = None
+        out1, state = ops.selective_scan(**first, delta_softplus=True, backend=backend, return_last_state=True)
+        second["initial_state"] = state
+        out2, last = ops.selective_scan(**second, delta_softplus=True, backend=backend, return_last_state=True)
+        return torch.cat([out1, out2], dim=-1), last
+
+    results = []
+    for fn in (whole, pieces):
+        leaves = {k: v.detach().float().requires_grad_() for k, v in inputs.items()}
+        out, last = fn(**leaves)
+        grads = torch.autograd.grad((out.double() * grad_out).sum() + last.double().sum(), list(leaves.values()))
+        results.append((out, last, grads))
+    (out_a, last_a, grads_a), (out_b, last_b, grads_b) = results
+    assert relative_error(out_b, out_a) < FP32_TOL
+    assert relative_error(last_b, last_a) < FP32_TOL
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        assert relative_error(grad_b, grad_a) < FP32_TOL
+
+
+def test_stable_for_long_sequences_and_large_decays():
+    inputs = scan_inputs(1, 4, 4, 3000, "shared", seed=11)
+    inputs["delta"] = inputs["delta"].abs() * 40  # |delta * A| up to ~100: decays underflow to 0, never overflow
+    assert_matches_reference(lambda **kw: ops.selective_scan(**kw, backend="torch"), inputs)
+
+
+def test_bf16_inputs_keep_fp32_state():
+    inputs = scan_inputs(2, 8, 4, 30, "shared", seed=5)
+    low = {k: v.to(torch.bfloat16) if k in ("u", "delta", "z", "B", "C") else v.float() for k, v in inputs.items()}
+    out, last = ops.selective_scan(**low, delta_softplus=True, return_last_state=True, backend="torch")
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    ref = selective_scan_ref(**{k: v.double() for k, v in low.items()}, delta_softplus=True)
+    assert relative_error(out, ref) < 1e-2
+
+
+def test_state_update_equals_one_scan_step():
+    inputs = scan_inputs(3, 8, 4, 1, "grouped:2", seed=2)
+    out = selective_scan_ref(**inputs, delta_softplus=True)
+    state = inputs["initial_state"].clone()
+    step = ops.selective_state_update(
+        state, inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0], inputs["C"][..., 0],
+        inputs["D"], inputs["z"][..., 0], inputs["delta_bias"], dt_softplus=True,
+    )
+    _, last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    assert relative_error(step, out[..., 0]) < 1e-12
+    assert relative_error(state, last) < 1e-12
+
+
+def test_causal_conv1d_pieces_and_steps_equal_one_pass():
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(2, 5, 17, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, generator=g)
+    whole = ops.causal_conv1d(x, weight, bias, "silu")
+    first, carry = ops.causal_conv1d(x[..., :9], weight, bias, "silu", return_final_states=True)
+    second = ops.causal_conv1d(x[..., 9:], weight, bias, "silu", initial_states=carry)
+    torch.testing.assert_close(torch.cat([first, second], -1), whole)
+    state = torch.zeros(2, 5, 3)
+    steps = torch.stack([ops.causal_conv1d_update(x[..., t], state, weight, bias, "silu") for t in range(17)], -1)
+    torch.testing.assert_close(steps, whole)
+    # matches a plain padded convolution
+    expected = torch.nn.functional.silu(
+        torch.nn.functional.conv1d(torch.nn.functional.pad(x, (3, 0)), weight[:, None], bias, groups=5)
+    )
+    torch.testing.assert_close(causal_conv1d_ref(x, weight, bias, "silu"), expected)
+
+
+def test_bad_shapes_name_the_argument():
+    inputs = {k: v.float() for k, v in scan_inputs(2, 8, 4, 10, "shared").items()}
+    with pytest.raises(ValueError, match=r"delta must have shape \(batch, dim, L\)"):
+        ops.selective_scan(**{**inputs, "delta": inputs["delta"][..., :5]})
+    with pytest.raises(ValueError, match=r"A must have shape \(dim, N\)"):
+        ops.selective_scan(**{**inputs, "A": inputs["A"][:3]})
+    with pytest.raises(ValueError, match="group count"):
+        ops.selective_scan(**{**inputs, "B": torch.randn(2, 3, 4, 10), "C": torch.randn(2, 3, 4, 10)})
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        ops.selective_scan(**{**inputs, "initial_state": torch.randn(2, 8, 5)})
+    with pytest.raises(ValueError, match="floating-point"):
+        ops.selective_scan(**{**inputs, "u": inputs["u"].long()})
+
+
+def test_unknown_backend_lists_the_known_ones():
+    inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
+    with pytest.raises(ValueError, match="auto, triton, mamba_ssm, torch, reference"):
+        ops.selective_scan(**inputs, backend="cuda_fast")
+
+
+@pytest.mark.parametrize("backend", ["triton", "mamba_ssm"])
+def test_gpu_backends_on_cpu_tensors_say_why(backend):
+    inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
+    with pytest.raises(ops.BackendUnavailableError, match="backend='torch'"):
+        ops.selective_scan(**inputs, backend=backend)
+    assert "backend='torch'" in ops.available_backends("cpu")[backend]
+
+
+def test_environment_variable_picks_the_backend(monkeypatch):
+    monkeypatch.setenv(ops.ENV_VAR, "reference")
+    assert ops.resolve_backend("auto", torch.device("cpu")).name == "reference"
+    monkeypatch.setenv(ops.ENV_VAR, "")
+    assert ops.resolve_backend("auto", torch.device("cpu")).name == "torch"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mamba_ssm_backend_refuses_initial_state():
+    if ops.available_backends("cuda")["mamba_ssm"] is not None:
+        pytest.skip("mamba-ssm is not installed")
+    inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared", device="cuda").items()}
+    with pytest.raises(ops.BackendUnavailableError, match="initial_state"):
+        ops.selective_scan(**inputs, backend="mamba_ssm")
