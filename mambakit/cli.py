@@ -1,35 +1,80 @@
-"""The `mambakit` command line."""
+"""The `mambakit` command line: `info`, `convert`, `bench scan`, and `train|eval|generate|predict <domain>`
+for every domain app registered under the entry-point group `mambakit.apps`.
+
+Errors a user can cause print as one line on stderr with a non-zero exit code, never a traceback
+(MAMBAKIT_DEBUG=1 shows it).
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+try:  # typer >= 0.2x vendors its own click: its exceptions are the ones raised
+    from typer._click import Context
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer uses the click package
+    from click import Context
+    from click import exceptions as click_exceptions
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_support import DeviceOption, UserError, resolve_device
+from .domains import VERBS, Domain, load_domains
+
+VERB_HELP = {
+    "train": "Train a model (domains below; each runs on its embedded default data when --data is not given).",
+    "eval": "Evaluate a checkpoint on data.",
+    "generate": "Generate from a checkpoint (text, audio).",
+    "predict": "Predict labels or export embeddings with a checkpoint.",
+}
+
+
+class DomainGroup(typer.core.TyperGroup):
+    """A verb's group of domain commands; an unknown domain is a one-line error listing the known ones."""
+
+    def resolve_command(self, ctx: Context, args: list[str]):  # noqa: ANN201 - click's signature
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = ", ".join(self.list_commands(ctx)) or "none installed"
+            raise click_exceptions.UsageError(f"unknown domain {name!r} for `{ctx.info_name}`; known domains: {known}")
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(help="Selective state space models (Mamba) for genomics, audio, vision and text.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+bench_app = typer.Typer(help="Micro-benchmarks of the kernels on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 
-@app.callback()
-def main() -> None:
-    """Selective state space models (Mamba) for genomics, audio, vision and text."""
+def _add_domain_commands(domains: dict[str, Domain]) -> None:
+    for verb in VERBS:
+        group = typer.Typer(cls=DomainGroup, help=VERB_HELP[verb], no_args_is_help=True)
+        for domain in domains.values():
+            if verb in domain.commands:
+                group.command(domain.name, help=domain.commands[verb].__doc__ or domain.help)(domain.commands[verb])
+        app.add_typer(group, name=verb)
 
 
 @app.command()
 def info() -> None:
-    """Versions, devices, and which selective-scan backends can run here (and why the others cannot)."""
+    """Versions, devices, installed domains, and which selective-scan backends can run here (and why not)."""
     import torch
 
-    import mambakit
-    from mambakit.ops import available_backends
+    from . import __version__
+    from .ops import available_backends
 
     console = Console()
-    console.print(f"mambakit {mambakit.__version__}, torch {torch.__version__}, python {platform.python_version()}")
+    console.print(f"mambakit {__version__}, torch {torch.__version__}, python {platform.python_version()}")
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     console.print(f"CUDA device: {cuda}; CPU threads: {torch.get_num_threads()}")
+    console.print(f"domains: {', '.join(load_domains()) or 'none installed'}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     table = Table("scan backend", *devices, title="selective-scan backends (auto picks the first usable)")
     reasons = {device: available_backends(device) for device in devices}
@@ -38,5 +83,85 @@ def info() -> None:
     console.print(table)
 
 
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="state-spaces or Hugging Face Mamba checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the mambakit checkpoint.")],
+) -> None:
+    """Convert a state-spaces/mamba or Hugging Face MambaForCausalLM checkpoint into a mambakit checkpoint."""
+    from .models import load_model, save_pretrained
+
+    model = load_model(source)
+    save_pretrained(model, out)
+    parameters = sum(p.numel() for p in model.parameters())
+    Console().print(f"wrote {out} ({model.architecture}, {parameters / 1e6:.1f}M parameters)")
+
+
+@bench_app.command("scan")
+def bench_scan(
+    batch: Annotated[int, typer.Option(min=1)] = 4,
+    dim: Annotated[int, typer.Option(min=1)] = 256,
+    d_state: Annotated[int, typer.Option("--d-state", min=1)] = 16,
+    length: Annotated[int, typer.Option(min=1)] = 1024,
+    device: DeviceOption = "auto",
+    backward: Annotated[bool, typer.Option(help="Time forward+backward, not only forward.")] = True,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+) -> None:
+    """Time selective_scan on every backend usable here, at one shape (random fp32 inputs, median of repeats)."""
+    from .ops import available_backends
+    from .ops.timing import time_scan
+
+    resolved = resolve_device(device or "auto")
+    table = Table("backend", "median ms", title=f"selective_scan {'fwd+bwd' if backward else 'fwd'} B{batch} "
+                  f"D{dim} N{d_state} L{length} fp32 on {resolved}")
+    for name, reason in available_backends(resolved).items():
+        if reason is None and not (name == "reference" and length * batch > 1 << 14):
+            table.add_row(name, f"{time_scan(name, batch, dim, d_state, length, resolved, backward, repeats):.2f}")
+    Console().print(table)
+
+
+@bench_app.callback()
+def _bench() -> None:
+    """Micro-benchmarks of the kernels on this machine."""
+
+
+@app.callback()
+def _root() -> None:
+    """Selective state space models (Mamba) for genomics, audio, vision and text."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: run the CLI and turn user errors into one line and an exit code."""
+    from .models.checkpoint import CheckpointError
+    from .ops import BackendUnavailableError
+
+    _add_domain_commands(load_domains())
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="mambakit", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError:
+        return 0  # the help was shown
+    except typer.Exit as done:
+        return done.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("mambakit: aborted", file=sys.stderr)
+        return 130
+    except click_exceptions.ClickException as error:
+        print(f"mambakit: error: {error.format_message()}", file=sys.stderr)
+        return error.exit_code
+    except (UserError, CheckpointError, BackendUnavailableError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("MAMBAKIT_DEBUG"):
+            raise
+        print(f"mambakit: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """The `mambakit` console script."""
+    sys.exit(main())
+
+
 if __name__ == "__main__":
-    app()
+    run()

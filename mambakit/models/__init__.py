@@ -1,6 +1,7 @@
 """Models: config, backbone, task heads, generation, checkpoints."""
 
 from .backbone import MambaModel, MambaState
+from .checkpoint import CheckpointError, load_model, save_pretrained
 from .config import MambaConfig
 from .generation import SamplingConfig, generate
 from .heads import (
@@ -15,6 +16,7 @@ from .heads import (
 
 __all__ = [
     "ARCHITECTURES",
+    "CheckpointError",
     "IGNORE_INDEX",
     "MambaConfig",
     "MambaForSequenceClassification",
@@ -26,4 +28,6 @@ __all__ = [
     "ModelOutput",
     "SamplingConfig",
     "generate",
+    "load_model",
+    "save_pretrained",
 ]
