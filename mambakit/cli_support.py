@@ -123,6 +123,7 @@ def resolve_run_options(config: Path | None, **flags: Any) -> RunOptions:
         raise UserError(f"unknown preset {merged['preset']!r}; choose one of {', '.join(PRESETS)}")
     if merged.get("device", "auto") not in DEVICES:
         raise UserError(f"unknown device {merged['device']!r}; choose one of {', '.join(DEVICES)}")
+    resolve_device(merged.get("device", "auto"))  # fail before any data is read
     for section in ("model", "train"):
         if not isinstance(merged.get(section, {}), dict):
             raise UserError(f"{config}: `{section}:` must be a mapping of {section} settings")
@@ -157,3 +158,49 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(file=sys.stdout).print(table)
+
+
+def build_model_config(preset_configs: dict[str, dict[str, Any]], run: RunOptions, **fixed: Any):  # noqa: ANN201
+    """The MambaConfig of the run: the preset's sizes, then the config file's `model:` overrides, then `fixed`
+    (what the data decides, e.g. the vocabulary size)."""
+    from .models import MambaConfig
+
+    try:
+        return MambaConfig.from_dict({**preset_configs[run.preset], **run.model, **fixed})
+    except (TypeError, ValueError) as error:
+        raise UserError(f"model settings: {error}") from None
+
+
+def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data: Any, eval_data: Any,
+                 train_defaults: dict[str, Any], extra_files: dict[str, str] | None = None) -> dict[str, float]:
+    """Train through mambakit.train.fit with the run's options over the domain's defaults, write the resolved
+    configuration beside the checkpoints, print the final evaluation, and exit non-zero unless it completed."""
+    from .train import TrainConfig, TrainingDiverged, fit
+
+    out_dir = run.out or Path("runs") / f"{domain}-{run.task or 'default'}"
+    given = {"max_steps": run.max_steps, "epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr}
+    settings = {**train_defaults, **{k: v for k, v in given.items() if v is not None}, **run.train}
+    if run.max_steps is not None and run.epochs is None:
+        settings.pop("epochs", None)  # an explicit step count replaces a default epoch count
+    if run.epochs is not None and run.max_steps is None:
+        settings.pop("max_steps", None)
+    try:
+        config = TrainConfig.from_dict({**settings, "out_dir": str(out_dir), "device": resolve_device(run.device),
+                                        "seed": run.seed, "resume": run.resume})
+    except (TypeError, ValueError) as error:
+        raise UserError(f"training settings: {error}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"domain": domain, "options": run.to_json(), "model": model.config.to_dict(),
+                "train": json.loads(config.to_json())}
+    (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    try:
+        result = fit(model, task, train_data, eval_data, config, extra_files=extra_files)
+    except TrainingDiverged as error:
+        print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if result.status != "completed":
+        print(f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
+              f"continue with --resume", file=sys.stderr)
+        raise typer.Exit(exit_code_for(result.status))
+    print_metrics(f"{domain}: held-out metrics after {result.step} steps ({out_dir})", result.metrics)
+    return result.metrics

@@ -1,0 +1,63 @@
+"""The CLI: help, info, and user errors as one line (no traceback) with a non-zero exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mambakit.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mambakit.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_and_info(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "reference" in out and "text" in out
+
+
+def test_unknown_domain_lists_the_known_ones():
+    assert_one_line_error(run_cli("train", "chemistry"), "unknown domain 'chemistry'", "text")
+
+
+def test_missing_data_file(tmp_path):
+    assert_one_line_error(run_cli("train", "text", "--data", str(tmp_path / "nope.txt")), "nope.txt",
+                          "no such file")
+
+
+def test_unknown_config_key(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 3\nlearning_rate: 0.1\n")
+    assert_one_line_error(run_cli("train", "text", "--config", str(config)), "run.yaml", "learning_rate")
+
+
+def test_unknown_model_key_in_config(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text('{"model": {"d_modle": 8}}')
+    assert_one_line_error(run_cli("train", "text", "--config", str(config)), "d_modle")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_asked_for_but_absent():
+    assert_one_line_error(run_cli("train", "text", "--device", "cuda"), "--device cuda", "no CUDA GPU")
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(run_cli("generate", "text", "--checkpoint", str(tmp_path / "run")), "no such checkpoint")
