@@ -144,11 +144,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def exit_code_for(status: str) -> int:
-    """Process exit code of a training that ended with `status` (signals follow the shell's 128 + n)."""
-    return {"completed": 0, "interrupted": 130, "terminated": 143}.get(status, 1)
-
-
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     """A small two-column table on stdout."""
     from rich.console import Console
@@ -201,6 +196,6 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
     if result.status != "completed":
         print(f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
               f"continue with --resume", file=sys.stderr)
-        raise typer.Exit(exit_code_for(result.status))
+        raise typer.Exit(result.exit_code)
     print_metrics(f"{domain}: held-out metrics after {result.step} steps ({out_dir})", result.metrics)
     return result.metrics

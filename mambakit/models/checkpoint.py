@@ -84,7 +84,7 @@ def save_pretrained(model: MambaPreTrainedModel, path: str | Path,
                                        head=model.head_config(), mambakit_version=__version__)
     with _atomic_path(directory / CONFIG_NAME) as tmp:
         tmp.write_text(config_json)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return directory
 
 
@@ -256,7 +256,7 @@ def _atomic_path(target: Path) -> Iterator[Path]:
         raise
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the renames durable; only POSIX can open a directory for fsync."""
     if os.name != "posix":
         return

@@ -1,0 +1,187 @@
+"""TrainConfig: everything that decides a training run, as plain data with a JSON round trip.
+
+Imports neither torch nor any kernel, so a CLI can build and validate one cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+DISTRIBUTED = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: length, optimizer, schedule, precision, checkpoints, logging; validated on construction.
+
+    Units: a *step* is one optimizer update. It consumes `grad_accum_steps` micro-batches of `batch_size`
+    examples on every process, so the effective batch is batch_size * grad_accum_steps * world_size. An
+    *epoch* is one pass over the training data; examples that do not fill a whole step at its end are left out.
+    """
+
+    out_dir: Path
+    """Checkpoints (last/, best/), metrics.jsonl and TensorBoard logs go here."""
+    max_steps: int | None = None
+    """Stop after this many steps. At least one of max_steps and epochs is needed; with both, the first reached
+    ends the run. Streaming (IterableDataset) training data needs max_steps: its length is unknown."""
+    epochs: int | None = None
+    batch_size: int = 8
+    """Examples per micro-batch on each process (also the evaluation batch size)."""
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of the warm-up."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay; see `parameter_groups` for the parameters exempt from it."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    """Linear warm-up length in steps; give this or warmup_ratio, not both."""
+    warmup_ratio: float = 0.0
+    """Warm-up length as a fraction of the run's steps."""
+    min_lr_ratio: float = 0.1
+    """The cosine decay ends at min_lr_ratio * lr on the last step."""
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    precision: str = "auto"
+    """"auto": bf16 autocast on CUDA, fp32 on CPU; "fp32"; "bf16" (autocast, parameters stay fp32)."""
+    device: str = "auto"
+    """"auto": CUDA when available, else CPU; "cpu"; "cuda" (an error where CUDA is absent)."""
+    seed: int = 0
+    """Seeds the data order, per-batch randomness and the RNGs; model initialisation is the caller's."""
+    eval_every: int = 1000
+    """Evaluate every this many steps (and at the end); 0: only at the end."""
+    save_every: int = 1000
+    """Write last/ every this many steps (and at the end and on interruption); 0: only then."""
+    log_every: int = 10
+    """Write a metrics record every this many steps."""
+    num_workers: int = 0
+    """DataLoader worker processes for map-style data (streams are read in the main process)."""
+    seq_len_warmup: tuple[tuple[int, int], ...] = ()
+    """Sequence-length warm-up stages (step, max_length), HyenaDNA-style; see `max_length_at`."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward (model.set_grad_checkpointing) to save memory."""
+    distributed: str = "ddp"
+    """Wrapper when launched by torchrun with more than one process: "ddp" or "fsdp" (FSDP2 fully_shard)."""
+    resume: bool = False
+    """Continue the run saved in out_dir/last exactly where it stopped."""
+
+    def __post_init__(self) -> None:
+        # Normalise the JSON-friendly forms (str path, lists) so that equal configs compare equal.
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        try:
+            object.__setattr__(self, "betas", tuple(float(beta) for beta in self.betas))
+            object.__setattr__(self, "seq_len_warmup",
+                               tuple((int(step), int(length)) for step, length in self.seq_len_warmup))
+        except (TypeError, ValueError):
+            raise ValueError(f"train config: betas must be two numbers and seq_len_warmup a list of [step, "
+                             f"max_length] pairs, got {self.betas!r} and {self.seq_len_warmup!r}") from None
+        for name, minimum in (("batch_size", 1), ("grad_accum_steps", 1), ("log_every", 1), ("seed", 0),
+                              ("warmup_steps", 0), ("eval_every", 0), ("save_every", 0), ("num_workers", 0)):
+            _check_int(name, getattr(self, name), minimum)
+        for name in ("max_steps", "epochs"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("train config: set max_steps or epochs (or both: the first reached ends the run)")
+        for name in ("lr", "weight_decay", "max_grad_norm"):
+            _check_number(name, getattr(self, name), 0.0, math.inf)
+        for name in ("warmup_ratio", "min_lr_ratio"):
+            _check_number(name, getattr(self, name), 0.0, 1.0)
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("train config: give warmup_steps or warmup_ratio, not both")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"train config: betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for name, choices in (("precision", PRECISIONS), ("device", DEVICES), ("distributed", DISTRIBUTED)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"train config: {name} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("grad_checkpointing", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
+        self._check_seq_len_warmup()
+
+    def _check_seq_len_warmup(self) -> None:
+        stages = self.seq_len_warmup
+        if not stages:
+            return
+        steps = [step for step, _ in stages]
+        if steps[0] != 0 or any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"train config: seq_len_warmup stages must start at step 0 and have increasing "
+                             f"steps, got {[list(stage) for stage in stages]}")
+        if any(length < 1 for _, length in stages):
+            raise ValueError(f"train config: seq_len_warmup max_length values must be >= 1, "
+                             f"got {[list(stage) for stage in stages]}")
+
+    def max_length_at(self, step: int) -> int | None:
+        """The sequence-length limit for the step that follows `step` completed steps: the max_length of the last
+        seq_len_warmup stage whose step is <= `step`; None (no limit) without stages.
+
+        The first stage starts at step 0 and the last one stays in force to the end, so to finish at full length
+        make the last max_length at least the data's sequence length. Shorter sequences are never padded.
+        """
+        limit = None
+        for stage_step, length in self.seq_len_warmup:
+            if stage_step > step:
+                break
+            limit = length
+        return limit
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON data."""
+        data = {field.name: getattr(self, field.name) for field in fields(self)}
+        data["out_dir"] = str(self.out_dir)
+        data["betas"] = list(self.betas)
+        data["seq_len_warmup"] = [list(stage) for stage in self.seq_len_warmup]
+        return data
+
+    def to_json(self) -> str:
+        """JSON text of every field."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict of fields; unknown keys raise ValueError naming the known ones."""
+        known = [field.name for field in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"train config: unknown keys {unknown}; known keys: {', '.join(known)}")
+        if "out_dir" not in data:
+            raise ValueError("train config: out_dir is required")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a JSON file written by `to_json` (or by hand)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of train config keys")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"train config: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float) -> None:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"train config: {name} must be a number in [{low}, {high}], got {value!r}")

@@ -1,0 +1,65 @@
+"""AdamW parameter groups and the warm-up + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+from torch import nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import TrainConfig
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the trainable parameters that get no weight decay: those tagged `_no_weight_decay` (A_log, D, the
+    dt bias of time-invariant layers), biases, norm weights and every other parameter of fewer than 2 dimensions.
+
+    Embeddings decay unless tagged, as in mamba-ssm's and GPT-3's recipes (an app may tag them).
+    """
+    return {
+        name for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+        and (getattr(parameter, "_no_weight_decay", False) or parameter.dim() < 2 or name.endswith("bias"))
+    }
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt,
+    "weight_decay": 0.0}], exemptions as in `no_weight_decay_names`; tied parameters appear once, frozen ones not
+    at all, empty groups are left out."""
+    return _groups(model, no_weight_decay_names(model), weight_decay)
+
+
+def _groups(model: nn.Module, exempt: set[str], weight_decay: float) -> list[dict[str, Any]]:
+    # Split by name: FSDP replaces parameter objects (dropping their tags), so the names are taken before wrapping.
+    trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    groups = [
+        {"params": [parameter for name, parameter in trainable if name not in exempt], "weight_decay": weight_decay},
+        {"params": [parameter for name, parameter in trainable if name in exempt], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr for the step that follows `step` completed steps (0-based).
+
+    Linear warm-up: (step + 1) / warmup_steps, so the first step is not wasted at lr 0 and the last warm-up step
+    is at the peak. Then a cosine from the peak (at step warmup_steps) down to min_lr_ratio (at the last step,
+    total_steps - 1).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, exempt: set[str], config: TrainConfig,
+                    total_steps: int) -> tuple[AdamW, LambdaLR]:
+    """AdamW over `model` (parameter names in `exempt` without weight decay) and its per-step schedule."""
+    optimizer = AdamW(_groups(model, exempt, config.weight_decay), lr=config.lr, betas=config.betas)
+    warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)
+    schedule = partial(lr_factor, warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
+    return optimizer, LambdaLR(optimizer, schedule)

@@ -1,0 +1,562 @@
+"""`fit` and `evaluate`: the one training loop of every mambakit app.
+
+One step = grad_accum_steps micro-batches (forward under autocast, backward, gradients synchronised once) ->
+loss and gradient norm agreed across processes and checked for NaN/inf -> clip -> AdamW -> LR schedule. At each
+step boundary: log, evaluate, save, callbacks, then stop if SIGINT/SIGTERM arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..models import load_model
+from ..models.heads import ARCHITECTURES, MambaPreTrainedModel
+from .checkpointing import TRAINER_STATE_NAME, read_train_config, read_trainer_state, recover, write_checkpoint
+from .config import TrainConfig
+from .data import (
+    EVAL,
+    TRAIN,
+    BatchStream,
+    batch_loader,
+    capture_rng,
+    check_dataset,
+    derive_seed,
+    epoch_order,
+    is_streaming,
+    restore_rng,
+    seeded_rng,
+)
+from .distributed import (
+    Distributed,
+    autocast_dtype,
+    gradient_sync,
+    is_sharded,
+    reshard,
+    resolve_device,
+    setup,
+    unwrap,
+    wrap_model,
+)
+from .metrics import MetricsLog
+from .optim import build_optimizer, no_weight_decay_names
+from .task import Task
+
+logger = logging.getLogger(__name__)
+
+LAST, BEST = "last", "best"
+#: Signals that stop training gracefully (a checkpoint is written first).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; training stopped before the optimizer step and
+    wrote no checkpoint, so out_dir/last still holds the last good one."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Path | None) -> None:
+        self.step, self.loss, self.grad_norm, self.checkpoint = step, loss, grad_norm, checkpoint
+        kept = f"{checkpoint} still holds the last good checkpoint" if checkpoint else "no checkpoint was written"
+        super().__init__(f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; {kept}; "
+                         f"lower the lr, lengthen the warm-up or check the data")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a callback is told after every step (on every process)."""
+
+    step: int
+    epoch: int
+    loss: float
+    """This step's loss, averaged over micro-batches and processes."""
+    lr: float
+    """The learning rate this step used."""
+    grad_norm: float
+    """The global gradient norm before clipping."""
+    eval_metrics: dict[str, float] | None
+    """The evaluation run at this step, if any."""
+
+
+Callback = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a `fit` call ended."""
+
+    status: Literal["completed", "interrupted"]
+    step: int
+    epoch: int
+    out_dir: Path
+    train_loss: float | None
+    """Mean loss of the last logging window (None if no step ran in this call)."""
+    metrics: dict[str, float]
+    """The last evaluation's metrics (empty without eval_data or when no evaluation ran in this call)."""
+    best_metric: float | None
+    best_step: int | None
+    interrupted_by: str | None = None
+    """"SIGINT" or "SIGTERM" when status is "interrupted"."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when completed; 128 + the signal number when interrupted (130 for SIGINT, 143 for SIGTERM)."""
+        return 0 if self.interrupted_by is None else 128 + signal.Signals[self.interrupted_by].value
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / LAST
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """out_dir/best, or None when there was no evaluation."""
+        return None if self.best_step is None else self.out_dir / BEST
+
+
+def fit(model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any = None,
+        config: TrainConfig | None = None, *, extra_files: Mapping[str, bytes | str] | None = None,
+        callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train `model` on `train_data` as `config` says; return how the run ended.
+
+    train_data / eval_data: map-style Datasets (shuffled per epoch from (seed, epoch)) or IterableDatasets (read
+    in order; the position is the number of examples consumed; `set_epoch(epoch)` is called when present). Each
+    process takes every world_size-th example. Every process evaluates all of eval_data, so any metric is exact.
+
+    The model is trained in place on the configured device. With FSDP it is sharded in place: to use it after
+    fit, create the process group yourself (fit then leaves it alive). Checkpoints go to
+    out_dir/last and out_dir/best (see `mambakit.train.checkpointing`), each with `extra_files` (e.g. the
+    tokenizer config) beside the weights. With config.resume the run continues from out_dir/last and ends
+    bit-identical to an uninterrupted one; without it, an out_dir that already holds last/ is refused.
+
+    `config` is required (it may be passed by position or by name). `callbacks` are called after every step with
+    a `StepInfo`, on every process.
+
+    SIGINT/SIGTERM stop at the next step boundary after writing last/ (status "interrupted"). A NaN/inf loss or
+    gradient norm raises `TrainingDiverged` and writes nothing. Under torchrun (WORLD_SIZE > 1) the process group
+    is created (and destroyed at the end) unless the caller made one; rank 0 alone logs and writes files.
+    """
+    if config is None:
+        raise TypeError("fit: config (a TrainConfig) is required")
+    if not isinstance(model, MambaPreTrainedModel):
+        raise TypeError(f"fit: model must be a mambakit model (MambaPreTrainedModel), so that checkpoints can be "
+                        f"saved and loaded; got {type(model).__name__}")
+    check_dataset(train_data, "train_data")
+    if eval_data is not None:
+        check_dataset(eval_data, "eval_data")
+    distributed, device = setup(config.device)
+    trainer = _Trainer(model, task, train_data, eval_data, config, extra_files, callbacks, distributed, device)
+    result = trainer.run()
+    # Not on an exception: destroying the group can block on processes still inside a collective, while a process
+    # that exits lets torchrun stop the others.
+    distributed.close()
+    return result
+
+
+def evaluate(model: nn.Module, task: Task, data: Any, config: TrainConfig | None = None) -> dict[str, float]:
+    """`task.evaluate` over all of `data` on config's device, in eval mode under torch.no_grad and autocast.
+
+    Uses config's batch_size, precision, device, num_workers and seed (TrainConfig's defaults when None).
+    """
+    check_dataset(data, "data")
+    config = config or TrainConfig(out_dir=Path("."), max_steps=1)
+    device = resolve_device(config.device)
+    return _evaluation(model.to(device), task, data, config, device)
+
+
+def _evaluation(model: nn.Module, task: Task, data: Any, config: TrainConfig,
+                device: torch.device) -> dict[str, float]:
+    order = None if is_streaming(data) else list(range(len(data)))
+    stream = BatchStream(data, task.collate, config.batch_size, order=order, skip=0, drop_last=False,
+                         seed_words=(config.seed, EVAL))
+    loader = batch_loader(stream, config.num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(device, autocast_dtype(config.precision, device)):
+            metrics = task.evaluate(model, (_to_device(batch, device) for batch in loader))
+    finally:
+        model.train(was_training)
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {name: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+            for name, value in batch.items()}
+
+
+def _full_groups(batches: Iterable[dict[str, Tensor]], size: int) -> Iterator[list[dict[str, Tensor]]]:
+    """Consecutive groups of `size` batches; an incomplete last group is dropped."""
+    iterator = iter(batches)
+    while len(group := list(islice(iterator, size))) == size:
+        yield group
+
+
+class _StopRequest:
+    """While installed, SIGINT and SIGTERM only record that training should stop at the next step boundary; a
+    second SIGINT raises KeyboardInterrupt at once (for a save that hangs)."""
+
+    def __init__(self, announce: bool) -> None:
+        self.signum = 0
+        self.announce = announce
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            logger.warning("%s received: stopping at the end of this step, after saving a checkpoint",
+                           signal.Signals(signum).name)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        # Python runs signal handlers in the main thread only; a fit in another thread keeps the defaults.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+@dataclass
+class _Window:
+    """Sums over the steps since the last metrics record."""
+
+    steps: int = 0
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Trainer:
+    """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
+
+    def __init__(self, model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any,
+                 config: TrainConfig, extra_files: Mapping[str, bytes | str] | None, callbacks: Sequence[Callback],
+                 distributed: Distributed, device: torch.device) -> None:
+        self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
+        self.extra_files, self.callbacks = dict(extra_files or {}), tuple(callbacks)
+        self.dist, self.device = distributed, device
+        self.autocast_dtype = autocast_dtype(config.precision, device)
+        self.out_dir = config.out_dir
+        self.streaming = is_streaming(train_data)
+        self.step_examples = config.batch_size * config.grad_accum_steps
+        self.epoch_examples, self.total_steps = self._plan()
+        self.step = self.epoch = self.examples = 0  # examples: this process's, consumed in the current epoch
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.saved_step: int | None = None
+        self.train_loss: float | None = None
+        self.eval_metrics: dict[str, float] = {}
+        self.interrupted_by: str | None = None
+        self.stop = _StopRequest(announce=distributed.is_main)
+        self._shadow: MambaPreTrainedModel | None = None
+
+        state = self._prepare_out_dir()
+        if state is not None:
+            model.load_state_dict(load_model(self.out_dir / LAST).state_dict())
+        model.to(device)
+        if config.grad_checkpointing:
+            if hasattr(model, "set_grad_checkpointing"):
+                model.set_grad_checkpointing(True)
+            else:
+                self._log(logging.WARNING, "grad_checkpointing: %s has no set_grad_checkpointing; training "
+                          "without it", type(model).__name__)
+        exempt = no_weight_decay_names(model)  # before wrapping: FSDP drops the parameters' tags
+        self.model = wrap_model(model, config.distributed, device, distributed)
+        self.core: MambaPreTrainedModel = unwrap(self.model)
+        self.sharded = is_sharded(self.model)
+        self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps)
+        if state is None:
+            seed = derive_seed(config.seed, distributed.rank)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+        else:
+            self._restore(state)
+        self._log(logging.INFO, "training %d steps on %s (%d process%s, %s): %d examples per step",
+                  self.total_steps, device, distributed.world_size, "es" if distributed.world_size > 1 else "",
+                  self.autocast_dtype or "fp32", self.step_examples * distributed.world_size)
+
+    def _log(self, level: int, message: str, *args: Any) -> None:
+        """Log on rank 0 only (every process would say the same)."""
+        if self.dist.is_main:
+            logger.log(level, message, *args)
+
+    def _plan(self) -> tuple[int | None, int]:
+        """(examples per process per epoch for map-style data, total steps of the run)."""
+        config, world_size = self.config, self.dist.world_size
+        if self.streaming:
+            if config.max_steps is None:
+                raise ValueError("train_data is a stream (IterableDataset) of unknown length: set max_steps, which "
+                                 "sizes the learning-rate schedule (epochs can still end the run earlier)")
+            return None, config.max_steps
+        steps_per_epoch = len(self.train_data) // world_size // self.step_examples
+        if steps_per_epoch == 0:
+            raise ValueError(f"train_data has {len(self.train_data)} examples, fewer than one step takes "
+                             f"(batch_size x grad_accum_steps x processes = {self.step_examples * world_size})")
+        lengths = [n for n in (config.max_steps, config.epochs and config.epochs * steps_per_epoch) if n]
+        return steps_per_epoch * self.step_examples, min(lengths)
+
+    def _prepare_out_dir(self) -> dict[str, Any] | None:
+        """Create out_dir; the trainer state to resume from, or None for a fresh run."""
+        last = self.out_dir / LAST
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in (LAST, BEST):
+                recover(self.out_dir / name)
+        self.dist.barrier()
+        if not self.config.resume:
+            if last.exists():
+                raise ValueError(f"{self.out_dir} already holds a training checkpoint (last/): pass resume=True to "
+                                 f"continue it, or choose another out_dir")
+            return None
+        if not (last / TRAINER_STATE_NAME).is_file():
+            raise ValueError(f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
+                             f"start without resume")
+        saved = read_train_config(last)
+        if saved is not None:
+            new, old = self.config.to_dict(), saved.to_dict()
+            changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key != "resume" and new[key] != old[key]]
+            if changed:
+                self._log(logging.WARNING, "resuming with a changed config (%s): the run will differ from an "
+                          "uninterrupted one", ", ".join(changed))
+        return read_trainer_state(last)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.core, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.examples = state["step"], state["epoch"], state["examples_in_epoch"]
+        self.best_metric, self.best_step = state["best_metric"], state["best_step"]
+        self.saved_step = self.step
+        rng = state["rng"]
+        if len(rng) != self.dist.world_size:
+            self._log(logging.WARNING, "resuming with %d processes a run saved with %d: data order and randomness "
+                      "will differ from an uninterrupted run", self.dist.world_size, len(rng))
+        restore_rng(rng[self.dist.rank % len(rng)])
+        self._log(logging.INFO, "resumed from %s at step %d (epoch %d)", self.out_dir / LAST, self.step, self.epoch)
+
+    def run(self) -> TrainResult:
+        if self._done():
+            self._log(logging.INFO, "nothing to train: the run in %s already ended at step %d", self.out_dir,
+                      self.step)
+        log = MetricsLog(self.out_dir, self.dist.is_main, self.step, self.total_steps)
+        try:
+            with self.stop.installed():
+                status = "completed" if self._done() else self._loop(log)
+        finally:
+            log.close()
+        return TrainResult(status, self.step, self.epoch, self.out_dir, self.train_loss, self.eval_metrics,
+                           self.best_metric, self.best_step, self.interrupted_by)
+
+    def _done(self) -> bool:
+        epochs = self.config.epochs
+        return self.step >= self.total_steps or (epochs is not None and self.epoch >= epochs)
+
+    def _loop(self, log: MetricsLog) -> Literal["completed", "interrupted"]:
+        self.model.train()
+        window, clock = _Window(), time.perf_counter()
+        while True:
+            steps_this_epoch = 0
+            for group in _full_groups(self._train_batches(), self.config.grad_accum_steps):
+                loss, lr, grad_norm, tokens = self._step(group)
+                now = time.perf_counter()
+                window.steps += 1
+                window.loss += loss
+                window.grad_norm += grad_norm
+                window.tokens += tokens
+                window.seconds += now - clock
+                steps_this_epoch += 1
+                if self.examples == self.epoch_examples:  # map-style data: that was the epoch's last step
+                    self._next_epoch()
+                log.advance(self.step, loss, window.tokens_per_s)
+                if self.step % self.config.log_every == 0 or self._done():
+                    self.train_loss = window.loss / window.steps
+                    log.log(self.step, {"epoch": self.epoch, "loss": self.train_loss, "lr": lr,
+                                        "grad_norm": window.grad_norm / window.steps,
+                                        "tokens_per_s": window.tokens_per_s})
+                    window = _Window()
+                if self._boundary(log, StepInfo(self.step, self.epoch, loss, lr, grad_norm, None)):
+                    return "interrupted"
+                if self._done():
+                    return "completed"
+                clock = time.perf_counter()
+            if self.streaming:  # the stream ran out: the epoch is over
+                if steps_this_epoch == 0 and self.examples == 0:
+                    raise ValueError(f"train_data gave fewer examples than one step takes (batch_size x "
+                                     f"grad_accum_steps x processes = {self.step_examples * self.dist.world_size})")
+                self._next_epoch()
+                if self._done():
+                    return "completed"
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        self.examples = 0
+
+    def _train_batches(self) -> Iterable[dict[str, Tensor]]:
+        config, rank, world_size = self.config, self.dist.rank, self.dist.world_size
+        if self.streaming:
+            order = None
+            if hasattr(self.train_data, "set_epoch"):
+                self.train_data.set_epoch(self.epoch)
+        else:
+            order = epoch_order(len(self.train_data), config.seed, self.epoch, rank, world_size)
+            order = order[: self.epoch_examples]
+        stream = BatchStream(self.train_data, self.task.collate, config.batch_size, order=order, skip=self.examples,
+                             drop_last=True, seed_words=(config.seed, TRAIN, self.epoch, rank), rank=rank,
+                             world_size=world_size)
+        return batch_loader(stream, config.num_workers, pin_memory=self.device.type == "cuda")
+
+    def _step(self, group: list[dict[str, Tensor]]) -> tuple[float, float, float, float]:
+        """One optimizer step over `group`'s micro-batches: (loss, lr, grad_norm, tokens of all processes)."""
+        limit = self.config.max_length_at(self.step)
+        losses, tokens = [], 0
+        for index, batch in enumerate(group):
+            if limit is not None:
+                batch = self.task.crop(batch, limit)
+            tokens += self.task.count_tokens(batch)
+            batch = _to_device(batch, self.device)
+            with gradient_sync(self.model, enabled=index == len(group) - 1):
+                with _autocast(self.device, self.autocast_dtype):
+                    loss = self.task.compute_loss(self.model, batch)
+                (loss / len(group)).backward()
+            losses.append(loss.detach().float())
+        # One all-reduce gives every process the same loss, so all of them agree on divergence.
+        stats = torch.stack([torch.stack(losses).mean().double(),
+                             torch.tensor(tokens, dtype=torch.float64, device=self.device)])
+        self.dist.all_reduce_sum(stats)
+        grad_norm = self._clip_gradients()
+        loss_sum, tokens_all, norm = torch.cat([stats, grad_norm.reshape(1).double()]).tolist()
+        loss_value = loss_sum / self.dist.world_size
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            raise TrainingDiverged(self.step + 1, loss_value, norm,
+                                   None if self.saved_step is None else self.out_dir / LAST)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.examples += self.step_examples
+        return loss_value, lr, norm, tokens_all
+
+    def _clip_gradients(self) -> Tensor:
+        """The global gradient norm (before clipping); gradients clipped to max_grad_norm unless it is 0."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.config.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # FSDP's norm is a DTensor of partial sums; full_tensor reduces it.
+        return norm.full_tensor() if self.sharded else norm
+
+    def _boundary(self, log: MetricsLog, info: StepInfo) -> bool:
+        """Evaluate, save, run callbacks and check for a stop request after a step; True to stop now."""
+        config, final = self.config, self._done()
+        to_save = []
+        if self.eval_data is not None and (final or (config.eval_every and self.step % config.eval_every == 0)):
+            self.eval_metrics = _evaluation(self.core, self.task, self.eval_data, config, self.device)
+            if self.sharded:
+                reshard(self.model)
+            log.log(self.step, self.eval_metrics, prefix="eval_")
+            info = replace(info, eval_metrics=self.eval_metrics)
+            if self._improves(self.eval_metrics):
+                self.best_metric, self.best_step = self.eval_metrics[self.task.primary_metric], self.step
+                to_save.append(BEST)
+        if final or (config.save_every and self.step % config.save_every == 0):
+            to_save.append(LAST)
+        if to_save:
+            self._save(to_save)
+        for callback in self.callbacks:
+            callback(info)
+        signum = self.dist.max_int(self.stop.signum, self.device)  # every process stops at the same step
+        if not signum or final:
+            return False
+        self.interrupted_by = signal.Signals(signum).name
+        if LAST not in to_save:
+            self._save([LAST])
+        self._log(logging.WARNING, "stopped by %s at step %d; resume from %s", self.interrupted_by, self.step,
+                  self.out_dir / LAST)
+        return True
+
+    def _improves(self, metrics: dict[str, float]) -> bool:
+        name = self.task.primary_metric
+        if name not in metrics:
+            raise ValueError(f"Task.evaluate returned no {name!r} (the task's primary_metric); it returned "
+                             f"{', '.join(sorted(metrics))}")
+        value = metrics[name]
+        if not math.isfinite(value):
+            return False
+        if self.best_metric is None:
+            return True
+        return value > self.best_metric if self.task.greater_is_better else value < self.best_metric
+
+    def _save(self, names: list[str]) -> None:
+        """Write the checkpoints `names` (last, best) of the current step; every process takes part, rank 0
+        writes."""
+        state = self._trainer_state()
+        model = self._model_to_save()
+        if self.dist.is_main:
+            for name in names:
+                write_checkpoint(self.out_dir / name, model, self.extra_files, state, self.config)
+            logger.info("step %d: saved %s", self.step, " and ".join(str(self.out_dir / name) for name in names))
+        self.dist.barrier()  # no process runs ahead (or exits) while rank 0 writes
+        if LAST in names:
+            self.saved_step = self.step
+
+    def _trainer_state(self) -> dict[str, Any]:
+        rng = self.dist.gather_objects(capture_rng(cuda=self.device.type == "cuda"))
+        optimizer = None
+        if self.sharded or self.dist.is_main:  # gathering FSDP shards takes every process
+            optimizer = get_optimizer_state_dict(self.core, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {
+            "step": self.step, "epoch": self.epoch, "examples_in_epoch": self.examples,
+            "total_steps": self.total_steps, "world_size": self.dist.world_size,
+            "best_metric": self.best_metric, "best_step": self.best_step,
+            "optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
+        }
+
+    def _model_to_save(self) -> MambaPreTrainedModel | None:
+        """The model with full weights on rank 0: the model itself, or for FSDP a CPU copy of the gathered
+        shards (None on the other processes)."""
+        if not self.sharded:
+            return self.core
+        weights = get_model_state_dict(self.core, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.is_main:
+            return None
+        if self._shadow is None:
+            with seeded_rng(0):  # building one draws random initial weights: leave the training RNG untouched
+                self._shadow = ARCHITECTURES[self.core.architecture](self.core.config, **self.core.head_config())
+        self._shadow.load_state_dict(weights)
+        return self._shadow
