@@ -13,8 +13,10 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev,all]"
 	touch $(INSTALLED)
 
+# The main job on its embedded default, from scratch each time (the previous demo run is replaced).
 demo: $(INSTALLED)
-	$(VENV)/bin/mambakit info
+	rm -rf runs/demo
+	$(VENV)/bin/mambakit train text --out runs/demo
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
