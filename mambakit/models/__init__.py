@@ -7,6 +7,7 @@ from .generation import SamplingConfig, generate
 from .heads import (
     ARCHITECTURES,
     IGNORE_INDEX,
+    MambaForMaskedLM,
     MambaForSequenceClassification,
     MambaForTokenClassification,
     MambaLMHeadModel,
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "IGNORE_INDEX",
     "MambaConfig",
+    "MambaForMaskedLM",
     "MambaForSequenceClassification",
     "MambaForTokenClassification",
     "MambaLMHeadModel",

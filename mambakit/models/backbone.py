@@ -9,7 +9,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn import Block, Mamba, MambaLayerState, create_norm
+from ..nn import (
+    BiMamba,
+    Block,
+    Mamba,
+    MambaLayerState,
+    NonCausalBlock,
+    RCPSEmbedding,
+    RCPSMixer,
+    RCPSNorm,
+    create_norm,
+    padded_reverse_index,
+)
 from .config import MambaConfig
 
 
@@ -27,7 +38,10 @@ class MambaState:
 class MambaModel(nn.Module):
     """Backbone over token ids (when config.vocab_size > 0) or over embeddings (any domain's features).
 
-    Parameter names follow state-spaces/mamba (`embedding`, `layers.{i}.mixer`, `layers.{i}.norm`, `norm_f`).
+    Parameter names follow state-spaces/mamba (`embedding`, `layers.{i}.mixer`, `layers.{i}.norm`, `norm_f`);
+    bidirectional mixers hold `mamba_fwd` and `mamba_rev`, RC-equivariant wrappers a `submodule` (as in Caduceus).
+    Bidirectional and RC-equivariant backbones (config.causal False) read the whole sequence: they take the
+    attention_mask and have no recurrent state; RC-equivariant ones return 2 * d_model channels.
     """
 
     def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
@@ -35,24 +49,38 @@ class MambaModel(nn.Module):
         super().__init__()
         self.config = config
         factory = {"device": device, "dtype": dtype}
-        self.embedding = (
-            nn.Embedding(config.padded_vocab_size, config.d_model, **factory) if config.vocab_size > 0 else None
-        )
+        if config.vocab_size == 0:
+            self.embedding = None
+        elif config.rc_equivariant:
+            self.embedding = RCPSEmbedding(config.padded_vocab_size, config.d_model, config.complement_map, **factory)
+        else:
+            self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, **factory)
+        block = Block if config.causal else NonCausalBlock
         self.layers = nn.ModuleList(
-            Block(
-                Mamba(
-                    config.d_model, config.d_state, config.d_conv, config.expand, config.dt_rank, config.dt_min,
-                    config.dt_max, config.dt_init, config.dt_scale, config.dt_init_floor, config.conv_bias,
-                    config.bias, config.selective, scan_backend, **factory,
-                ),
-                create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory),
-                config.residual_in_fp32,
-            )
+            block(self._mixer(config, scan_backend, factory), self._norm(config, factory), config.residual_in_fp32)
             for _ in range(config.n_layer)
         )
-        self.norm_f = create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory)
+        self.norm_f = self._norm(config, factory)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
+
+    @staticmethod
+    def _mixer(config: MambaConfig, scan_backend: str, factory: dict) -> nn.Module:
+        def mamba() -> Mamba:
+            return Mamba(
+                config.d_model, config.d_state, config.d_conv, config.expand, config.dt_rank, config.dt_min,
+                config.dt_max, config.dt_init, config.dt_scale, config.dt_init_floor, config.conv_bias,
+                config.bias, config.selective, scan_backend, **factory,
+            )
+
+        mixer = (BiMamba(mamba(), mamba(), config.bidirectional_strategy, config.bidirectional_weight_tie)
+                 if config.bidirectional else mamba())
+        return RCPSMixer(mixer) if config.rc_equivariant else mixer
+
+    @staticmethod
+    def _norm(config: MambaConfig, factory: dict) -> nn.Module:
+        norm = create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory)
+        return RCPSNorm(norm) if config.rc_equivariant else norm
 
     def _init_weights(self, module: nn.Module) -> None:
         """mamba-ssm's initialisation: zero linear biases (except dt), normal embeddings, and out_proj
@@ -73,6 +101,7 @@ class MambaModel(nn.Module):
     def allocate_state(self, batch: int, device: torch.device | None = None,
                        dtype: torch.dtype | None = None) -> MambaState:
         """Zero recurrent state for `batch` sequences."""
+        self._check_recurrent()
         return MambaState([layer.mixer.allocate_state(batch, device, dtype) for layer in self.layers])
 
     def _embed(self, input_ids: Tensor | None, inputs_embeds: Tensor | None) -> Tensor:
@@ -85,25 +114,43 @@ class MambaModel(nn.Module):
         return self.embedding(input_ids)
 
     def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-                state: MambaState | None = None) -> Tensor:
+                state: MambaState | None = None, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids (b, l) or inputs_embeds (b, l, d_model) -> hidden states (b, l, d_model).
-        With `state`, continue from it and leave the final state in it."""
+        With `state`, continue from it and leave the final state in it.
+
+        attention_mask (b, l), 1 on real tokens, must be right padding. A causal backbone does not need it (no
+        real token reads the padding after it); a non-causal one uses it to keep padding from real tokens.
+        """
         hidden, residual = self._embed(input_ids, inputs_embeds), None
-        for i, layer in enumerate(self.layers):
-            layer_state = None if state is None else state.layers[i]
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and layer_state is None:
-                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
+        if self.config.causal:
+            per_layer = [None] * len(self.layers) if state is None else state.layers
+        else:
+            if state is not None:
+                self._check_recurrent()
+            # What each non-causal block gets instead of a state: computed once, shared by every layer.
+            per_layer = [padded_reverse_index(attention_mask)] * len(self.layers)
+        for layer, extra in zip(self.layers, per_layer, strict=True):
+            # A causal layer's state is updated in place, which a recomputation in the backward would repeat.
+            recomputable = extra is None or not self.config.causal
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and recomputable:
+                hidden, residual = checkpoint(layer, hidden, residual, extra, use_reentrant=False)
             else:
-                hidden, residual = layer(hidden, residual, layer_state)
+                hidden, residual = layer(hidden, residual, extra)
         return self._final_norm(hidden, residual)
 
     def step(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, *,
              state: MambaState) -> Tensor:
         """One position: input_ids (b,) or inputs_embeds (b, d_model) -> (b, d_model); `state` updated."""
+        self._check_recurrent()
         hidden, residual = self._embed(input_ids, inputs_embeds), None
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
             hidden, residual = layer.step(hidden, residual, layer_state)
         return self._final_norm(hidden, residual)
+
+    def _check_recurrent(self) -> None:
+        if not self.config.causal:
+            raise ValueError("bidirectional and RC-equivariant models read the whole sequence at once: they have no "
+                             "recurrent state or step; run forward on the full sequence")
 
     def _final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
         residual = hidden if residual is None else residual + hidden

@@ -41,6 +41,9 @@ _HF_KEYS = {
     "eos_token_id": "eos_token_id",
 }
 
+#: How a bidirectional mixer combines its forward pass and its pass over the flipped sequence (Caduceus names).
+BIDIRECTIONAL_STRATEGIES = ("add", "ew_multiply")
+
 #: state-spaces ssm_cfg keys that are mambakit keys of the same meaning.
 _SSM_CFG_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
                  "dt_init_floor", "conv_bias", "bias"}
@@ -76,6 +79,17 @@ class MambaConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    bidirectional: bool = False
+    """Each mixer also reads the sequence backwards (BiMamba, as in Caduceus); the model is then not causal."""
+    bidirectional_strategy: str = "add"
+    """How the two directions combine: "add" or "ew_multiply" (elementwise product)."""
+    bidirectional_weight_tie: bool = True
+    """The backward mixer shares in_proj and out_proj (most of the parameters) with the forward one."""
+    rc_equivariant: bool = False
+    """Reverse-complement equivariance by parameter sharing (Caduceus-PS): hidden states have 2 * d_model
+    channels, one half per strand; not causal. Needs complement_map."""
+    complement_map: tuple[int, ...] | None = None
+    """Token id -> id of its complement (an involution over vocab_size ids), for rc_equivariant models."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
@@ -90,6 +104,35 @@ class MambaConfig:
             raise ValueError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
+        for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.bidirectional_strategy not in BIDIRECTIONAL_STRATEGIES:
+            raise ValueError(f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
+                             f"got {self.bidirectional_strategy!r}")
+        self._check_complement_map()
+
+    def _check_complement_map(self) -> None:
+        if self.complement_map is None:
+            if self.rc_equivariant:
+                raise ValueError("config: rc_equivariant needs complement_map (token id -> id of its complement)")
+            return
+        # JSON gives a list; a tuple keeps the frozen config hashable and equal after a round trip.
+        object.__setattr__(self, "complement_map", tuple(self.complement_map))
+        mapping = self.complement_map
+        if len(mapping) != self.vocab_size or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(mapping) for i in mapping
+        ):
+            raise ValueError(f"config: complement_map must list one token id in [0, vocab_size) for each of the "
+                             f"{self.vocab_size} ids, got {list(mapping)}")
+        if any(mapping[mapping[i]] != i for i in range(len(mapping))):
+            raise ValueError(f"config: complement_map must be its own inverse (the complement of a complement is "
+                             f"the token itself), got {list(mapping)}")
+
+    @property
+    def causal(self) -> bool:
+        """Whether position t depends only on positions <= t (false for bidirectional and RC-equivariant models)."""
+        return not (self.bidirectional or self.rc_equivariant)
 
     @property
     def d_inner(self) -> int:

@@ -1,7 +1,9 @@
-"""Task heads over one backbone: language modelling, sequence classification, token classification.
+"""Task heads over one backbone: causal and masked language modelling, sequence and token classification.
 
 Every model has `forward_features` (backbone hidden states) and `forward_head` (features -> logits), a
-`head_config()` that checkpoints store, and `allocate_state` for recurrent use.
+`head_config()` that checkpoints store, and `allocate_state` for recurrent use. Over an RC-equivariant backbone
+(2 * d_model channels, see mambakit.nn.rc) the heads fold the two strands: RC-equivariant vocabulary logits,
+RC-invariant pooled classification.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import POOLINGS, pool_sequence
+from ..nn import POOLINGS, pool_sequence, rc_fold, rc_logits, rc_pool
 from .backbone import MambaModel, MambaState
 from .config import MambaConfig
 
@@ -53,9 +55,10 @@ class MambaPreTrainedModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     def forward_features(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-                         state: MambaState | None = None) -> Tensor:
-        """Backbone hidden states (b, l, d_model)."""
-        return self.backbone(input_ids, inputs_embeds, state)
+                         state: MambaState | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """Backbone hidden states (b, l, d_model), (b, l, 2 * d_model) for an RC-equivariant backbone.
+        attention_mask (b, l): right padding, needed by non-causal backbones when the batch is padded."""
+        return self.backbone(input_ids, inputs_embeds, state, attention_mask)
 
 
 class MambaLMHeadModel(MambaPreTrainedModel):
@@ -67,6 +70,9 @@ class MambaLMHeadModel(MambaPreTrainedModel):
                  dtype: torch.dtype | None = None) -> None:
         if config.vocab_size < 1:
             raise ValueError("a language model needs vocab_size >= 1")
+        if not config.causal and type(self) is MambaLMHeadModel:
+            raise ValueError("a causal language model needs a causal backbone: bidirectional and RC-equivariant "
+                             "models would see the tokens they predict; use MambaForMaskedLM")
         super().__init__(config, scan_backend, device, dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         if config.tie_embeddings:
@@ -74,6 +80,8 @@ class MambaLMHeadModel(MambaPreTrainedModel):
 
     def forward_head(self, features: Tensor) -> Tensor:
         """(…, d_model) -> logits (…, vocab_size); padded vocabulary rows are dropped."""
+        if self.config.rc_equivariant:
+            return rc_logits(self.lm_head, features, self.backbone.embedding.complement)[..., : self.config.vocab_size]
         return self.lm_head(features)[..., : self.config.vocab_size]
 
     def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
@@ -92,6 +100,24 @@ class MambaLMHeadModel(MambaPreTrainedModel):
     def step(self, input_ids: Tensor, state: MambaState) -> Tensor:
         """One token per sequence: input_ids (b,) -> next-token logits (b, vocab_size); `state` updated."""
         return self.forward_head(self.backbone.step(input_ids, state=state))
+
+
+class MambaForMaskedLM(MambaLMHeadModel):
+    """Masked language model (BERT-style, for bidirectional and RC-equivariant backbones): the same head as the
+    causal LM, but position t predicts labels[t] itself, unshifted."""
+
+    architecture = "MambaForMaskedLM"
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
+        """input_ids (b, l) -> logits (b, l, vocab_size). `labels` (b, l) hold the original token at masked
+        positions and IGNORE_INDEX (-100) elsewhere."""
+        logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return ModelOutput(logits, loss)
 
 
 class MambaForSequenceClassification(MambaPreTrainedModel):
@@ -115,13 +141,17 @@ class MambaForSequenceClassification(MambaPreTrainedModel):
     def forward_head(self, features: Tensor, attention_mask: Tensor | None = None,
                      pre_logits: bool = False) -> Tensor:
         """features (b, l, d_model) -> logits (b, num_labels), or the pooled (b, d_model) when pre_logits."""
-        pooled = pool_sequence(features, attention_mask, self.pooling)
+        if self.config.rc_equivariant:
+            pooled = rc_pool(features, attention_mask, self.pooling)
+        else:
+            pooled = pool_sequence(features, attention_mask, self.pooling)
         return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
         """input_ids (b, l) with attention_mask (b, l) (1 = real token, right padding) -> logits (b, num_labels)."""
-        logits = self.forward_head(self.forward_features(input_ids, inputs_embeds), attention_mask)
+        features = self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask)
+        logits = self.forward_head(features, attention_mask)
         loss = None
         if labels is not None:
             loss = (
@@ -150,12 +180,12 @@ class MambaForTokenClassification(MambaPreTrainedModel):
 
     def forward_head(self, features: Tensor) -> Tensor:
         """(b, l, d_model) -> logits (b, l, num_labels)."""
-        return self.classifier(features)
+        return self.classifier(rc_fold(features) if self.config.rc_equivariant else features)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
         """labels (b, l); positions with IGNORE_INDEX or attention_mask 0 do not count in the loss."""
-        logits = self.forward_head(self.forward_features(input_ids, inputs_embeds))
+        logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask))
         loss = None
         if labels is not None:
             if attention_mask is not None:
@@ -168,5 +198,5 @@ class MambaForTokenClassification(MambaPreTrainedModel):
 #: architecture name -> model class; checkpoints name their class here.
 ARCHITECTURES: dict[str, type[MambaPreTrainedModel]] = {
     cls.architecture: cls
-    for cls in (MambaLMHeadModel, MambaForSequenceClassification, MambaForTokenClassification)
+    for cls in (MambaLMHeadModel, MambaForMaskedLM, MambaForSequenceClassification, MambaForTokenClassification)
 }
