@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 # The main job on its embedded default, from scratch each time (the previous demo run is replaced).
 demo: $(INSTALLED)
 	rm -rf runs/demo
-	$(VENV)/bin/mambakit train text --out runs/demo
+	$(VENV)/bin/mambakit train genomics --out runs/demo
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q

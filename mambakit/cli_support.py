@@ -149,10 +149,12 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("metric", "value", title=title)
+    console = Console(file=sys.stdout)
+    console.print(title)
+    table = Table("metric", "value")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console(file=sys.stdout).print(table)
+    console.print(table)
 
 
 def build_model_config(preset_configs: dict[str, dict[str, Any]], run: RunOptions, **fixed: Any):  # noqa: ANN201
@@ -167,10 +169,13 @@ def build_model_config(preset_configs: dict[str, dict[str, Any]], run: RunOption
 
 
 def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data: Any, eval_data: Any,
-                 train_defaults: dict[str, Any], extra_files: dict[str, str] | None = None) -> dict[str, float]:
+                 train_defaults: dict[str, Any], extra_files: dict[str, str] | None = None,
+                 test_data: Any = None) -> dict[str, float]:
     """Train through mambakit.train.fit with the run's options over the domain's defaults, write the resolved
-    configuration beside the checkpoints, print the final evaluation, and exit non-zero unless it completed."""
-    from .train import TrainConfig, TrainingDiverged, fit
+    configuration beside the checkpoints, print the held-out (and, given `test_data`, the test metrics of the
+    best checkpoint), and exit non-zero unless the training completed."""
+    from .models import load_model
+    from .train import TrainConfig, TrainingDiverged, evaluate, fit
 
     out_dir = run.out or Path("runs") / f"{domain}-{run.task or 'default'}"
     given = {"max_steps": run.max_steps, "epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr}
@@ -197,5 +202,10 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
         print(f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
               f"continue with --resume", file=sys.stderr)
         raise typer.Exit(result.exit_code)
-    print_metrics(f"{domain}: held-out metrics after {result.step} steps ({out_dir})", result.metrics)
-    return result.metrics
+    print_metrics(f"{domain}: validation metrics after {result.step} steps ({out_dir})", result.metrics)
+    if test_data is None:
+        return result.metrics
+    chosen = result.best_checkpoint or result.last_checkpoint
+    test_metrics = evaluate(load_model(chosen, device=config.device), task, test_data, config)
+    print_metrics(f"{domain}: test metrics of {chosen}", test_metrics)
+    return test_metrics
