@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..jsonfiles import load_json_object
+
 #: Keys a checkpoint's config.json carries beside the architecture (written by mambakit.models.checkpoint).
 META_KEYS = ("model_type", "architecture", "head", "mambakit_version", "domain")
 
@@ -205,16 +207,4 @@ class MambaConfig:
     @classmethod
     def load(cls, path: str | Path) -> MambaConfig:
         """Read a config JSON file in any of the three dialects."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of config keys")
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from None
+        return load_json_object(path, cls.from_dict)
