@@ -61,3 +61,21 @@ def test_cuda_asked_for_but_absent():
 
 def test_missing_checkpoint(tmp_path):
     assert_one_line_error(run_cli("generate", "text", "--checkpoint", str(tmp_path / "run")), "no such checkpoint")
+
+
+def test_config_file_with_model_and_train_sections_and_flag_override(tmp_path):
+    import json
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: [{corpus}]\nmax_steps: 5\nbatch_size: 4\nmodel:\n  d_model: 16\n  n_layer: 1\n"
+                      "train:\n  eval_every: 1\n  log_every: 1\n")
+    out = tmp_path / "run"
+    assert main(["train", "text", "--config", str(config), "--max-steps", "2", "--out", str(out),
+                 "--seq-len", "32"]) == 0
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["train"]["max_steps"] == 2 and resolved["train"]["batch_size"] == 4
+    assert resolved["model"]["d_model"] == 16 and resolved["model"]["n_layer"] == 1
+    assert resolved["options"]["data"] == [str(corpus)]
+    assert (out / "last" / "trainer_state.pt").exists()
