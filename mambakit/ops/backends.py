@@ -122,7 +122,10 @@ register_backend(
         "triton",
         "mambakit's Triton GPU kernels",
         _probe_triton,
-        {"selective_scan": ".triton_scan:selective_scan_triton"},
+        {
+            "selective_scan": ".triton_scan:selective_scan_triton",
+            "selective_state_update": ".triton_step:selective_state_update_triton",
+        },
     )
 )
 register_backend(

@@ -1,0 +1,292 @@
+"""Check, then time, mambakit's Triton selective scan side by side with mamba-ssm on one GPU.
+
+Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
+
+    python bench/gpu.py [--out DIR] [--sweep]
+
+1. The copy rate of the card (the memory floor's rate).
+2. Correctness, before any timing: relative errors against the float64 reference (mambakit's sequential
+   `selective_scan_ref` on float64 copies of the same inputs) for the Triton scan and mamba-ssm, forward and
+   every gradient, fp32 and bf16; the forward at L = 2^20 against the `torch` backend in float64.
+3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton
+   and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton kernels.
+A short table is printed last; everything is written to DIR/gpu_results.json (DIR: $OUT, else bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from mambakit.ops.reference import selective_scan_ref
+from mambakit.ops.torch_scan import selective_scan_torch
+from mambakit.ops.triton_scan import ScanConfig, default_config, selective_scan_triton
+
+SHAPES = [(8, 1536, 16, 2048), (8, 2048, 16, 4096), (1, 1536, 16, 65536)]
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# (block_d, block_l, warps, unroll) for each kernel; the backward's block_l is also the save interval.
+FWD_SWEEP = [(1, 256, 1, 16), (8, 32, 1, 1), (8, 32, 1, 16), (16, 32, 2, 16), (4, 64, 1, 16), (2, 128, 1, 16),
+             (1, 128, 1, 16), (8, 64, 2, 16)]
+BWD_SWEEP = [(2, 128, 1, 1), (8, 32, 1, 1), (1, 128, 1, 2), (2, 64, 1, 2), (4, 32, 1, 1), (1, 256, 1, 1),
+             (2, 256, 1, 1), (4, 64, 1, 1)]
+
+
+def log(*args: object) -> None:
+    print(*args, flush=True)
+
+
+def scan_inputs(batch: int, dim: int, d_state: int, length: int, dtype: torch.dtype, seed: int = 0,
+                requires_grad: bool = False, groups: int = 0) -> dict:
+    """Random inputs as a Mamba layer feeds the scan: u, delta, z, B, C in `dtype`; A, D, delta_bias fp32."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0, kind: torch.dtype = dtype) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(kind).requires_grad_(requires_grad)
+
+    bc = (batch, groups, d_state, length) if groups else (batch, d_state, length)
+    A = -(torch.rand(dim, d_state, generator=g, device="cuda") + 0.1)
+    return {
+        "u": rand(batch, dim, length), "delta": rand(batch, dim, length, scale=0.5),
+        "A": A.requires_grad_(requires_grad), "B": rand(*bc), "C": rand(*bc),
+        "D": rand(dim, kind=torch.float32), "z": rand(batch, dim, length),
+        "delta_bias": rand(dim, scale=0.3, kind=torch.float32),
+    }
+
+
+def triton_fn(config: ScanConfig | None = None) -> Callable:
+    return lambda **kw: selective_scan_triton(**kw, delta_softplus=True, config=config)
+
+
+def mamba_fn() -> Callable | None:
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as error:  # noqa: BLE001 - report any import failure and go on without it
+        log(f"mamba-ssm unavailable: {type(error).__name__}: {error}")
+        return None
+    return lambda **kw: selective_scan_fn(**kw, delta_softplus=True)
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
+
+
+def outputs_and_grads(fn: Callable, inputs: dict, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out = fn(**leaves)
+    grads = torch.autograd.grad(out, [leaves[k] for k in GRAD_NAMES], grad.to(out.dtype))
+    return out, dict(zip(GRAD_NAMES, grads, strict=True))
+
+
+def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.dtype, groups: int = 0) -> dict:
+    """Max and per-output relative errors vs the float64 reference, for each implementation."""
+    inputs = scan_inputs(*shape, dtype, seed=sum(shape), groups=groups)
+    grad = torch.randn(shape[0], shape[1], shape[3], device="cuda", dtype=torch.float64)
+    exact = {k: v.double() for k, v in inputs.items()}
+    ref_out, ref_grads = outputs_and_grads(lambda **kw: selective_scan_ref(**kw, delta_softplus=True), exact, grad)
+    result = {}
+    for name, fn in fns.items():
+        out, grads = outputs_and_grads(fn, inputs, grad)
+        errors = {"out": rel(out, ref_out), **{f"d{k}": rel(v, ref_grads[k]) for k, v in grads.items()}}
+        finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads.values())
+        result[name] = {"max": max(errors.values()) if finite else float("nan"), "errors": errors}
+    return result
+
+
+def check_long_forward(length: int = 1 << 20) -> dict:
+    """Forward at L = 2^20, fp32, against the `torch` backend in float64 (and the last state)."""
+    inputs = scan_inputs(1, 8, 16, length, torch.float32, seed=7)
+    out, last = selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True)
+    exact = {k: v.double() for k, v in inputs.items()}
+    ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True,
+                                             chunk_size=1 << 16)
+    return {"out": rel(out, ref_out), "last": rel(last, ref_last), "finite": bool(torch.isfinite(out).all())}
+
+
+def copy_rate() -> float:
+    """TB/s of a 1 GiB device-to-device copy, bytes read plus written."""
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e12
+
+
+def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
+    """Median ms of fn's forward, or forward+backward (every input's gradient), on bf16 inputs."""
+    inputs = scan_inputs(*shape, torch.bfloat16, requires_grad=backward)
+    if not backward:
+        with torch.no_grad():
+            return do_bench(lambda: fn(**inputs), warmup=25, rep=100, return_mode="median")
+    grad = torch.randn(shape[0], shape[1], shape[3], device="cuda", dtype=torch.bfloat16)
+    leaves = [inputs[k] for k in GRAD_NAMES]
+    return do_bench(lambda: torch.autograd.grad(fn(**inputs), leaves, grad), warmup=25, rep=100,
+                    return_mode="median")
+
+
+def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> dict:
+    """Median microseconds of one decode step (bf16 x/dt/z/B/C, fp32 state), Triton and mamba-ssm."""
+    from mambakit.ops.triton_step import selective_state_update_triton
+
+    inputs = scan_inputs(batch, dim, d_state, 1, torch.bfloat16)
+    state = torch.randn(batch, dim, d_state, device="cuda")
+    args = (inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0], inputs["C"][..., 0],
+            inputs["D"], inputs["z"][..., 0], inputs["delta_bias"])
+    fns = {"triton": selective_state_update_triton}
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+        fns["mamba_ssm"] = selective_state_update
+    except Exception as error:  # noqa: BLE001
+        log(f"mamba-ssm's selective_state_update unavailable: {error}")
+    result = {"shape": f"B{batch} D{dim} N{d_state}"}
+    for name, fn in fns.items():
+        result[f"{name}_us"] = 1e3 * do_bench(lambda fn=fn: fn(state, *args, dt_softplus=True), warmup=25, rep=100,
+                                              return_mode="median")
+    return result
+
+
+def sweep(shape: tuple) -> tuple[ScanConfig, list]:
+    """Time every forward configuration (no gradients), then every backward one (forward+backward, with the
+    best forward); return the best configuration and the table."""
+    rows = []
+    best_fwd, best_ms = None, float("inf")
+    for bd, bl, warps, unroll in FWD_SWEEP:
+        config = ScanConfig(fwd_block_d=bd, fwd_block_l=bl, fwd_warps=warps, fwd_unroll=unroll)
+        try:
+            ms = time_scan(triton_fn(config), shape, backward=False)
+        except Exception as error:  # noqa: BLE001 - a configuration that fails to compile is reported, skipped
+            ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
+        else:
+            note = ""
+        rows.append({"kernel": "fwd", "block_d": bd, "block_l": bl, "warps": warps, "unroll": unroll, "ms": ms,
+                     "note": note})
+        log(f"  fwd bd={bd:3d} bl={bl:3d} w={warps} unroll={unroll:2d}: {ms:.4f} ms {note}")
+        if ms < best_ms:
+            best_fwd, best_ms = (bd, bl, warps, unroll), ms
+    best, best_ms = None, float("inf")
+    for bd, bl, warps, unroll in BWD_SWEEP:
+        config = ScanConfig(*best_fwd, bwd_block_d=bd, bwd_block_l=bl, bwd_warps=warps, bwd_unroll=unroll)
+        try:
+            ms = time_scan(triton_fn(config), shape, backward=True)
+        except Exception as error:  # noqa: BLE001
+            ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
+        else:
+            note = ""
+        rows.append({"kernel": "fwd+bwd", "block_d": bd, "block_l": bl, "warps": warps, "unroll": unroll,
+                     "ms": ms, "note": note})
+        log(f"  fwd+bwd bd={bd:3d} bl={bl:3d} w={warps} unroll={unroll:2d}: {ms:.4f} ms {note}")
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    parser.add_argument("--sweep", action="store_true", help="time the tile configurations first")
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    mamba = mamba_fn()
+    if mamba is not None:
+        import mamba_ssm
+
+        results["mamba_ssm"] = mamba_ssm.__version__
+    log(json.dumps(results))
+
+    def save() -> None:
+        (out_dir / "gpu_results.json").write_text(json.dumps(results, indent=1, default=str))
+
+    def section(name: str, run: Callable[[], object]) -> None:
+        began = time.time()
+        try:
+            results[name] = run()
+        except Exception:  # noqa: BLE001 - keep what the other sections measure
+            results[name] = {"error": traceback.format_exc()[-2000:]}
+        log(f"[{name}] {time.time() - began:.1f}s: {json.dumps(results[name], default=str)[:3000]}")
+        save()
+
+    section("copy_TBps", copy_rate)
+    impls = {"triton": triton_fn(), **({"mamba_ssm": mamba} if mamba is not None else {})}
+    section("correct_fp32", lambda: check_against_float64(impls, (2, 96, 16, 1001), torch.float32))
+    section("correct_fp32_groups", lambda: check_against_float64({"triton": triton_fn()}, (2, 96, 16, 515),
+                                                                  torch.float32, groups=4))
+    check_shape = (2, *SHAPES[0][1:])  # the benchmark shape at batch 2: the float64 autograd graph stays small
+    section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
+    section("correct_long_fp32", check_long_forward)
+
+    configs = {shape: default_config(shape[0], shape[1]) for shape in SHAPES}
+    if args.sweep:
+        for shape in SHAPES:
+            def run_sweep(shape: tuple = shape) -> dict:
+                best, rows = sweep(shape)
+                return {"best": asdict(best), "rows": rows}
+
+            key = "sweep B{} D{} N{} L{}".format(*shape)
+            section(key, run_sweep)
+            if "best" in results[key]:
+                configs[shape] = ScanConfig(**results[key]["best"])
+        best_main = configs[SHAPES[0]]
+        section("correct_bf16_best_config",
+                lambda: check_against_float64({"triton": triton_fn(best_main)}, check_shape, torch.bfloat16))
+    results["configs"] = {"B{} D{} N{} L{}".format(*shape): asdict(c) for shape, c in configs.items()}
+
+    def run_timing() -> list:
+        rows = []
+        for shape in SHAPES:
+            for name, fn in (("triton", triton_fn(configs[shape])), ("mamba_ssm", mamba)):
+                if fn is None:
+                    continue
+                row = {"impl": name, "shape": "B{} D{} N{} L{}".format(*shape)}
+                for key, backward in (("fwd_ms", False), ("fwd_bwd_ms", True)):
+                    try:
+                        row[key] = time_scan(fn, shape, backward)
+                    except Exception as error:  # noqa: BLE001
+                        row[key] = float("nan")
+                        row[key.replace("ms", "error")] = f"{type(error).__name__}: {error}"[:300]
+                log(row)
+                rows.append(row)
+                torch.cuda.empty_cache()
+        return rows
+
+    section("timing", run_timing)
+    section("state_update", time_state_update)
+
+    log("\n=== " + results["device"] + f" | copy {results.get('copy_TBps', float('nan')):.2f} TB/s")
+    for shape, config in results["configs"].items():
+        log(f"triton tiles at {shape}: " + " ".join(f"{k}={v}" for k, v in config.items()))
+    for key in ("correct_fp32", "correct_fp32_groups", "correct_bf16_bench_shape", "correct_bf16_best_config"):
+        for impl, value in (results.get(key) or {}).items():
+            if isinstance(value, dict) and "max" in value:
+                worst = max(value["errors"], key=value["errors"].get)
+                log(f"{key:26s} {impl:10s} max rel err {value['max']:.2e} ({worst})")
+    if isinstance(results.get("correct_long_fp32"), dict):
+        log(f"{'correct_long_fp32 (2^20)':26s} triton     {json.dumps(results['correct_long_fp32'])}")
+    log(f"{'shape':24s} {'impl':10s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
+    for row in results.get("timing") or []:
+        if isinstance(row, dict) and "impl" in row:
+            log(f"{row['shape']:24s} {row['impl']:10s} {row.get('fwd_ms', float('nan')):8.3f} "
+                f"{row.get('fwd_bwd_ms', float('nan')):11.3f}")
+    update = results.get("state_update")
+    if isinstance(update, dict) and "triton_us" in update:
+        log(f"decode step {update['shape']}: " + ", ".join(f"{k} {v:.1f}" for k, v in update.items() if "_us" in k))
+    save()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The `triton` backend's decode step: one recurrent step of the selective scan, the state updated in place.
+
+One program owns BLOCK_D channels x all N states of one batch element: it reads the state once, writes it once,
+and reads x, dt, z and each channel's B/C row (its group's); fp32 math whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .triton_scan import _FAST_LOG, LOG2E, _sigmoid, _softplus
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    dim, group_dim,
+    stride_s_b, stride_s_d, stride_x_b, stride_dt_b, stride_z_b, stride_A_d, stride_B_b, stride_B_g,
+    stride_C_b, stride_C_g,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr,
+):
+    batch = tl.program_id(1).to(tl.int64)
+    chans = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    chan_mask = chans < dim
+    cols = tl.arange(0, NP)
+    mask = chan_mask[:, None] & (cols[None, :] < N)
+    groups = chans // group_dim
+    state_ptrs = state_ptr + batch * stride_s_b + chans[:, None] * stride_s_d + cols[None, :]
+    h = tl.load(state_ptrs, mask=mask, other=0.0)
+    x = tl.load(x_ptr + batch * stride_x_b + chans, mask=chan_mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + batch * stride_dt_b + chans, mask=chan_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + chans, mask=chan_mask, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt, FAST_LOG)
+    a = tl.load(A_ptr + chans[:, None] * stride_A_d + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    B = tl.load(B_ptr + batch * stride_B_b + groups[:, None] * stride_B_g + cols[None, :], mask=mask, other=0.0)
+    C = tl.load(C_ptr + batch * stride_C_b + groups[:, None] * stride_C_g + cols[None, :], mask=mask, other=0.0)
+    h = tl.exp2(dt[:, None] * a * LOG2E) * h + (dt * x)[:, None] * B.to(tl.float32)
+    tl.store(state_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask)
+    y = tl.sum(h * C.to(tl.float32), axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + chans, mask=chan_mask, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + batch * stride_z_b + chans, mask=chan_mask, other=0.0).to(tl.float32)
+        y *= z * _sigmoid(z)
+    tl.store(out_ptr + batch * dim + chans, y.to(out_ptr.dtype.element_ty), mask=chan_mask)
+
+
+def selective_state_update_triton(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+) -> Tensor:
+    """One step of the selective scan on the GPU; same contract as `mambakit.ops.selective_state_update`
+    (arguments already checked): `state` (batch, dim, N) updated in place, returns y (batch, dim) in x's
+    dtype. A float64 state goes to the reference implementation, which keeps float64."""
+    if state.dtype == torch.float64:
+        from .reference import selective_state_update_ref
+
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    batch, dim, d_state = state.shape
+    if B.dim() == 2:  # (batch, N): one group
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    groups = B.shape[1]
+    # The kernel reads states with unit stride; a state with other strides is updated through a copy.
+    work = state if state.stride(-1) == 1 else state.contiguous()
+    x, dt = x.contiguous(), dt.contiguous()
+    z = z.contiguous() if z is not None else None
+    A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (A, B, C))
+    out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    block_d = min(32, triton.next_power_of_2(dim))
+    _state_update_kernel[(triton.cdiv(dim, block_d), batch)](
+        work, x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
+        dt_bias if dt_bias is not None else x, out,
+        dim, dim // groups,
+        work.stride(0), work.stride(1), x.stride(0), dt.stride(0), z.stride(0) if z is not None else 0,
+        A.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        N=d_state, NP=triton.next_power_of_2(d_state), BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_LOG=_FAST_LOG, num_warps=4,
+    )
+    if work is not state:
+        state.copy_(work)
+    return out
