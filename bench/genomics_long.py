@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-max-length", type=int, default=1 << 15)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--commit", default="", help="commit the tree was checked out at (default: git HEAD)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/genomics_long.py needs a CUDA GPU")
@@ -80,7 +81,9 @@ def main() -> None:
                 rows.append({"length": length, "backend": backend, "error": "out of memory"})
             torch.cuda.empty_cache()
             print(f"L={length:>8} {backend:>9}: {rows[-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # The device machine gets the working tree without .git: the commit can be passed in.
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True).stdout.strip()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
               "commit": commit, "model": "6 layers x d_model 128, d_state 16, causal LM", "batch": 1,
               "precision": "bf16 autocast, fp32 parameters, fused AdamW", "rows": rows}

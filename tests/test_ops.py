@@ -203,7 +203,7 @@ def test_bad_shapes_name_the_argument():
 
 def test_unknown_backend_lists_the_known_ones():
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
-    with pytest.raises(ValueError, match="auto, triton, mamba_ssm, torch, reference"):
+    with pytest.raises(ValueError, match="auto, mamba_ssm, triton, torch, reference"):
         ops.selective_scan(**inputs, backend="cuda_fast")
 
 
@@ -230,3 +230,16 @@ def test_mamba_ssm_backend_refuses_initial_state():
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared", device="cuda").items()}
     with pytest.raises(ops.BackendUnavailableError, match="initial_state"):
         ops.selective_scan(**inputs, backend="mamba_ssm")
+
+
+def test_auto_passes_over_backends_that_lack_a_needed_feature(monkeypatch):
+    from mambakit.ops import backends
+
+    limited = backends.Backend("limited", "test double", lambda device: None,
+                               {"selective_scan": ".reference:selective_scan_ref"}, lacks=frozenset({"initial_state"}))
+    monkeypatch.setattr(backends, "_REGISTRY", {"limited": limited, **backends._REGISTRY})
+    cpu = torch.device("cpu")
+    assert ops.resolve_backend("auto", cpu).name == "limited"
+    assert ops.resolve_backend("auto", cpu, needs=frozenset({"initial_state"})).name == "torch"
+    with pytest.raises(ops.BackendUnavailableError, match="has no initial_state"):
+        ops.resolve_backend("limited", cpu, needs=frozenset({"initial_state"}))

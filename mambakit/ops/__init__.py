@@ -42,7 +42,8 @@ def selective_scan(
     Returns out (batch, dim, L) in u's dtype [, last state (batch, dim, N) in fp32].
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    implementation = resolve_backend(backend, u.device).load("selective_scan")
+    needs = frozenset({"initial_state"}) if initial_state is not None else frozenset()
+    implementation = resolve_backend(backend, u.device, "selective_scan", needs).load("selective_scan")
     return implementation(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
     )

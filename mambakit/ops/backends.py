@@ -2,7 +2,7 @@
 
 A backend is registered with a probe that says, for a device, whether it can run there and if not why.
 `backend="auto"` (or the MAMBAKIT_SCAN_BACKEND environment variable) picks the first usable backend in
-registration order: triton, mamba_ssm, torch, reference.
+registration order: mamba_ssm, triton, torch, reference.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Backend:
     ops: dict[str, str] = field(default_factory=dict)
     """op name -> "module:function" (module relative to mambakit.ops), imported only when used;
     ops a backend lacks fall back to the `torch` backend."""
+    lacks: frozenset[str] = frozenset()
+    """Call features it cannot serve (e.g. "initial_state"): `auto` passes over it for such calls."""
 
     def load(self, op: str) -> Callable:
         """Import and return this backend's function for `op`."""
@@ -64,13 +66,15 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, st
     return {name: backend.probe(device) for name, backend in _REGISTRY.items()}
 
 
-def resolve_backend(name: str, device: torch.device, op: str = "selective_scan") -> Backend:
-    """The backend that runs `op` for tensors on `device`: `name`, or the first usable one for "auto"."""
+def resolve_backend(name: str, device: torch.device, op: str = "selective_scan",
+                    needs: frozenset[str] = frozenset()) -> Backend:
+    """The backend that runs `op` for tensors on `device`: `name`, or for "auto" the first usable one that has
+    every feature in `needs`."""
     if name == "auto":
         name = os.environ.get(ENV_VAR, "auto") or "auto"
     if name == "auto":
         for backend in _REGISTRY.values():
-            if op in backend.ops and backend.probe(device) is None:
+            if op in backend.ops and not needs & backend.lacks and backend.probe(device) is None:
                 return backend
         raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
     if name not in _REGISTRY:
@@ -79,6 +83,9 @@ def resolve_backend(name: str, device: torch.device, op: str = "selective_scan")
     reason = backend.probe(device)
     if reason is not None:
         raise BackendUnavailableError(f"scan backend {name!r} cannot run on {device}: {reason}")
+    if needs & backend.lacks:
+        raise BackendUnavailableError(f"scan backend {name!r} has no {', '.join(sorted(needs & backend.lacks))}; "
+                                      "use backend='triton' or backend='torch'")
     if op not in backend.ops:
         return _REGISTRY["torch"]
     return backend
@@ -117,17 +124,8 @@ def _always(device: torch.device) -> str | None:
     return None
 
 
-register_backend(
-    Backend(
-        "triton",
-        "mambakit's Triton GPU kernels",
-        _probe_triton,
-        {
-            "selective_scan": ".triton_scan:selective_scan_triton",
-            "selective_state_update": ".triton_step:selective_state_update_triton",
-        },
-    )
-)
+# Fastest first. mamba-ssm's CUDA kernels still beat mambakit's Triton kernels on the H100
+# (bench/results/gpu_notes.md, genomics_long.md), so where they are installed they run; Triton runs without any build.
 register_backend(
     Backend(
         "mamba_ssm",
@@ -136,6 +134,18 @@ register_backend(
         {
             "selective_scan": ".mamba_ssm_adapter:selective_scan_mamba_ssm",
             "selective_state_update": ".mamba_ssm_adapter:selective_state_update_mamba_ssm",
+        },
+        lacks=frozenset({"initial_state"}),
+    )
+)
+register_backend(
+    Backend(
+        "triton",
+        "mambakit's Triton GPU kernels",
+        _probe_triton,
+        {
+            "selective_scan": ".triton_scan:selective_scan_triton",
+            "selective_state_update": ".triton_step:selective_state_update_triton",
         },
     )
 )

@@ -1,7 +1,8 @@
 """The `mamba_ssm` backend: the official CUDA kernels behind mambakit's op contract.
 
-mamba-ssm's Mamba-1 scan has no initial state and does not backpropagate through the last state it returns;
-those calls are refused with a message naming the backends that can.
+mamba-ssm's Mamba-1 scan has no initial state (the registry sends such calls elsewhere, see Backend.lacks) and
+does not backpropagate through the last state it returns: that gradient is refused with a message naming the
+backends that can.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def selective_scan_mamba_ssm(
     """mamba-ssm's selective_scan_fn with mambakit's argument checks already done by the caller."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    if initial_state is not None:
-        raise BackendUnavailableError(f"the mamba_ssm backend has no initial_state for Mamba-1 scans; {_USE_INSTEAD}")
     # Its kernel wants contiguous inputs and (dim, N) B/C in fp32 like A.
     if B.dim() == 2:
         B, C = B.float().contiguous(), C.float().contiguous()
