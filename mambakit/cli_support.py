@@ -8,6 +8,7 @@ Apps build their commands from these pieces so that `mambakit train genomics --l
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,6 +145,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def is_main_process() -> bool:
+    """False in every torchrun process but the first, which alone writes and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def announce(message: str) -> None:
+    """Print a line of progress, once per run (not once per torchrun process)."""
+    if is_main_process():
+        print(message)
+
+
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     """A small two-column table on stdout."""
     from rich.console import Console
@@ -189,10 +201,13 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
                                         "seed": run.seed, "resume": run.resume})
     except (TypeError, ValueError) as error:
         raise UserError(f"training settings: {error}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"domain": domain, "options": run.to_json(), "model": model.config.to_dict(),
-                "train": json.loads(config.to_json())}
-    (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    # Under torchrun every process runs this; only the first writes and reports.
+    is_main = is_main_process()
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"domain": domain, "options": run.to_json(), "model": model.config.to_dict(),
+                    "train": json.loads(config.to_json())}
+        (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
         result = fit(model, task, train_data, eval_data, config, extra_files=extra_files)
     except TrainingDiverged as error:
@@ -202,8 +217,9 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
         print(f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
               f"continue with --resume", file=sys.stderr)
         raise typer.Exit(result.exit_code)
-    print_metrics(f"{domain}: validation metrics after {result.step} steps ({out_dir})", result.metrics)
-    if test_data is None:
+    if is_main:
+        print_metrics(f"{domain}: validation metrics after {result.step} steps ({out_dir})", result.metrics)
+    if test_data is None or not is_main:
         return result.metrics
     chosen = result.best_checkpoint or result.last_checkpoint
     test_metrics = evaluate(load_model(chosen, device=config.device), task, test_data, config)

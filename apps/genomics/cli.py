@@ -25,6 +25,7 @@ from mambakit.cli_support import (
     SeedOption,
     TaskOption,
     UserError,
+    announce,
     build_model_config,
     print_metrics,
     resolve_device,
@@ -131,7 +132,7 @@ def train(
         raise UserError(str(error)) from None
     defaults = {**TRAIN_DEFAULTS[task_name], "grad_checkpointing": grad_checkpointing}
     app_record = {"task": task_name, "classes": classes, "seq_len": seq_len, "conjoin": conjoin, "seed": run.seed}
-    print(f"genomics {task_name}: {len(splits.train):,} training / {len(splits.val):,} validation / "
+    announce(f"genomics {task_name}: {len(splits.train):,} training / {len(splits.val):,} validation / "
           f"{len(splits.test) if splits.test else 0:,} test examples; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     run_training("genomics", replace(run, task=task_name), model, task_object, splits.train, splits.val, defaults,

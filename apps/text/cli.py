@@ -24,6 +24,7 @@ from mambakit.cli_support import (
     SeedOption,
     TaskOption,
     UserError,
+    announce,
     build_model_config,
     print_metrics,
     resolve_device,
@@ -91,7 +92,7 @@ def train(
         PRESETS, run, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     ))
-    print(f"text: {n_files} files, {len(train_tokens):,} training / {len(eval_tokens):,} held-out bytes; "
+    announce(f"text: {n_files} files, {len(train_tokens):,} training / {len(eval_tokens):,} held-out bytes; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     run_training("text", replace(run, task="lm"), model, CausalLMTask("byte"),
                  train_data, eval_data, TRAIN_DEFAULTS, {"tokenizer.json": tokenizer.to_json()})
