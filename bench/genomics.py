@@ -20,6 +20,7 @@ import argparse
 import json
 import lzma
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from mambakit.apps.genomics.cli import PRESETS as CLI_PRESETS
+from mambakit.apps.genomics.cli import TRAIN_DEFAULTS as CLI_TRAIN_DEFAULTS
 from mambakit.apps.genomics.models import create_model, genomics_config
 from mambakit.apps.genomics.prepare import GENOME, classification_splits, pretraining_splits
 from mambakit.apps.genomics.readers import read_sequences, split_genome
@@ -37,14 +40,21 @@ from mambakit import __version__
 from mambakit.models import load_model
 from mambakit.train import TrainConfig, evaluate, fit
 
+
+def _cli_settings(task: str) -> dict[str, Any]:
+    """The CLI's training defaults for `task`, less what this script sets itself."""
+    return {k: v for k, v in CLI_TRAIN_DEFAULTS[task].items() if k not in ("warmup_ratio", "save_every", "log_every")}
+
+
 #: Model and training settings per preset: "cpu" finishes in minutes on a laptop, "gpu" is the real run.
 PRESETS: dict[str, dict[str, Any]] = {
+    # What `mambakit train genomics [--task pretrain]` does by default: the tiny preset and the CLI's settings.
     "cpu": {
         "classify_models": {"causal": {}, "rc_equivariant": {"rc_equivariant": True}},
-        "model": {"d_model": 64, "n_layer": 2, "d_state": 8},
-        "classify_train": {"epochs": 3, "batch_size": 32, "lr": 3e-3, "eval_every": 100},
-        "lm_model": {"d_model": 64, "n_layer": 2, "d_state": 8},
-        "lm_train": {"max_steps": 400, "batch_size": 8, "lr": 3e-3, "eval_every": 100},
+        "model": CLI_PRESETS["tiny"],
+        "classify_train": _cli_settings("classify"),
+        "lm_model": CLI_PRESETS["tiny"],
+        "lm_train": _cli_settings("pretrain"),
         "window": 1024,
     },
     "gpu": {
@@ -237,7 +247,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"| xz -9e, held-out bases alone | {xz['test_bits_per_base']:.4f} |",
               f"| xz -9e, given the training bases | {xz['test_bits_per_base_given_train']:.4f} |",
               "| uniform over A, C, G, T | 2.0000 |", "",
-              f"mambakit {report['versions']['mambakit']}, torch {report['versions']['torch']}, python "
+              f"mambakit {report['versions']['mambakit']} (commit {report['commit']}), "
+              f"torch {report['versions']['torch']}, python "
               f"{report['versions']['python']}; seed {SEED}. mambakit scores every base of each test window but "
               f"the first (no context); the Markov model scores the test bases after its first `order`."]
     return "\n".join(lines) + "\n"
@@ -257,6 +268,8 @@ def main() -> None:
     report: dict[str, Any] = json.loads(report_path.read_text()) if args.part != "all" and report_path.is_file() else {}
     report.update({
         "preset": args.preset, "settings": preset, "device": torch.cuda.get_device_name() if use_cuda else "CPU",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "versions": {"mambakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "numpy": np.__version__},
     })

@@ -43,7 +43,7 @@ PRESETS = {
     "base": {"d_model": 256, "n_layer": 8, "d_state": 16},
 }
 TRAIN_DEFAULTS = {
-    "classify": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05, "eval_every": 100,
+    "classify": {"epochs": 5, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05, "eval_every": 100,
                  "save_every": 100, "log_every": 20},
     "pretrain": {"max_steps": 400, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.05, "eval_every": 100,
                  "save_every": 100, "log_every": 20},
