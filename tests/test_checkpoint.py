@@ -303,3 +303,13 @@ def test_extra_file_names_must_be_plain(tmp_path: Path) -> None:
     for name in ("../escape.json", "config.json"):
         with pytest.raises(ValueError, match="plain file name"):
             save_pretrained(model, tmp_path, extra_files={name: "{}"})
+
+
+def test_cli_convert_writes_an_equivalent_mambakit_checkpoint(tmp_path: Path, hf_model: tuple) -> None:
+    from mambakit.cli import main
+
+    model, hf_logits = hf_model
+    model.save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "converted")]) == 0
+    assert json.loads((tmp_path / "converted" / "config.json").read_text())["model_type"] == "mambakit"
+    _assert_matches_hf(tmp_path / "converted", hf_logits)

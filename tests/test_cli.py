@@ -79,3 +79,10 @@ def test_config_file_with_model_and_train_sections_and_flag_override(tmp_path):
     assert resolved["model"]["d_model"] == 16 and resolved["model"]["n_layer"] == 1
     assert resolved["options"]["data"] == [str(corpus)]
     assert (out / "last" / "trainer_state.pt").exists()
+
+
+def test_bench_scan_times_the_usable_backends(capsys):
+    assert main(["bench", "scan", "--batch", "1", "--dim", "8", "--d-state", "4", "--length", "16",
+                 "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "reference" in out
