@@ -19,7 +19,7 @@ import torch
 from mambakit.ops.reference import selective_scan_ref
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ops import relative_error, scan_inputs  # noqa: E402
+from scan_cases import CASES, relative_error, scan_inputs  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
@@ -86,12 +86,7 @@ def triton_scan(config=None):
 # batch, dim, N, L, B/C layout, options: odd L, channel counts that no block size divides, groups,
 # time-invariant B/C, with and without gate, skip, bias and initial state.
 GPU_CASES = [
-    (2, 8, 4, 37, "shared", {}),
-    (1, 6, 3, 101, "grouped:3", {}),
-    (2, 8, 5, 19, "grouped:2", {"gated": False, "bias": False}),
-    (2, 4, 4, 33, "time_invariant", {}),
-    (3, 5, 2, 1, "shared", {"skip": False, "initial": False}),
-    (2, 7, 16, 64, "shared", {"initial": False}),
+    *CASES,
     (2, 100, 16, 1000, "shared", {}),
     (1, 96, 16, 2049, "grouped:4", {}),
     (2, 33, 8, 513, "time_invariant", {}),
