@@ -338,12 +338,12 @@ class _Trainer:
         self.dist.barrier()
         if not self.config.resume:
             if last.exists():
-                raise ValueError(f"{self.out_dir} already holds a training checkpoint (last/): pass resume=True to "
-                                 f"continue it, or choose another out_dir")
+                raise ValueError(f"{self.out_dir} already holds a training checkpoint (last/): continue it with "
+                                 f"resume (--resume), or choose another out_dir (--out)")
             return None
         if not (last / TRAINER_STATE_NAME).is_file():
             raise ValueError(f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
-                             f"start without resume")
+                             f"start without resume (--resume)")
         saved = read_train_config(last)
         if saved is not None:
             new, old = self.config.to_dict(), saved.to_dict()
