@@ -37,6 +37,11 @@ ConfigOption = Annotated[
 ]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, init, sampling).")]
+CudaGraphOption = Annotated[
+    bool | None,
+    typer.Option("--cuda-graph/--no-cuda-graph",
+                 help="Replay each decoding step as a CUDA graph (default: on when the model is on CUDA)."),
+]
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint folder (a run folder's last/ or best/).")
 ]

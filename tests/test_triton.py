@@ -231,6 +231,33 @@ def test_triton_state_update_matches_reference(shape, dtype):
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
+def add_rms_norm_errors(rows: int, width: int, weight_dtype: torch.dtype, first_block: bool, residual_in_fp32: bool,
+                        device: str) -> dict:
+    """Relative errors of the Triton add + RMSNorm against the PyTorch form, on both outputs."""
+    from mambakit.ops.reference import add_rms_norm_ref
+    from mambakit.ops.triton_norm import add_rms_norm_triton
+
+    g = torch.Generator(device=device).manual_seed(width)
+    hidden = torch.randn(rows, width, device=device, generator=g).to(weight_dtype)
+    residual = None if first_block else torch.randn(rows, width, device=device, generator=g)
+    weight = (1 + 0.1 * torch.randn(width, device=device, generator=g)).to(weight_dtype)
+    expected = add_rms_norm_ref(hidden, residual, weight, 1e-5, residual_in_fp32)
+    with torch.no_grad():
+        got = add_rms_norm_triton(hidden, residual, weight, 1e-5, residual_in_fp32)
+    assert [t.dtype for t in got] == [t.dtype for t in expected]
+    return {name: relative_error(g_, e) for name, g_, e in zip(("normed", "residual"), got, expected, strict=True)}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("first_block", [True, False])
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_triton_add_rms_norm_matches_pytorch(weight_dtype, first_block, residual_in_fp32):
+    errors = add_rms_norm_errors(37, 768, weight_dtype, first_block, residual_in_fp32, "cuda")
+    assert max(errors.values()) < TOLERANCE[weight_dtype], errors
+
+
 def interpreter_check() -> None:
     """A few tiny cases through the kernels in Triton's CPU interpreter (run with TRITON_INTERPRET=1): several
     channel blocks and tiles (saved states every second forward tile), groups, time-invariant B/C, optional
@@ -256,6 +283,9 @@ def interpreter_check() -> None:
     for shape in ((2, 48, 16, 1), (3, 70, 5, 2)):
         errors = state_update_errors(*shape, torch.float32, "cpu")
         assert max(errors.values()) < 1e-5, f"state update {shape}: {errors}"
+    for first_block in (True, False):
+        errors = add_rms_norm_errors(3, 100, torch.float32, first_block, True, "cpu")
+        assert max(errors.values()) < 1e-6, f"add_rms_norm: {errors}"
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")

@@ -13,6 +13,7 @@ from mambakit.cli_support import (
     BatchSizeOption,
     CheckpointOption,
     ConfigOption,
+    CudaGraphOption,
     DataOption,
     DeviceOption,
     EpochsOption,
@@ -150,6 +151,7 @@ def generate(
     repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", min=0.0)] = 1.0,
     seed: SeedOption = None,
     device: DeviceOption = None,
+    cuda_graph: CudaGraphOption = None,
 ) -> None:
     """Continue a prompt with a text checkpoint, streaming the bytes as they come."""
     import sys
@@ -162,6 +164,9 @@ def generate(
     model, tokenizer = _load(checkpoint, device or "auto")
     ids = tokenizer.encode(prompt) or [tokenizer.bos_token_id]
     device_of_model = next(model.parameters()).device
+    if cuda_graph and device_of_model.type != "cuda":
+        raise UserError(f"--cuda-graph needs the model on CUDA, it is on {device_of_model}; use --device cuda or "
+                        "drop --cuda-graph")
     try:
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as error:
@@ -184,7 +189,7 @@ def generate(
 
     sys.stdout.write(prompt)
     generate_ids(model, torch.tensor([ids], device=device_of_model), max_new_tokens, sampling,
-                 eos_token_id=tokenizer.eos_token_id, seed=seed, streamer=stream)
+                 eos_token_id=tokenizer.eos_token_id, seed=seed, streamer=stream, cuda_graph=cuda_graph)
     sys.stdout.write("\n")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..ops import add_rms_norm
 from .mixer import Mamba, MambaLayerState
+from .norm import RMSNorm
 
 
 class Block(nn.Module):
@@ -18,6 +20,9 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def _pre_norm(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if isinstance(self.norm, RMSNorm):  # one kernel when decoding on the GPU
+            return add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
+                                backend=getattr(self.mixer, "scan_backend", "auto"))
         residual = hidden_states if residual is None else residual + hidden_states
         normed = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:

@@ -123,22 +123,29 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: Tensor, state: MambaLayerState | None = None) -> Tensor:
         """hidden_states (b, l, d_model) -> (b, l, d_model). With `state`, continue from it and leave the
         state after the last position in it (its tensors are replaced, so autograd can flow through)."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)
+        # Everything between in_proj and out_proj is computed as (b, channels, l) with steps contiguous, the
+        # layout the conv and the scan read, by multiplying weights from the left (batched GEMMs on transposed
+        # views): no (b, l, d) <-> (b, d, l) copies, as in mamba-ssm's mamba_inner_fn.
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
         x, z = xz.chunk(2, dim=1)
         conv_weight = self.conv1d.weight.squeeze(1)
-        A = -torch.exp(self.A_log.float())
         if state is None:
             x = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend)
         else:
             x, state.conv = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv,
                                           return_final_states=True, backend=self.scan_backend)
-        delta, B, C, delta_bias = self._ssm_inputs(x.transpose(1, 2))
         if self.selective:
-            B, C = B.transpose(1, 2), C.transpose(1, 2)
+            x_dbl = torch.matmul(self.x_proj.weight, x)
+            dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+            delta, delta_bias = torch.matmul(self.dt_proj.weight, dt), self.dt_proj.bias
+        else:
+            delta, B, C, delta_bias = torch.zeros_like(x), self.B, self.C, self.dt_bias
         scan = selective_scan(
-            x, delta.transpose(1, 2), A, B, C, self.D.float(), z, delta_bias.float(), delta_softplus=True,
-            initial_state=None if state is None else state.ssm, return_last_state=state is not None,
-            backend=self.scan_backend,
+            x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z, delta_bias.float(),
+            delta_softplus=True, initial_state=None if state is None else state.ssm,
+            return_last_state=state is not None, backend=self.scan_backend,
         )
         if state is not None:
             y, state.ssm = scan
@@ -154,7 +161,7 @@ class Mamba(nn.Module):
         delta, B, C, delta_bias = self._ssm_inputs(x)
         if not self.selective:
             B, C = B.expand(x.shape[0], -1, -1), C.expand(x.shape[0], -1, -1)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(state.ssm, x, delta, A, B, C, self.D.float(), z, delta_bias.float(),
-                                   dt_softplus=True, backend=self.scan_backend)
+        # D and the bias go in as they are: every backend computes the step in fp32.
+        y = selective_state_update(state.ssm, x, delta, -torch.exp(self.A_log.float()), B, C, self.D, z,
+                                   delta_bias, dt_softplus=True, backend=self.scan_backend)
         return self.out_proj(y)

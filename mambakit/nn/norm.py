@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops.reference import rms_norm_ref
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm (no mean subtraction, no bias); statistics in fp32 whatever the input dtype."""
@@ -16,9 +18,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm_ref(x, self.weight, self.eps)
 
 
 def create_norm(dim: int, rms_norm: bool, eps: float, device: torch.device | None = None,

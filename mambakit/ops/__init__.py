@@ -124,8 +124,27 @@ def causal_conv1d_update(
     return implementation(x, conv_state, weight, bias, activation)
 
 
+def add_rms_norm(
+    hidden: Tensor,
+    residual: Tensor | None,
+    weight: Tensor,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = True,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """A pre-norm residual block's entry: residual = hidden + residual (hidden alone when residual is None),
+    returns (RMSNorm(residual) * weight in weight's dtype, residual [fp32 when residual_in_fp32])."""
+    if weight.shape != hidden.shape[-1:]:
+        raise ValueError(f"weight must have shape ({hidden.shape[-1]},), got {tuple(weight.shape)}")
+    if residual is not None and residual.shape != hidden.shape:
+        raise ValueError(f"residual must have hidden's shape {tuple(hidden.shape)}, got {tuple(residual.shape)}")
+    implementation = resolve_backend(backend, hidden.device, "add_rms_norm").load("add_rms_norm")
+    return implementation(hidden, residual, weight, eps, residual_in_fp32)
+
+
 __all__ = [
     "ENV_VAR",
+    "add_rms_norm",
     "Backend",
     "BackendUnavailableError",
     "available_backends",

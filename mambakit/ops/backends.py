@@ -146,6 +146,9 @@ register_backend(
         {
             "selective_scan": ".triton_scan:selective_scan_triton",
             "selective_state_update": ".triton_step:selective_state_update_triton",
+            "causal_conv1d": ".triton_conv:causal_conv1d_triton",
+            "causal_conv1d_update": ".triton_conv:causal_conv1d_update_triton",
+            "add_rms_norm": ".triton_norm:add_rms_norm_triton",
         },
     )
 )
@@ -160,6 +163,7 @@ register_backend(
             "selective_state_update": ".reference:selective_state_update_ref",
             "causal_conv1d": ".reference:causal_conv1d_ref",
             "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
+            "add_rms_norm": ".reference:add_rms_norm_ref",
         },
     )
 )
@@ -173,6 +177,7 @@ register_backend(
             "selective_state_update": ".reference:selective_state_update_ref",
             "causal_conv1d": ".reference:causal_conv1d_ref",
             "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
+            "add_rms_norm": ".reference:add_rms_norm_ref",
         },
     )
 )

@@ -154,3 +154,22 @@ def causal_conv1d_update_ref(
         out = F.silu(out)
     conv_state.copy_(window[..., 1:])
     return out.to(x.dtype)
+
+
+def rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / rms(x) * weight over the last axis, statistics in fp32 (as HF Mamba's RMSNorm: the normalised x is
+    rounded to x's dtype before the weight multiplies it)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one fused kernel on CUDA, same math
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def add_rms_norm_ref(hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float,
+                     residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+    """A pre-norm block's entry: residual = hidden + residual (hidden alone for the first block), then
+    (rms_norm(residual in weight's dtype), residual [in fp32 when residual_in_fp32])."""
+    residual = hidden if residual is None else residual + hidden
+    normed = rms_norm_ref(residual.to(weight.dtype), weight, eps)
+    return normed, residual.float() if residual_in_fp32 else residual

@@ -76,9 +76,9 @@ def selective_state_update_triton(
     groups = B.shape[1]
     # The kernel reads states with unit stride; a state with other strides is updated through a copy.
     work = state if state.stride(-1) == 1 else state.contiguous()
-    x, dt = x.contiguous(), dt.contiguous()
-    z = z.contiguous() if z is not None else None
-    A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (A, B, C))
+    # Channels must be unit-stride; batch strides may be anything (x and z are halves of one projection).
+    x, dt, A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, A, B, C))
+    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
     block_d = min(32, triton.next_power_of_2(dim))
     _state_update_kernel[(triton.cdiv(dim, block_d), batch)](
