@@ -1,8 +1,14 @@
-"""Shared by the scan tests of every backend: random inputs in mamba-ssm's shapes, the relative error, and the
-shape cases every backend must pass."""
+"""Shared by the scan tests of every backend: random inputs in mamba-ssm's shapes, the relative error, the
+shape cases every backend must pass, and running kernels in Triton's CPU interpreter."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 
@@ -46,3 +52,15 @@ CASES = [
     (3, 5, 2, 1, "shared", {"skip": False, "initial": False}),
     (2, 7, 16, 64, "shared", {"initial": False}),
 ]
+
+
+def run_in_triton_interpreter(module: str, function: str) -> None:
+    """Run tests/<module>.<function>() in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter, which
+    must be set before triton is imported), so the kernels are exercised without a GPU."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import {module}; {module}.{function}()"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if "only 0-dimensional arrays can be converted to Python scalars" in result.stderr:
+        pytest.skip("this Triton's interpreter cannot run loops over kernel arguments with numpy >= 2.5 "
+                    "(Triton 3.6 on the GPU image; 3.8 can)")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -41,6 +41,17 @@ def no_weight_decay(parameter: nn.Parameter) -> nn.Parameter:
     return parameter
 
 
+def _as_sequences(columns: Tensor, batch: int, length: int) -> Tensor:
+    """A (channels, batch * length) matrix as (batch, channels, length), without copying."""
+    return columns.view(-1, batch, length).transpose(0, 1)
+
+
+def _as_columns(sequences: Tensor) -> Tensor:
+    """(batch, channels, length) as a (channels, batch * length) matrix: a view when it is laid out as one
+    (the layout `_as_sequences` makes and the kernels keep), else a copy."""
+    return sequences.transpose(0, 1).reshape(sequences.shape[1], -1)
+
+
 def _inverse_softplus(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -123,13 +134,15 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: Tensor, state: MambaLayerState | None = None) -> Tensor:
         """hidden_states (b, l, d_model) -> (b, l, d_model). With `state`, continue from it and leave the
         state after the last position in it (its tensors are replaced, so autograd can flow through)."""
-        # Everything between in_proj and out_proj is computed as (b, channels, l) with steps contiguous, the
-        # layout the conv and the scan read, by multiplying weights from the left (batched GEMMs on transposed
-        # views): no (b, l, d) <-> (b, d, l) copies, as in mamba-ssm's mamba_inner_fn.
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        batch, length, _ = hidden_states.shape
+        # Between in_proj and out_proj every activation is a (channels, b*l) matrix, which the conv and the scan
+        # see as (b, channels, l) with unit-stride steps, as in mamba-ssm's mamba_inner_fn: each projection is
+        # one plain GEMM and no (b, l, d) <-> (b, d, l) transposing copy is made, forward or backward.
+        columns = hidden_states.reshape(batch * length, -1).t()
+        xz = self.in_proj.weight @ columns
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
-        x, z = xz.chunk(2, dim=1)
+        x, z = (_as_sequences(t, batch, length) for t in xz.split(self.d_inner))
         conv_weight = self.conv1d.weight.squeeze(1)
         if state is None:
             x = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend)
@@ -137,9 +150,11 @@ class Mamba(nn.Module):
             x, state.conv = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv,
                                           return_final_states=True, backend=self.scan_backend)
         if self.selective:
-            x_dbl = torch.matmul(self.x_proj.weight, x)
-            dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-            delta, delta_bias = torch.matmul(self.dt_proj.weight, dt), self.dt_proj.bias
+            x_dbl = self.x_proj.weight @ _as_columns(x)
+            dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state])
+            delta = _as_sequences(self.dt_proj.weight @ dt, batch, length)
+            B, C = _as_sequences(B, batch, length), _as_sequences(C, batch, length)
+            delta_bias = self.dt_proj.bias
         else:
             delta, B, C, delta_bias = torch.zeros_like(x), self.B, self.C, self.dt_bias
         scan = selective_scan(
@@ -151,7 +166,7 @@ class Mamba(nn.Module):
             y, state.ssm = scan
         else:
             y = scan
-        return self.out_proj(y.transpose(1, 2))
+        return F.linear(_as_columns(y).t(), self.out_proj.weight, self.out_proj.bias).view(batch, length, -1)
 
     def step(self, hidden_states: Tensor, state: MambaLayerState) -> Tensor:
         """One position: hidden_states (b, d_model) -> (b, d_model); `state` is updated in place."""

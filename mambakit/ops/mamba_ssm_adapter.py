@@ -47,12 +47,12 @@ def selective_scan_mamba_ssm(
     """mamba-ssm's selective_scan_fn with mambakit's argument checks already done by the caller."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    # Its kernel wants contiguous inputs and (dim, N) B/C in fp32 like A.
+    # Its kernels take any batch/channel strides with unit-stride steps (selective_scan_fn copies others) and
+    # want (dim, N) B/C in fp32 like A.
     if B.dim() == 2:
         B, C = B.float().contiguous(), C.float().contiguous()
     result = selective_scan_fn(
-        u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
-        None if D is None else D.float(), None if z is None else z.contiguous(),
+        u, delta, A.float().contiguous(), B, C, None if D is None else D.float(), z,
         None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state,
     )
     if not return_last_state:

@@ -178,7 +178,7 @@ def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, state_ptr, saved_ptr,
     length, group_dim,
-    stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d,
+    stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d, stride_out_b, stride_out_d,
     stride_A_d, stride_A_n,
     stride_B_b, stride_B_g, stride_B_d, stride_B_n,
     stride_C_b, stride_C_g, stride_C_d, stride_C_n,
@@ -208,7 +208,7 @@ def _scan_fwd_kernel(
     u_rows = u_ptr + batch * stride_u_b + chans * stride_u_d
     dt_rows = delta_ptr + batch * stride_dt_b + chans * stride_dt_d
     z_rows = z_ptr + batch * stride_z_b + chans * stride_z_d
-    out_rows = out_ptr + (batch * dim + chans) * length
+    out_rows = out_ptr + batch * stride_out_b + chans * stride_out_d
     B_base = B_ptr + batch * stride_B_b + group * stride_B_g
     C_base = C_ptr + batch * stride_C_b + group * stride_C_g
     n_saved = tl.cdiv(length, SAVE_EVERY)
@@ -256,6 +256,7 @@ def _scan_bwd_kernel(
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     length, group_dim,
     stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d, stride_g_b, stride_g_d,
+    stride_du_b, stride_du_d, stride_ddt_b, stride_ddt_d, stride_dz_b, stride_dz_d,
     stride_A_d, stride_A_n,
     stride_B_b, stride_B_g, stride_B_d, stride_B_n,
     stride_C_b, stride_C_g, stride_C_d, stride_C_n,
@@ -292,7 +293,9 @@ def _scan_bwd_kernel(
     dt_rows = delta_ptr + batch * stride_dt_b + chans * stride_dt_d
     z_rows = z_ptr + batch * stride_z_b + chans * stride_z_d
     g_rows = dout_ptr + batch * stride_g_b + chans * stride_g_d
-    grad_rows = (batch * dim + chans) * length  # du, ddelta, dz: contiguous (batch, dim, L)
+    du_rows = du_ptr + batch * stride_du_b + chans * stride_du_d
+    ddt_rows = ddelta_ptr + batch * stride_ddt_b + chans * stride_ddt_d
+    dz_rows = dz_ptr + batch * stride_dz_b + chans * stride_dz_d
     B_base = B_ptr + batch * stride_B_b + group * stride_B_g
     C_base = C_ptr + batch * stride_C_b + group * stride_C_g
     dBC_base = (batch * n_groups + group) * N * length  # per-step dB/dC: fp32 (batch, groups, N, L)
@@ -360,14 +363,14 @@ def _scan_bwd_kernel(
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
             dbias += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + grad_rows[:, None] + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddelta_ptr + grad_rows[:, None] + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+        tl.store(du_rows[:, None] + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddt_rows[:, None] + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
         if HAS_Z:
             dout = tl.load(g_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
             z = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
             z_sig = _sigmoid(z)
             dz = dout * y * z_sig * (1.0 + z * (1.0 - z_sig))
-            tl.store(dz_ptr + grad_rows[:, None] + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            tl.store(dz_rows[:, None] + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
     _store_per_state(dA_ptr + state_rows, dA, offs_l, chan_mask, N)
     if not VARIABLE_BC:
@@ -400,6 +403,13 @@ def _steps_contiguous(x: Tensor | None) -> Tensor | None:
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
+def _like_steps(x: Tensor) -> Tensor:
+    """A new tensor shaped as x (batch, dim, L) with unit-stride steps, in x's layout when x is dense (the mixer's
+    (dim, batch, L) activations), so that results and gradients meet their neighbours without copies."""
+    new = torch.empty_like(x)
+    return new if new.stride(-1) == 1 else torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def _bwd_tile_length(config: ScanConfig, d_state: int) -> int:
     """Steps per backward tile, also the forward's save interval: the backward's per-state carries are
     columns of a tile, so its tiles span at least N steps."""
@@ -416,7 +426,7 @@ class _TritonScan(torch.autograd.Function):
         groups = B.shape[1] if B.dim() == 4 else 1
         save = any(ctx.needs_input_grad[:9])
         bwd_block_l = _bwd_tile_length(config, d_state)
-        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+        out = _like_steps(u)
         # The kernel reads the initial state from here and writes the last state over it.
         last = h0.float().clone(memory_format=torch.contiguous_format) if h0 is not None else (
             u.new_zeros(batch, dim, d_state, dtype=torch.float32))
@@ -427,7 +437,7 @@ class _TritonScan(torch.autograd.Function):
             u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u),
             out, last, saved,
             length, dim // groups,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bd_strides(z),
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bd_strides(z), out.stride(0), out.stride(1),
             A.stride(0), A.stride(1), *_bc_strides(B), *_bc_strides(C),
             N=d_state, NP=triton.next_power_of_2(d_state), BLOCK_D=config.fwd_block_d,
             BLOCK_L=config.fwd_block_l, SAVE_EVERY=bwd_block_l,
@@ -451,9 +461,8 @@ class _TritonScan(torch.autograd.Function):
         dout = torch.zeros_like(u) if dout is None else _steps_contiguous(dout)
         dlast = dlast.contiguous() if dlast is not None else None
         f32 = torch.float32
-        du = torch.empty_like(u, memory_format=torch.contiguous_format)
-        ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-        dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
+        du, ddelta = _like_steps(u), _like_steps(delta)
+        dz = _like_steps(z) if z is not None else None
         # Per-step dB/dC are added over channel blocks with atomics; time-invariant ones, like dA, are
         # per-batch partial sums.
         if variable:
@@ -473,7 +482,8 @@ class _TritonScan(torch.autograd.Function):
             du, ddelta, _or(dz, u), dB, dC, dA, _or(dD, dA), _or(dbias, dA), _or(dh0, dA),
             length, dim // groups,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bd_strides(z),
-            dout.stride(0), dout.stride(1),
+            dout.stride(0), dout.stride(1), du.stride(0), du.stride(1), ddelta.stride(0), ddelta.stride(1),
+            *_bd_strides(dz),
             A.stride(0), A.stride(1), *_bc_strides(B), *_bc_strides(C),
             N=d_state, BLOCK_D=config.bwd_block_d, BLOCK_L=ctx.block_l,
             VARIABLE_BC=variable, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
