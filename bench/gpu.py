@@ -1,4 +1,5 @@
-"""Check, then time, mambakit's Triton selective scan side by side with mamba-ssm on one GPU.
+"""Check, then time, mambakit's GPU path side by side with mamba-ssm on one GPU: the selective scan, the causal
+conv1d, one Mamba block, a 130M LM training step and generation.
 
 Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
 
@@ -10,7 +11,10 @@ Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
    every gradient, fp32 and bf16; the forward at L = 2^20 against the `torch` backend in float64.
 3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton
    and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton kernels.
-A short table is printed last; everything is written to DIR/gpu_results.json (DIR: $OUT, else bench/results).
+4. The causal conv1d against the causal-conv1d package (bench/gpu_conv.py), then the Mamba block, the 130M LM
+   training step and greedy generation against mamba-ssm with identical weights (bench/gpu_model.py); each
+   checks its results against mamba-ssm before timing. --skip-models leaves these out.
+Short tables are printed last; everything is written to DIR/gpu_results.json (DIR: $OUT, else bench/results).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -33,6 +38,10 @@ from triton.testing import do_bench
 from mambakit.ops.reference import selective_scan_ref
 from mambakit.ops.torch_scan import selective_scan_torch
 from mambakit.ops.triton_scan import ScanConfig, default_config, selective_scan_triton
+
+sys.path.insert(0, str(Path(__file__).parent))
+import gpu_conv  # noqa: E402 - the sibling scripts, importable once their folder is on the path
+import gpu_model  # noqa: E402
 
 SHAPES = [(8, 1536, 16, 2048), (8, 2048, 16, 4096), (1, 1536, 16, 65536)]
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -195,12 +204,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     parser.add_argument("--sweep", action="store_true", help="time the tile configurations first")
+    parser.add_argument("--skip-models", action="store_true", help="time the scan only")
+    parser.add_argument("--commit", default="", help="commit the tree was checked out at (default: git HEAD)")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # The device machine gets the working tree without .git: the commit can be passed in.
+        "commit": args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                text=True).stdout.strip(),
     }
     mamba = mamba_fn()
     if mamba is not None:
@@ -266,6 +280,10 @@ def main() -> None:
 
     section("timing", run_timing)
     section("state_update", time_state_update)
+    if not args.skip_models:
+        section("conv", gpu_conv.bench_conv)
+        for name, bench in gpu_model.BENCHES.items():
+            section(name, bench)
 
     log("\n=== " + results["device"] + f" | copy {results.get('copy_TBps', float('nan')):.2f} TB/s")
     for shape, config in results["configs"].items():
@@ -285,6 +303,11 @@ def main() -> None:
     update = results.get("state_update")
     if isinstance(update, dict) and "triton_us" in update:
         log(f"decode step {update['shape']}: " + ", ".join(f"{k} {v:.1f}" for k, v in update.items() if "_us" in k))
+    if isinstance(results.get("conv"), list):
+        gpu_conv.print_table(results["conv"])
+    model_rows = [row for name in gpu_model.BENCHES if isinstance(results.get(name), list) for row in results[name]]
+    if model_rows:
+        gpu_model.print_table(model_rows)
     save()
 
 

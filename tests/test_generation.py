@@ -36,7 +36,8 @@ def test_step_updates_the_state_tensors_in_place(selective):
         model.step(torch.randint(0, 37, (2,)), state)
     after = generation._state_tensors(state)
     assert {id(t) for t in after} == set(before)
-    assert all(not torch.equal(t, before[id(t)]) for t in after)
+    constant = {id(layer.decay_rates) for layer in state.layers}  # A = -exp(A_log), cached for the steps
+    assert all(not torch.equal(t, before[id(t)]) for t in after if id(t) not in constant)
 
 
 def test_cpu_decodes_eagerly_by_default():

@@ -91,10 +91,10 @@ class MambaLMHeadModel(MambaPreTrainedModel):
         logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            # Shifting the labels rather than slicing the logits spares a copy of the largest tensor of the step.
+            next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
         return ModelOutput(logits, loss)
 
     def step(self, input_ids: Tensor, state: MambaState) -> Tensor:

@@ -29,10 +29,14 @@ class MambaLayerState:
     """(batch, d_inner, d_conv - 1)"""
     ssm: Tensor
     """(batch, d_inner, d_state), fp32"""
+    decay_rates: Tensor | None = None
+    """(d_inner, d_state) fp32: A = -exp(A_log) when the state was allocated, which `step` uses without
+    gradients instead of recomputing it (two or three kernels per layer and token). Allocate a new state after
+    changing the weights."""
 
     def detach(self) -> MambaLayerState:
         """The same state cut from the autograd graph (truncated backpropagation through time)."""
-        return MambaLayerState(self.conv.detach(), self.ssm.detach())
+        return MambaLayerState(self.conv.detach(), self.ssm.detach(), self.decay_rates)
 
 
 def no_weight_decay(parameter: nn.Parameter) -> nn.Parameter:
@@ -122,6 +126,7 @@ class Mamba(nn.Module):
         return MambaLayerState(
             conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype or weight.dtype),
             ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+            decay_rates=-torch.exp(self.A_log.detach().float()).to(device),
         )
 
     def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -177,6 +182,8 @@ class Mamba(nn.Module):
         if not self.selective:
             B, C = B.expand(x.shape[0], -1, -1), C.expand(x.shape[0], -1, -1)
         # D and the bias go in as they are: every backend computes the step in fp32.
-        y = selective_state_update(state.ssm, x, delta, -torch.exp(self.A_log.float()), B, C, self.D, z,
-                                   delta_bias, dt_softplus=True, backend=self.scan_backend)
+        cached = state.decay_rates is not None and not (torch.is_grad_enabled() and self.A_log.requires_grad)
+        A = state.decay_rates if cached else -torch.exp(self.A_log.float())
+        y = selective_state_update(state.ssm, x, delta, A, B, C, self.D, z, delta_bias, dt_softplus=True,
+                                   backend=self.scan_backend)
         return self.out_proj(y)
