@@ -61,15 +61,19 @@ class ScanConfig:
 
 
 #: With 8 channels x 32 steps per warp (fewest instructions per element) the grid has rows / 8 warps; below
-#: this many, one or two channels x 128-256 steps per warp (more warps, more shuffles) measured faster.
+#: this many, one to four channels x 64-256 steps per warp (more warps, more shuffles) measured faster.
 _MIN_WARPS_FOR_WIDE_TILES = 2048
 
 
 def default_config(batch: int, dim: int) -> ScanConfig:
-    """The tile shapes measured fastest on an H100 (bench/results/gpu_notes.md) for batch x dim channel rows."""
-    if batch * dim >= 8 * _MIN_WARPS_FOR_WIDE_TILES:
+    """The tile shapes measured fastest on an H100 for batch x dim channel rows (bench/results/gpu_notes.md;
+    sweep on commit 323dc0b: B8 D2048, B8 D1536 and B1 D1536)."""
+    rows = batch * dim
+    if rows >= 8 * _MIN_WARPS_FOR_WIDE_TILES:
         return ScanConfig(fwd_block_d=8, fwd_block_l=32, fwd_unroll=1, bwd_block_d=8, bwd_block_l=32)
-    return ScanConfig()
+    if rows >= 4096:
+        return ScanConfig(bwd_block_d=4, bwd_block_l=64)
+    return ScanConfig(bwd_block_d=2, bwd_block_l=256)
 
 
 @triton.jit
