@@ -204,3 +204,17 @@ def test_auto_passes_over_backends_that_lack_a_needed_feature(monkeypatch):
     assert ops.resolve_backend("auto", cpu, needs=frozenset({"initial_state"})).name == "torch"
     with pytest.raises(ops.BackendUnavailableError, match="has no initial_state"):
         ops.resolve_backend("limited", cpu, needs=frozenset({"initial_state"}))
+
+
+def test_auto_picks_a_backend_only_for_its_auto_ops(monkeypatch):
+    from mambakit.ops import backends
+
+    scan_only = backends.Backend("scan_only", "test double", lambda device: None,
+                                 {"selective_scan": ".reference:selective_scan_ref",
+                                  "selective_state_update": ".reference:selective_state_update_ref"},
+                                 auto_ops=frozenset({"selective_scan"}))
+    monkeypatch.setattr(backends, "_REGISTRY", {"scan_only": scan_only, **backends._REGISTRY})
+    cpu = torch.device("cpu")
+    assert ops.resolve_backend("auto", cpu, "selective_scan").name == "scan_only"
+    assert ops.resolve_backend("auto", cpu, "selective_state_update").name == "torch"
+    assert ops.resolve_backend("scan_only", cpu, "selective_state_update").name == "scan_only"

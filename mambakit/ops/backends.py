@@ -2,7 +2,7 @@
 
 A backend is registered with a probe that says, for a device, whether it can run there and if not why.
 `backend="auto"` (or the MAMBAKIT_SCAN_BACKEND environment variable) picks the first usable backend in
-registration order: mamba_ssm, triton, torch, reference.
+registration order that `auto` may choose for the op: mamba_ssm (the scan only), triton, torch, reference.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class Backend:
     ops a backend lacks fall back to the `torch` backend."""
     lacks: frozenset[str] = frozenset()
     """Call features it cannot serve (e.g. "initial_state"): `auto` passes over it for such calls."""
+    auto_ops: frozenset[str] | None = None
+    """The ops `auto` picks it for (None: all of its ops); the others run on it only when asked for by name."""
 
     def load(self, op: str) -> Callable:
         """Import and return this backend's function for `op`."""
@@ -74,7 +76,8 @@ def resolve_backend(name: str, device: torch.device, op: str = "selective_scan",
         name = os.environ.get(ENV_VAR, "auto") or "auto"
     if name == "auto":
         for backend in _REGISTRY.values():
-            if op in backend.ops and not needs & backend.lacks and backend.probe(device) is None:
+            chosen_for = backend.ops if backend.auto_ops is None else backend.auto_ops
+            if op in backend.ops and op in chosen_for and not needs & backend.lacks and backend.probe(device) is None:
                 return backend
         raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
     if name not in _REGISTRY:
@@ -124,8 +127,9 @@ def _always(device: torch.device) -> str | None:
     return None
 
 
-# Fastest first. mamba-ssm's CUDA kernels still beat mambakit's Triton kernels on the H100
-# (bench/results/gpu_notes.md, genomics_long.md), so where they are installed they run; Triton runs without any build.
+# Fastest first. mamba-ssm's CUDA scan still beats mambakit's Triton scan on the H100 (bench/results/gpu_notes.md),
+# so where it is installed `auto` takes it for the scan; for everything else (decode step, conv, norm, scans from an
+# initial state) the Triton kernels run, which need no build. Its decode step stays selectable by name.
 register_backend(
     Backend(
         "mamba_ssm",
@@ -136,6 +140,7 @@ register_backend(
             "selective_state_update": ".mamba_ssm_adapter:selective_state_update_mamba_ssm",
         },
         lacks=frozenset({"initial_state"}),
+        auto_ops=frozenset({"selective_scan"}),
     )
 )
 register_backend(

@@ -13,6 +13,9 @@ from torch import Tensor
 
 from .triton_scan import _FAST_LOG, LOG2E, _sigmoid, _softplus
 
+#: Below this many 32-channel programs (two per SM of an H100) the step uses 8-channel programs instead.
+_SMALL_STEP_PROGRAMS = 264
+
 
 @triton.jit
 def _state_update_kernel(
@@ -80,7 +83,9 @@ def selective_state_update_triton(
     x, dt, A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, A, B, C))
     z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
-    block_d = min(32, triton.next_power_of_2(dim))
+    # The step is latency-bound: at small batch, smaller programs (one warp, 8 channels) spread it over more SMs.
+    small = batch * dim < 32 * _SMALL_STEP_PROGRAMS
+    block_d = min(8 if small else 32, triton.next_power_of_2(dim))
     _state_update_kernel[(triton.cdiv(dim, block_d), batch)](
         work, x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else x, out,
@@ -88,7 +93,7 @@ def selective_state_update_triton(
         work.stride(0), work.stride(1), x.stride(0), dt.stride(0), z.stride(0) if z is not None else 0,
         A.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         N=d_state, NP=triton.next_power_of_2(d_state), BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_LOG=_FAST_LOG, num_warps=4,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_LOG=_FAST_LOG, num_warps=1 if small else 4,
     )
     if work is not state:
         state.copy_(work)
