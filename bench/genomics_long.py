@@ -23,6 +23,7 @@ from mambakit.apps.genomics.readers import read_sequences
 from mambakit.apps.genomics.tokenizer import DNATokenizer
 
 from mambakit.ops import available_backends
+from mambakit.ops.timing import median_ms
 from mambakit.train import parameter_groups
 
 
@@ -43,15 +44,7 @@ def step_time_and_memory(backend: str, ids: torch.Tensor, repeats: int) -> tuple
     step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    return sorted(times)[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+    return median_ms(step, repeats, "cuda"), torch.cuda.max_memory_allocated() / 2**30
 
 
 def main() -> None:

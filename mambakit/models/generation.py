@@ -105,13 +105,9 @@ def _map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
 
 def _state_tensors(state: Any) -> list[Tensor]:
     """Every tensor of a state, in the order _map_state visits them."""
-    if isinstance(state, Tensor):
-        return [state]
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return [t for f in dataclasses.fields(state) if f.init for t in _state_tensors(getattr(state, f.name))]
-    if isinstance(state, (list, tuple)):
-        return [t for item in state for t in _state_tensors(item)]
-    return []
+    tensors: list[Tensor] = []
+    _map_state(lambda t: tensors.append(t) or t, state)
+    return tensors
 
 
 def _uncached_autocast(device_type: str) -> contextlib.AbstractContextManager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +33,6 @@ def time_scan(backend: str, batch: int, dim: int, d_state: int, length: int, dev
               backward: bool = True, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Median milliseconds of selective_scan (forward, or forward+backward) after one warm-up call."""
     inputs = scan_inputs(batch, dim, d_state, length, device, dtype, requires_grad=backward)
-    cuda = torch.device(device).type == "cuda"
 
     def once() -> None:
         out = selective_scan(**inputs, backend=backend)
@@ -40,17 +40,23 @@ def time_scan(backend: str, batch: int, dim: int, d_state: int, length: int, dev
             out.float().sum().backward()
 
     once()
+    return median_ms(once, repeats, device)
+
+
+def median_ms(run: Callable[[], object], repeats: int, device: str | torch.device) -> float:
+    """Median milliseconds of `repeats` calls of `run`: device events on CUDA, a monotonic clock elsewhere."""
+    cuda = torch.device(device).type == "cuda"
     times = []
     for _ in range(repeats):
         if cuda:
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            once()
+            run()
             stop.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(stop))
         else:
             began = time.perf_counter()
-            once()
+            run()
             times.append((time.perf_counter() - began) * 1e3)
     return statistics.median(times)

@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_scan import _FAST_LOG, LOG2E, _or  # _FAST_LOG: off in the interpreter, which has no PTX
+# _FAST_LOG: off in the interpreter, which has no PTX
+from .triton_scan import _FAST_LOG, LOG2E, _like_steps, _or, require_powers_of_two
 
 MAX_WIDTH = 4
 
@@ -50,9 +51,7 @@ class ConvConfig:
     bwd_tiles: int = 1
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two, got {value}")
+        require_powers_of_two(self)
 
 
 #: The default backward walks several tiles per program only where the grid keeps at least this many programs,
@@ -374,13 +373,12 @@ def _in_layout(t: Tensor, channel_last: bool) -> Tensor:
 
 
 def _empty(x: Tensor, channel_last: bool) -> Tensor:
-    """A new (batch, dim, L) tensor like x whose channels (or steps) are contiguous; with contiguous steps, in x's
-    layout when x is dense (the Mamba mixer's (dim, batch, L) activations), so the next GEMM reads it as is."""
+    """A new (batch, dim, L) tensor like x whose channels are contiguous, or whose steps are (then in x's layout
+    when x is dense, as the scan's results are)."""
     batch, dim, length = x.shape
     if channel_last:
         return torch.empty_strided(x.shape, (length * dim, 1, dim), dtype=x.dtype, device=x.device)
-    new = torch.empty_like(x)
-    return new if new.stride(2) == 1 else torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _like_steps(x)
 
 
 def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None,

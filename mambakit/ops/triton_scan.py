@@ -39,6 +39,13 @@ LOG2E = tl.constexpr(1.4426950408889634)
 _FAST_LOG = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
+def require_powers_of_two(config: object) -> None:
+    """Raise ValueError unless every field of a launch-shape dataclass is a power of two."""
+    for name, value in vars(config).items():
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two, got {value}")
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """Tile shapes of the two kernels: channels and steps per tile, warps per program and how many iterations
@@ -55,9 +62,7 @@ class ScanConfig:
     bwd_unroll: int = 1
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two, got {value}")
+        require_powers_of_two(self)
 
 
 #: With 8 channels x 32 steps per warp (fewest instructions per element) the grid has rows / 8 warps; below
