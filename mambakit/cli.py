@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .cli_support import DeviceOption, UserError, resolve_device
+from .cli_support import DeviceOption, eval_command, resolve_device, train_command
 from .domains import VERBS, Domain, load_domains
+from .errors import UserError
 
 VERB_HELP = {
     "train": "Train a model (domains below; each runs on its embedded default data when --data is not given).",
@@ -39,7 +41,7 @@ VERB_HELP = {
 class DomainGroup(typer.core.TyperGroup):
     """A verb's group of domain commands; an unknown domain is a one-line error listing the known ones."""
 
-    def resolve_command(self, ctx: Context, args: list[str]):  # noqa: ANN201 - click's signature
+    def resolve_command(self, ctx: Context, args: list[str]):  # click declares no return type here
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             known = ", ".join(self.list_commands(ctx)) or "none installed"
@@ -53,12 +55,19 @@ bench_app = typer.Typer(help="Micro-benchmarks of the kernels on this machine.",
 app.add_typer(bench_app, name="bench")
 
 
+def _domain_command(domain: Domain, verb: str) -> Callable[..., None]:
+    if verb in domain.commands:
+        return domain.commands[verb]
+    return train_command(domain) if verb == "train" else eval_command(domain)
+
+
 def _add_domain_commands(domains: dict[str, Domain]) -> None:
     for verb in VERBS:
         group = typer.Typer(cls=DomainGroup, help=VERB_HELP[verb], no_args_is_help=True)
         for domain in domains.values():
-            if verb in domain.commands:
-                group.command(domain.name, help=domain.commands[verb].__doc__ or domain.help)(domain.commands[verb])
+            if verb in domain.verbs:
+                command = _domain_command(domain, verb)
+                group.command(domain.name, help=command.__doc__ or domain.help)(command)
         app.add_typer(group, name=verb)
 
 

@@ -1,20 +1,27 @@
 """What every domain's commands share: the common options (same name, same meaning in every domain), the
---config file merge, presets, and running a training to the end with a one-line outcome.
+--config file merge, and the `train` and `eval` commands the core builds from a domain's declared tasks and
+options (`train_command`, `eval_command`), each running to the end with a one-line outcome.
 
-Apps build their commands from these pieces so that `mambakit train genomics --lr 1e-3` and
-`mambakit train text --lr 1e-3` mean the same thing.
+So `mambakit train genomics --lr 1e-3` and `mambakit train text --lr 1e-3` mean the same thing, and an app writes
+only what is its own: data, model and Task builders, and its extra options.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from .domains import RUN_RECORD_NAME, Domain, NoOptions, RunOptions, RunRecord, TaskInputs, load_checkpoint
+from .errors import UserError
 
 DataOption = Annotated[
     list[Path] | None,
@@ -45,61 +52,34 @@ CudaGraphOption = Annotated[
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint folder (a run folder's last/ or best/).")
 ]
+GradCheckpointingOption = Annotated[
+    bool, typer.Option("--grad-checkpointing", help="Recompute activations in the backward (long sequences).")
+]
 
 PRESETS = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 
-
-class UserError(ValueError):
-    """A mistake the user can fix; the CLI prints it as one line and exits with code 2."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The common options of `mambakit train|eval <domain>`, after merging --config with the flags."""
-
-    data: list[Path] = field(default_factory=list)
-    task: str | None = None
-    out: Path | None = None
-    max_steps: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    device: str = "auto"
-    preset: str = "tiny"
-    resume: bool = False
-    seed: int = 0
-    model: dict[str, Any] = field(default_factory=dict)
-    """MambaConfig overrides (from the config file's `model:` section)."""
-    train: dict[str, Any] = field(default_factory=dict)
-    """TrainConfig overrides (from the config file's `train:` section)."""
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form, for the resolved config written beside the checkpoints."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["data"] = [str(path) for path in self.data]
-        out["out"] = str(self.out) if self.out is not None else None
-        return out
+__all__ = ["UserError"]  # re-exported: apps and tests take it from here or from mambakit.errors
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML or JSON mapping; any problem is one UserError line naming the file."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read config file ({error.strerror})") from None
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from .jsonfiles import read_json_file
 
-            data = yaml.safe_load(text)
-    except Exception as error:  # noqa: BLE001 - json and yaml raise different types
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first_line})") from None
+    if path.suffix == ".json":
+        data = read_json_file(path, "config file")
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path}: config file not found") from None
+        except OSError as error:
+            raise UserError(f"{path}: cannot read config file ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{path}: not valid YAML ({first_line})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -107,19 +87,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_run_options(config: Path | None, **flags: Any) -> RunOptions:
-    """Merge the --config file (if any) with the flags; flags that were given (not None) win.
-    Unknown keys in the file, an unknown preset or device are UserErrors."""
-    known = {f.name for f in fields(RunOptions)}
+def _given(value: Any) -> bool:
+    # Flags left at None (or an empty list, or a False switch) were not given: the config file decides.
+    return not (value is None or value is False or value == [])
+
+
+def resolve_run_options(config: Path | None, options_class: type = NoOptions,
+                        option_flags: Mapping[str, Any] | None = None, **flags: Any) -> tuple[RunOptions, Any]:
+    """Merge the --config file (if any) with the flags, for the common options and the domain's own
+    (`options_class`); flags that were given win. Unknown keys in the file, an unknown preset or device, a
+    missing --data path are UserErrors."""
+    common = {f.name for f in dataclasses.fields(RunOptions)}
+    own = {f.name for f in dataclasses.fields(options_class)}
     merged: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if config is not None:
         from_file = read_config_file(config)
-        unknown = set(from_file) - known
+        unknown = set(from_file) - common - own
         if unknown:
-            raise UserError(f"{config}: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
-        merged.update(from_file)
-    # Flags left at None (or an empty list, or a False switch) were not given: the file decides.
-    merged.update({key: value for key, value in flags.items() if not (value is None or value is False or value == [])})
+            raise UserError(f"{config}: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(common | own))}")
+        merged.update({key: value for key, value in from_file.items() if key in common})
+    merged.update({key: value for key, value in flags.items() if _given(value)})
     if "data" in merged:
         data = merged["data"]
         merged["data"] = [Path(p) for p in (data if isinstance(data, list) else [data])]
@@ -136,18 +124,20 @@ def resolve_run_options(config: Path | None, **flags: Any) -> RunOptions:
     for path in merged.get("data", []):
         if not path.exists():
             raise UserError(f"{path}: no such file or folder (given with --data)")
-    return RunOptions(**merged)
+    values = {key: value for key, value in from_file.items() if key in own}
+    values.update({key: value for key, value in (option_flags or {}).items() if _given(value)})
+    try:
+        options = options_class(**values)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"options: {error}") from None
+    return RunOptions(**merged), options
 
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when present, else 'cpu'; 'cuda' without a GPU is a UserError."""
-    import torch
+    from .train.distributed import resolve_device as resolve
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible on this machine; use --device cpu (or auto)")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve(device).type
 
 
 def is_main_process() -> bool:
@@ -174,23 +164,37 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
-def build_model_config(preset_configs: dict[str, dict[str, Any]], run: RunOptions, **fixed: Any):  # noqa: ANN201
-    """The MambaConfig of the run: the preset's sizes, then the config file's `model:` overrides, then `fixed`
-    (what the data decides, e.g. the vocabulary size)."""
-    from .models import MambaConfig
+def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, float]:
+    """Train `run.task` of `domain` (its default task when None) with the run's and the domain's options: build
+    the data, model and Task, train to the end, save the run record and featurizer with every checkpoint, print
+    the validation (and test) metrics. Returns the last metrics printed."""
+    import torch
 
-    try:
-        return MambaConfig.from_dict({**preset_configs[run.preset], **run.model, **fixed})
-    except (TypeError, ValueError) as error:
-        raise UserError(f"model settings: {error}") from None
+    spec = domain.task(run.task)
+    run = dataclasses.replace(run, task=spec.name)
+    featurizer = domain.make_featurizer(options)
+    inputs = TaskInputs(run, options, featurizer, domain.presets)
+    splits = spec.data(inputs)
+    if splits.val is None:
+        raise UserError("the data gave no validation examples; give more data or a validation split")
+    torch.manual_seed(run.seed)
+    model = spec.model(inputs, splits)
+    record = RunRecord(domain.name, spec.name, domain.options_to_json(options), run.seed)
+    files = {RUN_RECORD_NAME: record.to_json()}
+    if featurizer is not None:
+        files[domain.featurizer_file] = featurizer.to_json()
+    announce(f"{domain.name} {spec.name}: {len(splits.train):,} training / {len(splits.val):,} validation / "
+             f"{0 if splits.test is None else len(splits.test):,} test examples; "
+             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    return run_training(domain.name, run, model, spec.task(inputs), splits, spec.defaults, files,
+                        domain.options_to_json(options))
 
 
-def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data: Any, eval_data: Any,
-                 train_defaults: dict[str, Any], extra_files: dict[str, str] | None = None,
-                 test_data: Any = None) -> dict[str, float]:
-    """Train through mambakit.train.fit with the run's options over the domain's defaults, write the resolved
-    configuration beside the checkpoints, print the held-out (and, given `test_data`, the test metrics of the
-    best checkpoint), and exit non-zero unless the training completed."""
+def run_training(domain: str, run: RunOptions, model: Any, task: Any, splits: Any, train_defaults: Mapping[str, Any],
+                 extra_files: dict[str, str], domain_options: dict[str, Any]) -> dict[str, float]:
+    """Train through mambakit.train.fit with the run's options over the task's defaults, write the resolved
+    configuration beside the checkpoints, print the held-out metrics (and, when `splits` has a test set, the test
+    metrics of the best checkpoint), and exit non-zero unless the training completed."""
     from .models import load_model
     from .train import TrainConfig, TrainingDiverged, evaluate, fit
 
@@ -201,6 +205,8 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
         settings.pop("epochs", None)  # an explicit step count replaces a default epoch count
     if run.epochs is not None and run.max_steps is None:
         settings.pop("max_steps", None)
+    if run.grad_checkpointing:
+        settings["grad_checkpointing"] = True
     try:
         config = TrainConfig.from_dict({**settings, "out_dir": str(out_dir), "device": resolve_device(run.device),
                                         "seed": run.seed, "resume": run.resume})
@@ -210,11 +216,11 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
     is_main = is_main_process()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"domain": domain, "options": run.to_json(), "model": model.config.to_dict(),
-                    "train": json.loads(config.to_json())}
+        resolved = {"domain": domain, "options": run.to_json(), "domain_options": domain_options,
+                    "model": model.config.to_dict(), "train": config.to_dict()}
         (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
-        result = fit(model, task, train_data, eval_data, config, extra_files=extra_files)
+        result = fit(model, task, splits.train, splits.val, config, extra_files=extra_files)
     except TrainingDiverged as error:
         print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -224,9 +230,106 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, train_data
         raise typer.Exit(result.exit_code)
     if is_main:
         print_metrics(f"{domain}: validation metrics after {result.step} steps ({out_dir})", result.metrics)
-    if test_data is None or not is_main:
+    if splits.test is None or not is_main:
         return result.metrics
     chosen = result.best_checkpoint or result.last_checkpoint
-    test_metrics = evaluate(load_model(chosen, device=config.device), task, test_data, config)
+    test_metrics = evaluate(load_model(chosen, device=config.device), task, splits.test, config.eval_config())
     print_metrics(f"{domain}: test metrics of {chosen}", test_metrics)
     return test_metrics
+
+
+def evaluate_domain(domain: Domain, checkpoint: Path, data: list[Path], option_overrides: Mapping[str, Any],
+                    batch_size: int = 32, device: str = "auto") -> dict[str, float]:
+    """Score a checkpoint of `domain` on `data` (or the task's default evaluation data): the task, its options
+    and the seed come from the checkpoint's run record; `option_overrides` that are given replace recorded
+    options (e.g. where the data is). Prints and returns the metrics."""
+    from .train import EvalConfig, evaluate
+
+    resolved = resolve_device(device)
+    loaded = load_checkpoint(domain, checkpoint, device=resolved)
+    spec = domain.task(loaded.record.task)
+    recorded = domain.options_from_json(loaded.record.options, str(checkpoint / RUN_RECORD_NAME))
+    options = dataclasses.replace(recorded, **{k: v for k, v in option_overrides.items() if _given(v)})
+    run = RunOptions(data=list(data), task=spec.name, seed=loaded.record.seed, device=resolved)
+    inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model)
+    metrics = evaluate(loaded.model, spec.task(inputs), spec.evaluation_data(inputs),
+                       EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed))
+    print_metrics(f"{domain.name} {spec.name}: {checkpoint}", metrics)
+    return metrics
+
+
+def _parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _domain_option_parameters(domain: Domain, for_eval: bool) -> list[inspect.Parameter]:
+    """The domain's own options as command parameters. Non-switch options default to None (not given), so the
+    config file and, in eval, the run record can supply them; their dataclass defaults apply last."""
+    hints = typing.get_type_hints(domain.options, include_extras=True)
+    parameters = []
+    for option in dataclasses.fields(domain.options):
+        if for_eval and not option.metadata.get("eval"):
+            continue
+        base, *metadata = typing.get_args(hints[option.name])
+        if not metadata:
+            raise ValueError(f"domain {domain.name!r}: option {option.name} needs an Annotated typer.Option type")
+        if base is bool:
+            parameters.append(_parameter(option.name, hints[option.name], False))
+        else:
+            parameters.append(_parameter(option.name, Annotated[(base | None, *metadata)], None))  # type: ignore[misc]
+    return parameters
+
+
+def _command(function: Callable[..., None], parameters: list[inspect.Parameter], doc: str) -> Callable[..., None]:
+    names = [parameter.name for parameter in parameters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a domain option repeats a common option: {sorted(n for n in names if names.count(n) > 1)}")
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    function.__doc__ = doc
+    return function
+
+
+def _tasks_help(domain: Domain) -> str:
+    return "Tasks: " + "; ".join(f"{task.name}{' (default)' if i == 0 else ''}: {task.help}"
+                                 for i, task in enumerate(domain.tasks))
+
+
+def train_command(domain: Domain) -> Callable[..., None]:
+    """`mambakit train <domain>`: the common options plus the domain's own, built from its declarations."""
+    own = [option.name for option in dataclasses.fields(domain.options)]
+
+    def train(**values: Any) -> None:
+        option_flags = {name: values.pop(name) for name in own}
+        run, options = resolve_run_options(values.pop("config"), domain.options, option_flags, **values)
+        train_domain(domain, run, options)
+
+    common = [
+        _parameter("data", DataOption, None), _parameter("task", TaskOption, None), _parameter("out", OutOption, None),
+        _parameter("max_steps", MaxStepsOption, None), _parameter("epochs", EpochsOption, None),
+        _parameter("batch_size", BatchSizeOption, None), _parameter("lr", LrOption, None),
+        _parameter("device", DeviceOption, None), _parameter("preset", PresetOption, None),
+        _parameter("config", ConfigOption, None), _parameter("resume", ResumeOption, False),
+        _parameter("seed", SeedOption, None), _parameter("grad_checkpointing", GradCheckpointingOption, False),
+    ]
+    return _command(train, common + _domain_option_parameters(domain, for_eval=False),
+                    f"Train a {domain.name} model ({domain.help}) {_tasks_help(domain)}. Without --data: the "
+                    f"domain's embedded default data.")
+
+
+def eval_command(domain: Domain) -> Callable[..., None]:
+    """`mambakit eval <domain>`: score a checkpoint on --data or on its task's default evaluation data."""
+
+    def evaluate(checkpoint: Path, data: list[Path] | None, batch_size: int | None, device: str | None,
+                 **overrides: Any) -> None:
+        for path in data or []:
+            if not path.exists():
+                raise UserError(f"{path}: no such file or folder (given with --data)")
+        evaluate_domain(domain, checkpoint, data or [], overrides, batch_size or 32, device or "auto")
+
+    common = [
+        _parameter("checkpoint", CheckpointOption, inspect.Parameter.empty), _parameter("data", DataOption, None),
+        _parameter("batch_size", BatchSizeOption, None), _parameter("device", DeviceOption, None),
+    ]
+    return _command(evaluate, common + _domain_option_parameters(domain, for_eval=True),
+                    f"Score a {domain.name} checkpoint on --data, or on its task's default held-out data "
+                    f"(the task and its options come from the checkpoint).")

@@ -1,4 +1,4 @@
-"""Reading a configuration object from a JSON file, with errors that name the file."""
+"""Reading JSON files (configs, checkpoint metadata, run records) with one-line errors that name the file."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def load_json_object(path: str | Path, build: Callable[[dict[str, Any]], T]) -> T:
-    """`build(data)` for the JSON object in `path`. A missing file raises FileNotFoundError, bad JSON or a bad
-    object ValueError, each one line starting with the path."""
+def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON value in `path`. A missing file raises FileNotFoundError, an unreadable one ValueError, each one
+    line starting with the path; `what` names the file's role in the message."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise FileNotFoundError(f"{path}: no such file; expected the {what} here") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: not valid JSON ({first_line}); restore or re-export the {what}") from None
+
+
+def load_json_object(path: str | Path, build: Callable[[dict[str, Any]], T]) -> T:
+    """`build(data)` for the JSON object in `path`, with `read_json_file`'s errors; a bad object is a ValueError
+    starting with the path."""
+    data = read_json_file(path, "config")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of config keys")
     try:

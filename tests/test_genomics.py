@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mambakit.apps.genomics.datasets import GenomeWindows, SequenceDataset, encode_genome
-from mambakit.apps.genomics.metrics import accuracy, auroc, matthews_corrcoef
-from mambakit.apps.genomics.models import create_model, genomics_config
+from mambakit.apps.genomics.models import GenomicsMambaConfig, create_model, genomics_config
 from mambakit.apps.genomics.predict import embed, predict_logits, save_embeddings
 from mambakit.apps.genomics.prepare import (
     CLASSIFICATION_DATA,
@@ -36,6 +35,7 @@ from mambakit.apps.genomics.readers import (
     split_genome,
     stratified_split,
 )
+from mambakit.apps.genomics.rc import complement_table, reverse_complement_ids
 from mambakit.apps.genomics.tasks import ClassifyTask, MlmTask, PretrainTask
 from mambakit.apps.genomics.tokenizer import DNATokenizer
 
@@ -48,7 +48,8 @@ from mambakit.models import (
     load_model,
     save_pretrained,
 )
-from mambakit.nn import complement_table, padded_reverse_index, reverse_complement_ids, reverse_padded
+from mambakit.nn import padded_reverse_index, reverse_padded
+from mambakit.train.classification import accuracy, auroc, matthews_corrcoef
 
 # The app imports biopython only where it reads files; without it these tests have nothing to test.
 pytest.importorskip("Bio", reason="the genomics app reads files through biopython (pip install mambakit[genomics])")
@@ -192,9 +193,9 @@ def test_non_causal_models_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="right padding"):
         MambaForMaskedLM(_config(bidirectional=True))(ids, attention_mask=mask.flip(1))
     with pytest.raises(ValueError, match="complement_map"):
-        MambaConfig(d_model=8, n_layer=1, vocab_size=12, rc_equivariant=True)
+        GenomicsMambaConfig(d_model=8, n_layer=1, vocab_size=12, rc_equivariant=True)
     with pytest.raises(ValueError, match="own inverse"):
-        MambaConfig(d_model=8, n_layer=1, vocab_size=3, complement_map=[1, 2, 0])
+        GenomicsMambaConfig(d_model=8, n_layer=1, vocab_size=3, complement_map=[1, 2, 0])
     with pytest.raises(ValueError, match="bidirectional_strategy"):
         MambaConfig(d_model=8, n_layer=1, bidirectional=True, bidirectional_strategy="concat")
 
@@ -202,7 +203,7 @@ def test_non_causal_models_refuse_what_they_cannot_do():
 def test_bimamba_ties_projections_and_checkpoints_round_trip(tmp_path):
     torch.manual_seed(0)
     config = _config(bidirectional=True, rc_equivariant=True)
-    assert MambaConfig.from_dict(json.loads(config.to_json())) == config
+    assert GenomicsMambaConfig.from_dict(json.loads(config.to_json())) == config
     model = MambaForSequenceClassification(config, num_labels=2).eval()
     mixer = model.backbone.layers[0].mixer.submodule
     assert mixer.mamba_rev.in_proj.weight is mixer.mamba_fwd.in_proj.weight
@@ -421,8 +422,8 @@ def test_metrics_against_hand_computed_values():
 
 def test_embedded_data_is_real_and_split_reproducibly():
     assert (CLASSIFICATION_DATA.parent / "README.md").is_file()
-    splits, classes = classification_splits(seed=0)
-    assert classes == ["mafk", "oct4"]
+    splits = classification_splits(seed=0)
+    assert splits.labels == ("mafk", "oct4")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6397, 800, 800)
     assert {len(ids) for ids in splits.test.ids} == {200}
     genome = read_sequences(GENOME)
@@ -434,7 +435,8 @@ def test_embedded_data_is_real_and_split_reproducibly():
 def test_short_training_run_then_predict_and_embed(tmp_path):
     from mambakit.train import TrainConfig, evaluate, fit
 
-    splits, classes = classification_splits(seed=0, rc_augment=True)
+    splits = classification_splits(seed=0, rc_augment=True)
+    classes = list(splits.labels)
     train = torch.utils.data.Subset(splits.train, range(48))
     records = [SequenceRecord(str(i), TOKENIZER.decode(splits.test.ids[i]), classes[splits.test.labels[i]])
                for i in range(16)]

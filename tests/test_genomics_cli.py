@@ -24,7 +24,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_writes_checkpoints_and_config(classifier):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "genomics.json", "trainer_state.pt"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "run_record.json", "trainer_state.pt"):
         assert (classifier / "last" / name).exists(), name
     assert (classifier / "run_config.json").exists() and (classifier / "metrics.jsonl").exists()
 

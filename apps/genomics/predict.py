@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mambakit.models import MambaForSequenceClassification, MambaPreTrainedModel
-from mambakit.nn import pool_sequence, rc_fold
+from mambakit.nn import pool_sequence
 
 from .datasets import SequenceDataset
 from .tasks import conjoined, pad_batch
@@ -43,17 +43,16 @@ def predict_logits(model: MambaForSequenceClassification, dataset: SequenceDatas
 def embed(model: MambaPreTrainedModel, dataset: SequenceDataset, batch_size: int = 64, pooling: str = "mean",
           conjoin: bool = False) -> np.ndarray:
     """One vector per sequence (n, d_model), in dataset order: a classifier's pooled features (its own pooling),
-    else the backbone's hidden states pooled over the real bases (`pooling`; the two strands' readings averaged
-    for an RC-equivariant backbone). `conjoin` averages with the reverse complement's vector."""
+    else the backbone's hidden states, folded to d_model per base (an RC-equivariant backbone averages its two
+    strands' readings), pooled over the real bases (`pooling`). `conjoin` averages with the reverse
+    complement's vector."""
     model.eval()
 
     def vectors(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         features = model.forward_features(input_ids, attention_mask=attention_mask)
         if isinstance(model, MambaForSequenceClassification):
             return model.forward_head(features, attention_mask, pre_logits=True)
-        if model.config.rc_equivariant:
-            features = rc_fold(features)
-        return pool_sequence(features, attention_mask, pooling)
+        return pool_sequence(model.backbone.fold(features), attention_mask, pooling)
 
     tokenizer = dataset.tokenizer if conjoin else None
     outputs = [conjoined(vectors, batch, tokenizer).float().cpu() for batch in _batches(model, dataset, batch_size)]

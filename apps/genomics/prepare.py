@@ -8,8 +8,9 @@ Embedded defaults (provenance in data/README.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from mambakit.domains import Splits
 
 from .datasets import GenomeWindows, SequenceDataset, encode_genome
 from .readers import (
@@ -29,20 +30,11 @@ CLASSIFICATION_DATA = DATA_DIR / "oct4_vs_mafk"
 GENOME = DATA_DIR / "genome" / "c_diphtheriae_NCTC11397.fna.gz"
 
 
-@dataclass
-class Splits:
-    """Train, validation and test datasets (val/test may be None when the user's split has none)."""
-
-    train: SequenceDataset | GenomeWindows
-    val: SequenceDataset | GenomeWindows | None
-    test: SequenceDataset | GenomeWindows | None
-
-
 def classification_splits(data: str | Path | Sequence[str | Path] | None = None, tokenizer: DNATokenizer | None = None,
                           genome: str | Path | None = None, seed: int = 0, val_fraction: float = 0.1,
                           test_fraction: float = 0.1, max_length: int | None = None,
-                          rc_augment: bool = False) -> tuple[Splits, list[str]]:
-    """Datasets for sequence classification and the class names (index = class id).
+                          rc_augment: bool = False) -> Splits:
+    """Datasets for sequence classification, with the class names (index = class id) as `labels`.
 
     `data` as `readers.load_labelled` takes it (None: the embedded Oct4 vs Mafk task). The user's split is used
     when the data carries one; otherwise a seeded stratified split. `rc_augment` applies to training only.
@@ -59,7 +51,7 @@ def classification_splits(data: str | Path | Sequence[str | Path] | None = None,
         records = [labelled.records[i] for i in indices]
         return SequenceDataset(records, tokenizer, labelled.classes, max_length, augment)
 
-    return Splits(dataset("train", rc_augment), dataset("val"), dataset("test")), labelled.classes
+    return Splits(dataset("train", rc_augment), dataset("val"), dataset("test"), tuple(labelled.classes))
 
 
 def pretraining_splits(genome: str | Path | None = None, tokenizer: DNATokenizer | None = None, window: int = 1024,

@@ -16,18 +16,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 import numpy as np
 
 from .tokenizer import DNATokenizer
 
-#: File name endings (after an optional .gz/.bgz) of each input kind.
-FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas", ".seq")
+#: File name endings (after an optional compression suffix) of each input kind; compared case-insensitively.
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".faa", ".frn", ".fas", ".seq")
 FASTQ_SUFFIXES = (".fq", ".fastq")
 BED_SUFFIXES = (".bed",)
 TABLE_SUFFIXES = (".csv", ".tsv")
-COMPRESSED_SUFFIXES = (".gz", ".bgz")
+#: Compression endings stripped (one, the last) before the format suffix is read. Whether a file is compressed
+#: is decided by its bytes (`_open_text`), not its name.
+COMPRESSED_SUFFIXES = (".gz", ".bgz", ".bgzf")
 #: Names of user-given split folders (and `split` column values), each mapped to its canonical split.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -110,11 +112,14 @@ def _reading(path: Path) -> Iterator[None]:
 
 
 def _strip_suffixes(path: Path) -> tuple[str, str]:
-    """(name without compression and format suffixes, format suffix) of a file name, lowercased suffix."""
+    """(name without compression and format suffixes, format suffix lowercased) of a file name: one trailing
+    compression suffix (.gz, .bgz, .bgzf) is dropped, then the LAST remaining suffix is the format
+    ("sample.csvdump.fa.gz" -> ("sample.csvdump", ".fa")); ("name", "") when there is none."""
     name = path.name
     for suffix in COMPRESSED_SUFFIXES:
-        if name.lower().endswith(suffix):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
+            break
     stem, dot, ext = name.rpartition(".")
     return (stem, f".{ext.lower()}") if dot and stem else (name, "")
 
@@ -378,21 +383,30 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
 # --- labelled data sets -------------------------------------------------------------------------------------
 
 
-def _kind(path: Path) -> str:
-    suffix = _strip_suffixes(path)[1]
-    for kind, suffixes in (("fasta", FASTA_SUFFIXES + FASTQ_SUFFIXES), ("bed", BED_SUFFIXES),
-                           ("table", TABLE_SUFFIXES)):
-        if suffix in suffixes:
-            return kind
-    return "fasta"  # an unknown ending is sniffed as FASTA/FASTQ, which names the file if it is neither
+FileKind = Literal["table", "bed", "sequences"]
+
+
+def sequence_file_kind(path: str | Path) -> FileKind:
+    """How to read a --data file, from its name: drop one trailing compression suffix (.gz, .bgz, .bgzf), then
+    the last suffix alone decides, case-insensitively: .csv/.tsv -> "table" (`read_table`), .bed -> "bed"
+    (`read_bed`), anything else -> "sequences" (`read_sequences`, which tells FASTA from FASTQ by content and
+    gives a one-line error for a file that is neither). So "sample.csvdump.fa" is FASTA and "x.csv.gz" a table.
+    """
+    suffix = _strip_suffixes(Path(path))[1]
+    if suffix in TABLE_SUFFIXES:
+        return "table"
+    if suffix in BED_SUFFIXES:
+        return "bed"
+    return "sequences"  # FASTA_SUFFIXES, FASTQ_SUFFIXES, no suffix or an unknown one: sniffed by content
 
 
 def read_records(path: str | Path, genome: IndexedFasta | None = None,
                  require_label: bool = False) -> list[SequenceRecord]:
-    """The records of any supported file, by its name: FASTA/FASTQ, BED (needs `genome`) or CSV/TSV."""
+    """The records of any supported file, by its name (see `sequence_file_kind`): FASTA/FASTQ, BED (needs
+    `genome`) or CSV/TSV."""
     path = Path(path)
     _check_file(path)
-    kind = _kind(path)
+    kind = sequence_file_kind(path)
     if kind == "table":
         return read_table(path, require_label)
     if kind == "bed":
@@ -417,7 +431,7 @@ def _read_class_files(files: Sequence[Path], genome: IndexedFasta | None) -> lis
                                 f"each class needs one file")
     records = []
     for path, name in zip(files, names, strict=True):
-        if _kind(path) == "table":
+        if sequence_file_kind(path) == "table":
             raise GenomicsDataError(f"{path}: a table among per-class files; give either one table with a label "
                                     f"column or one FASTA file per class")
         records += [SequenceRecord(r.name, r.sequence, name, r.source) for r in read_records(path, genome)]
@@ -457,7 +471,7 @@ def load_labelled(data: str | Path | Sequence[str | Path], genome: str | Path | 
             records = _read_class_files(_class_files(folder), fasta)
     elif len(paths) == 1:
         _check_file(paths[0])
-        if _kind(paths[0]) != "table":
+        if sequence_file_kind(paths[0]) != "table":
             raise GenomicsDataError(f"{paths[0]}: one sequence file holds no labels; give one FASTA file per class "
                                     f"(the class is the file's name), a folder of them, or a CSV/TSV with "
                                     f"sequence,label columns")

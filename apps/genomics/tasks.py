@@ -2,7 +2,9 @@
 (BERT-style) pretraining for bidirectional and RC-equivariant models.
 
 Each pads the items of `mambakit.apps.genomics.datasets` on the right (with [PAD]) into batches the matching
-model takes: `MambaForSequenceClassification`, `MambaLMHeadModel`, `MambaForMaskedLM`.
+model takes: `MambaForSequenceClassification`, `MambaLMHeadModel`, `MambaForMaskedLM`. Classification and
+language modelling are the core's (`mambakit.train.classification`, `mambakit.train.lm_task`); this module adds
+what is DNA's own: reverse-complement conjoining and masked pretraining over bases.
 """
 
 from __future__ import annotations
@@ -15,59 +17,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.models import IGNORE_INDEX
-from mambakit.nn import complement_table, rc_conjoin
 from mambakit.train import Task
+from mambakit.train.classification import ClassificationTask, pad_batch
 from mambakit.train.lm_task import CausalLMTask
 
-from .metrics import accuracy, auroc, matthews_corrcoef
+from .rc import complement_table, rc_conjoin
 from .tokenizer import DNATokenizer
 
 
-def pad_batch(examples: Sequence[dict[str, Tensor]], pad_token_id: int) -> dict[str, Tensor]:
-    """Right-pad the examples' input_ids -> input_ids (b, l), attention_mask (b, l) and, when the examples have
-    them, per-sequence labels (b,)."""
-    length = max(len(example["input_ids"]) for example in examples)
-    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        input_ids[row, :n], attention_mask[row, :n] = example["input_ids"], 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.stack([example["labels"] for example in examples])
-    return batch
-
-
-class ClassifyTask(Task):
-    """Sequence classification: cross-entropy; evaluation reports loss, accuracy, MCC and AUROC (binary, or
-    macro one-vs-rest). With `conjoin`, evaluation averages the logits of each sequence and of its reverse
-    complement (post-hoc RC conjoining)."""
-
-    primary_metric = "accuracy"
-    greater_is_better = True
+class ClassifyTask(ClassificationTask):
+    """Sequence classification of DNA (loss, accuracy, MCC, AUROC). With `conjoin`, evaluation averages the logits
+    of each sequence and of its reverse complement (post-hoc RC conjoining)."""
 
     def __init__(self, tokenizer: DNATokenizer | None = None, conjoin: bool = False) -> None:
         self.tokenizer = tokenizer or DNATokenizer()
+        super().__init__(self.tokenizer.pad_token_id)
         self.conjoin = conjoin
-
-    def collate(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Padded input_ids, attention_mask and labels."""
-        return pad_batch(examples, self.tokenizer.pad_token_id)
 
     def evaluate_logits(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Class logits (b, num_labels) of a batch, conjoined over both strands when the task says so."""
         return conjoined(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, batch,
                          self.tokenizer if self.conjoin else None)
-
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
-        """loss (mean cross-entropy), accuracy, mcc, auroc over all batches."""
-        all_logits, all_labels = [], []
-        for batch in batches:
-            all_logits.append(self.evaluate_logits(model, batch).float().cpu())
-            all_labels.append(batch["labels"].cpu())
-        if not all_logits:
-            raise ValueError("evaluation data is empty")
-        return classification_metrics(torch.cat(all_logits), torch.cat(all_labels))
 
 
 def conjoined(forward: Callable[[Tensor, Tensor], Tensor], batch: dict[str, Tensor],
@@ -78,19 +48,6 @@ def conjoined(forward: Callable[[Tensor, Tensor], Tensor], batch: dict[str, Tens
         return forward(batch["input_ids"], batch["attention_mask"])
     complement = complement_table(tokenizer.complement_map, tokenizer.vocab_size, batch["input_ids"].device)
     return rc_conjoin(forward, batch["input_ids"], complement, batch["attention_mask"])
-
-
-def classification_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """loss, accuracy, mcc and auroc of class logits (n, k) against labels (n,)."""
-    probabilities = logits.softmax(-1).numpy()
-    truth = labels.numpy()
-    predictions = probabilities.argmax(-1)
-    return {
-        "loss": float(F.cross_entropy(logits, labels)),
-        "accuracy": accuracy(truth, predictions),
-        "mcc": matthews_corrcoef(truth, predictions, logits.shape[1]),
-        "auroc": auroc(truth, probabilities),
-    }
 
 
 class PretrainTask(CausalLMTask):

@@ -1,40 +1,21 @@
-"""`mambakit train|eval|generate text`: byte-level language models on text files (default: Python's standard
-library sources, present on every machine with Python)."""
+"""The text domain: byte-level language models on text files (default: Python's standard library sources,
+present on every machine with Python). The core builds `mambakit train text` and `mambakit eval text` from the
+task declared here; `generate` is the app's own."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mambakit.cli_support import (
-    BatchSizeOption,
-    CheckpointOption,
-    ConfigOption,
-    CudaGraphOption,
-    DataOption,
-    DeviceOption,
-    EpochsOption,
-    LrOption,
-    MaxStepsOption,
-    OutOption,
-    PresetOption,
-    ResumeOption,
-    SeedOption,
-    TaskOption,
-    UserError,
-    announce,
-    build_model_config,
-    print_metrics,
-    resolve_device,
-    resolve_run_options,
-    run_training,
-)
-from mambakit.domains import Domain
+from mambakit.cli_support import CheckpointOption, CudaGraphOption, DeviceOption, SeedOption, resolve_device
+from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
+from mambakit.errors import UserError
 
-TASKS = ("lm",)
+from .tokenizer import ByteTokenizer
+
 PRESETS = {
     "tiny": {"d_model": 128, "n_layer": 2, "d_state": 16},
     "small": {"d_model": 384, "n_layer": 8, "d_state": 16},
@@ -42,102 +23,74 @@ PRESETS = {
 }
 TRAIN_DEFAULTS = {"max_steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30, "eval_every": 100,
                   "save_every": 100, "log_every": 10}
-SeqLenOption = Annotated[int, typer.Option("--seq-len", min=8, help="Bytes per training window.")]
+DOMAIN_NAME = "text"
 
 
-def _corpus_streams(data: list[Path]):  # noqa: ANN202
+@dataclass(frozen=True)
+class TextOptions:
+    """The text app's own options (saved in each checkpoint's run record)."""
+
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Bytes per window (default 256).")] = field(
+        default=256, metadata=EVAL_OPTION)
+
+
+def _token_streams(data: list[Path]) -> tuple[Any, Any]:
+    """(training, held-out) byte streams of the given files and folders, or of the default corpus."""
     from .data import default_corpus_files, encode_split, expand_paths, read_documents
-    from .tokenizer import ByteTokenizer
 
     files = expand_paths(data) if data else default_corpus_files()
-    return encode_split(read_documents(files), ByteTokenizer()), len(files)
+    return encode_split(read_documents(files), ByteTokenizer())
 
 
-def train(
-    data: DataOption = None,
-    task: TaskOption = None,
-    out: OutOption = None,
-    max_steps: MaxStepsOption = None,
-    epochs: EpochsOption = None,
-    batch_size: BatchSizeOption = None,
-    lr: LrOption = None,
-    device: DeviceOption = None,
-    preset: PresetOption = None,
-    config: ConfigOption = None,
-    resume: ResumeOption = False,
-    seed: SeedOption = None,
-    seq_len: SeqLenOption = 256,
-) -> None:
-    """Train a byte-level Mamba language model; prints held-out bits per byte. Without --data it trains on
-    about 3 MB of Python's own standard-library sources."""
-    import torch
-
+def _windows(tokens: Any, seq_len: int, what: str) -> Any:
     from mambakit.datasets import TokenWindows
-    from mambakit.models import MambaLMHeadModel
-    from mambakit.train.lm_task import CausalLMTask
 
-    from .tokenizer import ByteTokenizer
+    windows = TokenWindows(tokens, seq_len)
+    if len(windows) == 0:
+        raise UserError(f"the text is too short for --seq-len {seq_len}: {len(tokens)} {what} bytes; give more "
+                        f"text or a smaller --seq-len")
+    return windows
 
-    run = resolve_run_options(config, data=data, task=task, out=out, max_steps=max_steps, epochs=epochs,
-                              batch_size=batch_size, lr=lr, device=device, preset=preset, resume=resume, seed=seed)
-    if (run.task or "lm") not in TASKS:
-        raise UserError(f"unknown text task {run.task!r}; choose one of {', '.join(TASKS)}")
-    tokenizer = ByteTokenizer()
-    (train_tokens, eval_tokens), n_files = _corpus_streams(run.data)
-    train_data, eval_data = TokenWindows(train_tokens, seq_len), TokenWindows(eval_tokens, seq_len)
-    if len(train_data) == 0 or len(eval_data) == 0:
-        raise UserError(f"the text is too short for --seq-len {seq_len}: {len(train_tokens)} training and "
-                        f"{len(eval_tokens)} held-out bytes; give more text or a smaller --seq-len")
-    torch.manual_seed(run.seed)
-    model = MambaLMHeadModel(build_model_config(
-        PRESETS, run, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+
+def _lm_data(inputs: TaskInputs) -> Splits:
+    train_tokens, eval_tokens = _token_streams(inputs.run.data)
+    seq_len = inputs.options.seq_len
+    return Splits(_windows(train_tokens, seq_len, "training"), _windows(eval_tokens, seq_len, "held-out"))
+
+
+def _lm_eval_data(inputs: TaskInputs) -> Any:
+    """The held-out part of the given text (or of the default corpus)."""
+    return _windows(_token_streams(inputs.run.data)[1], inputs.options.seq_len, "held-out")
+
+
+def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
+    from mambakit.models import MambaConfig, MambaLMHeadModel
+
+    tokenizer: ByteTokenizer = inputs.featurizer
+    return MambaLMHeadModel(inputs.model_config(
+        MambaConfig, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     ))
-    announce(f"text: {n_files} files, {len(train_tokens):,} training / {len(eval_tokens):,} held-out bytes; "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    run_training("text", replace(run, task="lm"), model, CausalLMTask("byte"),
-                 train_data, eval_data, TRAIN_DEFAULTS, {"tokenizer.json": tokenizer.to_json()})
 
 
-def _load(checkpoint: Path, device: str):  # noqa: ANN202
-    from mambakit.models import MambaLMHeadModel, load_model
-
-    from .tokenizer import ByteTokenizer
-
-    model = load_model(checkpoint, device=resolve_device(device))
-    if not isinstance(model, MambaLMHeadModel):
-        raise UserError(f"{checkpoint}: holds a {model.architecture}, not a language model")
-    tokenizer_file = checkpoint / "tokenizer.json"
-    if not tokenizer_file.exists():
-        raise UserError(f"{tokenizer_file}: missing; this checkpoint was not written by `mambakit train text`")
-    try:
-        tokenizer = ByteTokenizer.from_json(tokenizer_file.read_text())
-    except ValueError as error:
-        raise UserError(f"{tokenizer_file}: {error}") from None
-    return model, tokenizer
-
-
-def evaluate(
-    checkpoint: CheckpointOption,
-    data: DataOption = None,
-    device: DeviceOption = None,
-    batch_size: BatchSizeOption = None,
-    seq_len: SeqLenOption = 256,
-) -> None:
-    """Bits per byte of a text checkpoint on text files (default: the held-out part of the default corpus)."""
-    from mambakit.datasets import TokenWindows
-    from mambakit.train import TrainConfig
-    from mambakit.train import evaluate as evaluate_model
+def _lm_task(inputs: TaskInputs) -> Any:
     from mambakit.train.lm_task import CausalLMTask
 
-    model, _ = _load(checkpoint, device or "auto")
-    (_, eval_tokens), _ = _corpus_streams(list(data or []))
-    windows = TokenWindows(eval_tokens, seq_len)
-    if len(windows) == 0:
-        raise UserError(f"the text is too short for --seq-len {seq_len}; give more text or a smaller --seq-len")
-    config = TrainConfig(out_dir=checkpoint, max_steps=1, batch_size=batch_size or 16,
-                         device=resolve_device(device or "auto"))
-    print_metrics(f"text: {checkpoint}", evaluate_model(model, CausalLMTask("byte"), windows, config))
+    return CausalLMTask("byte")
+
+
+def read_legacy_record(checkpoint: Path, model: Any) -> RunRecord | None:
+    """Text checkpoints written before run records existed: a byte tokenizer beside a language model."""
+    from mambakit.models import MambaLMHeadModel
+
+    tokenizer_file = checkpoint / "tokenizer.json"
+    if not isinstance(model, MambaLMHeadModel) or not tokenizer_file.is_file():
+        return None
+    try:
+        ByteTokenizer.from_json(tokenizer_file.read_text())
+    except ValueError:
+        return None
+    return RunRecord(DOMAIN_NAME, "lm", {}, 0)
 
 
 def generate(
@@ -158,10 +111,13 @@ def generate(
 
     import torch
 
-    from mambakit.models import SamplingConfig
+    from mambakit.models import MambaLMHeadModel, SamplingConfig
     from mambakit.models import generate as generate_ids
 
-    model, tokenizer = _load(checkpoint, device or "auto")
+    loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"))
+    model, tokenizer = loaded.model, loaded.featurizer
+    if not isinstance(model, MambaLMHeadModel):
+        raise UserError(f"{checkpoint}: holds a {model.architecture}, not a language model")
     ids = tokenizer.encode(prompt) or [tokenizer.bos_token_id]
     device_of_model = next(model.parameters()).device
     if cuda_graph and device_of_model.type != "cuda":
@@ -194,7 +150,15 @@ def generate(
 
 
 DOMAIN = Domain(
-    name="text",
-    help="Byte-level language models on text.",
-    commands={"train": train, "eval": evaluate, "generate": generate},
+    name=DOMAIN_NAME,
+    help="byte-level language models on text",
+    tasks=[DomainTask("lm", "next byte, bits per byte; default data: Python's standard library sources",
+                      data=_lm_data, model=_lm_model, task=_lm_task, defaults=TRAIN_DEFAULTS,
+                      eval_data=_lm_eval_data)],
+    options=TextOptions,
+    featurizer=lambda options: ByteTokenizer(),
+    load_featurizer=lambda text, source: ByteTokenizer.from_json(text),
+    presets=PRESETS,
+    commands={"generate": generate},
+    read_legacy=read_legacy_record,
 )

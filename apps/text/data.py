@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambakit.cli_support import UserError
+from mambakit.errors import UserError
 
 from .tokenizer import ByteTokenizer
 

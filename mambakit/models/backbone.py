@@ -15,11 +15,9 @@ from ..nn import (
     Mamba,
     MambaLayerState,
     NonCausalBlock,
-    RCPSEmbedding,
-    RCPSMixer,
-    RCPSNorm,
     create_norm,
     padded_reverse_index,
+    pool_sequence,
 )
 from .config import MambaConfig
 
@@ -39,9 +37,12 @@ class MambaModel(nn.Module):
     """Backbone over token ids (when config.vocab_size > 0) or over embeddings (any domain's features).
 
     Parameter names follow state-spaces/mamba (`embedding`, `layers.{i}.mixer`, `layers.{i}.norm`, `norm_f`);
-    bidirectional mixers hold `mamba_fwd` and `mamba_rev`, RC-equivariant wrappers a `submodule` (as in Caduceus).
-    Bidirectional and RC-equivariant backbones (config.causal False) read the whole sequence: they take the
-    attention_mask and have no recurrent state; RC-equivariant ones return 2 * d_model channels.
+    bidirectional mixers hold `mamba_fwd` and `mamba_rev` (as in Caduceus). Non-causal backbones (config.causal
+    False) read the whole sequence: they take the attention_mask and have no recurrent state.
+
+    A subclass may lay its hidden states out differently (e.g. one half per DNA strand): it overrides the
+    builders `_make_embedding`, `_make_mixer` and `_make_norm`, and the hooks through which every head reads
+    the features, `vocabulary_logits`, `fold` and `pool`.
     """
 
     def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
@@ -49,23 +50,21 @@ class MambaModel(nn.Module):
         super().__init__()
         self.config = config
         factory = {"device": device, "dtype": dtype}
-        if config.vocab_size == 0:
-            self.embedding = None
-        elif config.rc_equivariant:
-            self.embedding = RCPSEmbedding(config.padded_vocab_size, config.d_model, config.complement_map, **factory)
-        else:
-            self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, **factory)
+        self.embedding = None if config.vocab_size == 0 else self._make_embedding(config, factory)
         block = Block if config.causal else NonCausalBlock
         self.layers = nn.ModuleList(
-            block(self._mixer(config, scan_backend, factory), self._norm(config, factory), config.residual_in_fp32)
+            block(self._make_mixer(config, scan_backend, factory), self._make_norm(config, factory),
+                  config.residual_in_fp32)
             for _ in range(config.n_layer)
         )
-        self.norm_f = self._norm(config, factory)
+        self.norm_f = self._make_norm(config, factory)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _mixer(config: MambaConfig, scan_backend: str, factory: dict) -> nn.Module:
+    def _make_embedding(self, config: MambaConfig, factory: dict) -> nn.Module:
+        return nn.Embedding(config.padded_vocab_size, config.d_model, **factory)
+
+    def _make_mixer(self, config: MambaConfig, scan_backend: str, factory: dict) -> nn.Module:
         def mamba() -> Mamba:
             return Mamba(
                 config.d_model, config.d_state, config.d_conv, config.expand, config.dt_rank, config.dt_min,
@@ -73,14 +72,24 @@ class MambaModel(nn.Module):
                 config.bias, config.selective, scan_backend, **factory,
             )
 
-        mixer = (BiMamba(mamba(), mamba(), config.bidirectional_strategy, config.bidirectional_weight_tie)
-                 if config.bidirectional else mamba())
-        return RCPSMixer(mixer) if config.rc_equivariant else mixer
+        if config.bidirectional:
+            return BiMamba(mamba(), mamba(), config.bidirectional_strategy, config.bidirectional_weight_tie)
+        return mamba()
 
-    @staticmethod
-    def _norm(config: MambaConfig, factory: dict) -> nn.Module:
-        norm = create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory)
-        return RCPSNorm(norm) if config.rc_equivariant else norm
+    def _make_norm(self, config: MambaConfig, factory: dict) -> nn.Module:
+        return create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory)
+
+    def vocabulary_logits(self, head: nn.Linear, features: Tensor) -> Tensor:
+        """Logits over the (padded) vocabulary from features (…, d_model) and a (vocab, d_model) head."""
+        return head(features)
+
+    def fold(self, features: Tensor) -> Tensor:
+        """Per-position features (b, l, d_model) for a per-position head (token classification)."""
+        return features
+
+    def pool(self, features: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:
+        """One vector (b, d_model) per sequence, over the real positions (see `mambakit.nn.pool_sequence`)."""
+        return pool_sequence(features, attention_mask, pooling)
 
     def _init_weights(self, module: nn.Module) -> None:
         """mamba-ssm's initialisation: zero linear biases (except dt), normal embeddings, and out_proj
@@ -115,7 +124,8 @@ class MambaModel(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
                 state: MambaState | None = None, attention_mask: Tensor | None = None) -> Tensor:
-        """input_ids (b, l) or inputs_embeds (b, l, d_model) -> hidden states (b, l, d_model).
+        """input_ids (b, l) or inputs_embeds (b, l, d_model) -> hidden states (b, l, d_model) (a subclass may
+        widen them; the hooks above bring them back to d_model).
         With `state`, continue from it and leave the final state in it.
 
         attention_mask (b, l), 1 on real tokens, must be right padding. A causal backbone does not need it (no
@@ -149,8 +159,8 @@ class MambaModel(nn.Module):
 
     def _check_recurrent(self) -> None:
         if not self.config.causal:
-            raise ValueError("bidirectional and RC-equivariant models read the whole sequence at once: they have no "
-                             "recurrent state or step; run forward on the full sequence")
+            raise ValueError("non-causal (bidirectional, RC-equivariant) models read the whole sequence at once: they "
+                             "have no recurrent state or step; run forward on the full sequence")
 
     def _final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
         residual = hidden if residual is None else residual + hidden

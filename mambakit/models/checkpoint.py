@@ -2,9 +2,16 @@
 
 A mambakit checkpoint is a directory:
 
-    config.json          MambaConfig fields + model_type "mambakit", architecture, head, mambakit_version
+    config.json          the config's fields + model_type (its registered config class), config_version,
+                         architecture (the registered model class), head (its head_config), domain (the app
+                         that registered either, if any), mambakit_version
     model.safetensors    the state dict; a tied lm_head is stored once, as backbone.embedding.weight
     (extra files)        e.g. the tokenizer config an app stores beside the weights
+
+Any model that meets `mambakit.models.protocol.TrainableModel` saves and loads this way; `load_model` finds its
+config class and architecture in the registry (`mambakit.models.registry`), importing the checkpoint's domain
+app first when the name is not registered yet. Checkpoints of config version 1 (mambakit up to 85bf326) load
+unchanged.
 
 `load_model` also reads, from a local directory:
 
@@ -18,6 +25,7 @@ Everything a user can get wrong raises `CheckpointError`: one line naming the fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -31,8 +39,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .config import MambaConfig
-from .heads import ARCHITECTURES, MambaLMHeadModel, MambaPreTrainedModel
+from ..jsonfiles import read_json_file
+from .config import CONFIG_VERSION, META_KEYS, V1_MOVED_FIELDS, MambaConfig
+from .heads import MambaLMHeadModel
+from .protocol import TrainableModel, is_trainable
+from .registry import UnknownNameError, architecture_class, config_class, config_classes, owner_domain
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -52,7 +63,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory or file that cannot be loaded; the message is one line naming the file."""
 
 
-def save_pretrained(model: MambaPreTrainedModel, path: str | Path,
+def save_pretrained(model: TrainableModel, path: str | Path,
                     extra_files: dict[str, bytes | str] | None = None) -> Path:
     """Write `model` as a mambakit checkpoint directory (created if needed) and return its path.
 
@@ -63,6 +74,9 @@ def save_pretrained(model: MambaPreTrainedModel, path: str | Path,
     # Imported here because mambakit/__init__.py defines __version__ after importing this package.
     from .. import __version__
 
+    if not is_trainable(model):
+        raise TypeError(f"save_pretrained: {type(model).__name__} does not meet mambakit's TrainableModel contract "
+                        f"(config, architecture, from_config, head_config, shard_units, no_weight_decay)")
     directory = Path(path)
     extra_files = dict(extra_files or {})
     for name in extra_files:
@@ -80,20 +94,22 @@ def save_pretrained(model: MambaPreTrainedModel, path: str | Path,
     for name, content in extra_files.items():
         with _atomic_path(directory / name) as tmp:
             tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    config_json = model.config.to_json(model_type="mambakit", architecture=model.architecture,
-                                       head=model.head_config(), mambakit_version=__version__)
+    meta = {"model_type": model.config.model_type, "config_version": CONFIG_VERSION,
+            "architecture": model.architecture, "head": model.head_config(), "domain": owner_domain(model),
+            "mambakit_version": __version__}
     with _atomic_path(directory / CONFIG_NAME) as tmp:
-        tmp.write_text(config_json)
+        tmp.write_text(json.dumps({**model.config.to_dict(), **meta}, indent=2) + "\n")
     fsync_directory(directory)
     return directory
 
 
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               scan_backend: str = "auto") -> MambaPreTrainedModel:
+               scan_backend: str = "auto") -> Any:
     """Load a mambakit, state-spaces or Hugging Face Mamba checkpoint directory; returns the model in eval mode.
 
-    state-spaces and Hugging Face checkpoints become a `MambaLMHeadModel`. `dtype` is the compute dtype of the
-    weights; A_log and D stay fp32 as in training. Weight files are read without executing pickled code.
+    state-spaces and Hugging Face checkpoints become a `MambaLMHeadModel`; a mambakit checkpoint becomes the
+    registered architecture it names. `dtype` is the compute dtype of the weights; A_log and D stay fp32 as in
+    training. Weight files are read without executing pickled code.
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -103,20 +119,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     data = _read_json(config_path, what="config")
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object of config keys")
-    model_type = data.get("model_type")
-    if model_type not in (None, "mambakit", "mamba"):
-        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not supported; mambakit loads its own "
-                              f"checkpoints, state-spaces Mamba-1 and Hugging Face 'mamba' (MambaForCausalLM)")
-    try:
-        config = MambaConfig.from_dict(data)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{config_path}: {str(error).removeprefix('config: ')}") from None
-
-    if model_type == "mambakit":
-        architecture, head = data.get("architecture"), data.get("head") or {}
-    else:  # state-spaces and Hugging Face checkpoints are language models
-        architecture, head = MambaLMHeadModel.architecture, {}
-    model = _build_model(config_path, architecture, head, config, scan_backend, device, dtype)
+    config, architecture, head, domain = _read_config(config_path, data)
+    model = _build_model(config_path, architecture, head, domain, config, scan_backend, device, dtype)
 
     tensors, weights_path = _read_weights(directory)
     # Renaming every format is safe: no mambakit or state-spaces name has a Hugging Face-only prefix.
@@ -125,16 +129,68 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     return model.eval()
 
 
-def _build_model(config_path: Path, architecture: Any, head: Any, config: MambaConfig, scan_backend: str,
-                 device: torch.device | str | None, dtype: torch.dtype | None) -> MambaPreTrainedModel:
-    cls = ARCHITECTURES.get(architecture) if isinstance(architecture, str) else None
-    if cls is None:
-        raise CheckpointError(f"{config_path}: unknown architecture {architecture!r}; known: "
-                              f"{', '.join(sorted(ARCHITECTURES))}")
+def _read_config(config_path: Path, data: dict[str, Any]) -> tuple[Any, Any, Any, str | None]:
+    """(config, architecture name, head arguments, domain) of a config.json in any of the formats."""
+    model_type = data.get("model_type")
+    if model_type is None or model_type == "mamba":  # state-spaces or Hugging Face: language models
+        return _build_config(config_path, MambaConfig, data), MambaLMHeadModel.architecture, {}, None
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{config_path}: model_type must be a string, got {model_type!r}")
+    version = data.get("config_version", 1)
+    if version not in (1, CONFIG_VERSION):
+        raise CheckpointError(f"{config_path}: config_version {version!r} is not one this mambakit reads (1 to "
+                              f"{CONFIG_VERSION}); upgrade mambakit")
+    domain = data.get("domain")
+    if version == 1:
+        model_type = _v1_model_type(config_path, data)
+    try:
+        registration = config_class(model_type, domain)
+    except UnknownNameError as error:
+        raise CheckpointError(f"{config_path}: {error}; mambakit loads its own checkpoints, state-spaces Mamba-1 "
+                              f"and Hugging Face 'mamba' (MambaForCausalLM)") from None
+    fields = {key: value for key, value in data.items() if key not in META_KEYS}
+    if version == 1 and model_type == MambaConfig.model_type:
+        fields = {key: value for key, value in fields.items() if key not in V1_MOVED_FIELDS}
+    return (_build_config(config_path, registration.cls, fields), data.get("architecture"),
+            data.get("head") or {}, domain or registration.domain)
+
+
+def _v1_model_type(config_path: Path, data: dict[str, Any]) -> str:
+    """The config class of a version-1 checkpoint: MambaConfig, unless it turned on a field that has since moved
+    to a domain's config (then the registered config class that has all such fields)."""
+    moved = {key for key, off in V1_MOVED_FIELDS.items() if data.get(key, off) != off}
+    if not moved:
+        return MambaConfig.model_type
+    from ..domains import load_domains
+
+    load_domains()
+    for model_type, registration in config_classes().items():
+        names = {field.name for field in dataclasses.fields(registration.cls)}
+        if set(V1_MOVED_FIELDS) <= names:
+            return model_type
+    raise CheckpointError(f"{config_path}: a version-1 config with {', '.join(sorted(moved))}, which no installed "
+                          f"app's config has; install the genomics app")
+
+
+def _build_config(config_path: Path, cls: Any, data: dict[str, Any]) -> Any:
+    try:
+        return cls.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: {str(error).removeprefix('config: ')}") from None
+
+
+def _build_model(config_path: Path, architecture: Any, head: Any, domain: str | None, config: Any,
+                 scan_backend: str, device: torch.device | str | None, dtype: torch.dtype | None) -> TrainableModel:
+    if not isinstance(architecture, str):
+        raise CheckpointError(f"{config_path}: 'architecture' must name the model class, got {architecture!r}")
+    try:
+        cls = architecture_class(architecture, domain).cls
+    except UnknownNameError as error:
+        raise CheckpointError(f"{config_path}: {error}") from None
     if not isinstance(head, dict):
         raise CheckpointError(f"{config_path}: 'head' must be a JSON object of head arguments, got {head!r}")
     try:
-        return cls(config, **head, scan_backend=scan_backend, device=device, dtype=dtype)
+        return cls.from_config(config, head, scan_backend=scan_backend, device=device, dtype=dtype)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: cannot build {architecture} with head {head}: {error}") from None
 
@@ -159,11 +215,9 @@ def _hf_to_ours(name: str) -> str:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; a checkpoint directory needs its {what} here") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({_one_line(error)}); restore or re-export it") from None
+        return read_json_file(path, what)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(str(error)) from None
 
 
 def _read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
@@ -208,7 +262,7 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _load_state(model: MambaPreTrainedModel, tensors: dict[str, Tensor], source: Path) -> None:
+def _load_state(model: torch.nn.Module, tensors: dict[str, Tensor], source: Path) -> None:
     """Copy `tensors` into `model`, strictly: every parameter present, none extra, every shape equal."""
     expected = model.state_dict()
     aliases = _tied_aliases(model)

@@ -10,12 +10,18 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..jsonfiles import load_json_object
+from .registry import register_config
 
 #: Keys a checkpoint's config.json carries beside the architecture (written by mambakit.models.checkpoint).
-META_KEYS = ("model_type", "architecture", "head", "mambakit_version", "domain")
+META_KEYS = ("model_type", "config_version", "architecture", "head", "mambakit_version", "domain")
+#: The version of the checkpoint config layout that save_pretrained writes. Version 1 (mambakit up to commit
+#: 85bf326, no config_version key) kept the genomics app's reverse-complement options in MambaConfig.
+CONFIG_VERSION = 2
+#: MambaConfig fields of version 1 that moved to a domain's config, with the value that meant "off".
+V1_MOVED_FIELDS = {"rc_equivariant": False, "complement_map": None}
 
 #: Hugging Face MambaConfig key -> mambakit key.
 _HF_KEYS = {
@@ -51,9 +57,12 @@ _SSM_CFG_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "
                  "dt_init_floor", "conv_bias", "bias"}
 
 
+@register_config("mambakit")
 @dataclass(frozen=True)
 class MambaConfig:
     """Architecture of a Mamba (S6) backbone and its embedding; validated on construction."""
+
+    model_type: ClassVar[str]
 
     d_model: int = 768
     n_layer: int = 24
@@ -87,11 +96,6 @@ class MambaConfig:
     """How the two directions combine: "add" or "ew_multiply" (elementwise product)."""
     bidirectional_weight_tie: bool = True
     """The backward mixer shares in_proj and out_proj (most of the parameters) with the forward one."""
-    rc_equivariant: bool = False
-    """Reverse-complement equivariance by parameter sharing (Caduceus-PS): hidden states have 2 * d_model
-    channels, one half per strand; not causal. Needs complement_map."""
-    complement_map: tuple[int, ...] | None = None
-    """Token id -> id of its complement (an involution over vocab_size ids), for rc_equivariant models."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
@@ -106,35 +110,17 @@ class MambaConfig:
             raise ValueError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
-        for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
+        for name in ("bidirectional", "bidirectional_weight_tie"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
         if self.bidirectional_strategy not in BIDIRECTIONAL_STRATEGIES:
             raise ValueError(f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
                              f"got {self.bidirectional_strategy!r}")
-        self._check_complement_map()
-
-    def _check_complement_map(self) -> None:
-        if self.complement_map is None:
-            if self.rc_equivariant:
-                raise ValueError("config: rc_equivariant needs complement_map (token id -> id of its complement)")
-            return
-        # JSON gives a list; a tuple keeps the frozen config hashable and equal after a round trip.
-        object.__setattr__(self, "complement_map", tuple(self.complement_map))
-        mapping = self.complement_map
-        if len(mapping) != self.vocab_size or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(mapping) for i in mapping
-        ):
-            raise ValueError(f"config: complement_map must list one token id in [0, vocab_size) for each of the "
-                             f"{self.vocab_size} ids, got {list(mapping)}")
-        if any(mapping[mapping[i]] != i for i in range(len(mapping))):
-            raise ValueError(f"config: complement_map must be its own inverse (the complement of a complement is "
-                             f"the token itself), got {list(mapping)}")
 
     @property
     def causal(self) -> bool:
-        """Whether position t depends only on positions <= t (false for bidirectional and RC-equivariant models)."""
-        return not (self.bidirectional or self.rc_equivariant)
+        """Whether position t depends only on positions <= t (false for bidirectional models)."""
+        return not self.bidirectional
 
     @property
     def d_inner(self) -> int:

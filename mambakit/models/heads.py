@@ -1,23 +1,26 @@
 """Task heads over one backbone: causal and masked language modelling, sequence and token classification.
 
-Every model has `forward_features` (backbone hidden states) and `forward_head` (features -> logits), a
-`head_config()` that checkpoints store, and `allocate_state` for recurrent use. Over an RC-equivariant backbone
-(2 * d_model channels, see mambakit.nn.rc) the heads fold the two strands: RC-equivariant vocabulary logits,
-RC-invariant pooled classification.
+Every model meets `mambakit.models.protocol.TrainableModel` and has `forward_features` (backbone hidden states)
+and `forward_head` (features -> logits), and `allocate_state` for recurrent use. The backbone is the one
+registered for the config's class (`register_backbone`); the heads reach its features only through its
+`vocabulary_logits`, `fold` and `pool` hooks, so a backbone whose hidden states are laid out differently (the
+genomics app's reverse-complement-equivariant one) keeps every head as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import POOLINGS, pool_sequence, rc_fold, rc_logits, rc_pool
+from ..nn import POOLINGS, Block
 from .backbone import MambaModel, MambaState
 from .config import MambaConfig
+from .registry import backbone_factory, register_architecture, register_backbone
 
 IGNORE_INDEX = -100
 
@@ -30,20 +33,38 @@ class ModelOutput:
     loss: Tensor | None = None
 
 
-class MambaPreTrainedModel(nn.Module):
-    """Shared base: a MambaModel backbone named `backbone`, the state API, and the head-config contract."""
+register_backbone(MambaConfig)(MambaModel)
 
-    architecture: str = ""
+
+class MambaPreTrainedModel(nn.Module):
+    """Shared base: the backbone registered for the config's class, named `backbone`; the state API; and the
+    rest of the `TrainableModel` contract."""
+
+    architecture: ClassVar[str] = ""
+    backbone: MambaModel
 
     def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = MambaModel(config, scan_backend, device=device, dtype=dtype)
+        self.backbone = backbone_factory(config)(config, scan_backend=scan_backend, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, config: MambaConfig, head: Mapping[str, Any], **options: Any) -> MambaPreTrainedModel:
+        """The model over `config` with the head arguments `head`; options: scan_backend, device, dtype."""
+        return cls(config, **head, **options)
 
     def head_config(self) -> dict[str, Any]:
         """Constructor arguments of the head beyond the MambaConfig (saved in config.json)."""
         return {}
+
+    def shard_units(self) -> list[nn.Module]:
+        """The residual blocks, which FSDP shards one by one."""
+        return [module for module in self.modules() if isinstance(module, Block)]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters tagged by `mambakit.nn.no_weight_decay` (A_log, D, the dt bias of LTI layers)."""
+        return {name for name, parameter in self.named_parameters() if getattr(parameter, "_no_weight_decay", False)}
 
     def allocate_state(self, batch: int, device: torch.device | None = None,
                        dtype: torch.dtype | None = None) -> MambaState:
@@ -61,28 +82,33 @@ class MambaPreTrainedModel(nn.Module):
         return self.backbone(input_ids, inputs_embeds, state, attention_mask)
 
 
-class MambaLMHeadModel(MambaPreTrainedModel):
-    """Causal language model: backbone + (tied) linear head over the vocabulary."""
-
-    architecture = "MambaLMHeadModel"
+class _VocabularyHeadModel(MambaPreTrainedModel):
+    """A backbone and a (tied) linear head over the vocabulary: what the causal and the masked LM share."""
 
     def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
                  dtype: torch.dtype | None = None) -> None:
         if config.vocab_size < 1:
             raise ValueError("a language model needs vocab_size >= 1")
-        if not config.causal and type(self) is MambaLMHeadModel:
-            raise ValueError("a causal language model needs a causal backbone: bidirectional and RC-equivariant "
-                             "models would see the tokens they predict; use MambaForMaskedLM")
         super().__init__(config, scan_backend, device, dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """(…, d_model) -> logits (…, vocab_size); padded vocabulary rows are dropped."""
-        if self.config.rc_equivariant:
-            return rc_logits(self.lm_head, features, self.backbone.embedding.complement)[..., : self.config.vocab_size]
-        return self.lm_head(features)[..., : self.config.vocab_size]
+        """Backbone features (…) -> logits (…, vocab_size); padded vocabulary rows are dropped."""
+        return self.backbone.vocabulary_logits(self.lm_head, features)[..., : self.config.vocab_size]
+
+
+@register_architecture()
+class MambaLMHeadModel(_VocabularyHeadModel):
+    """Causal language model: backbone + (tied) linear head over the vocabulary."""
+
+    def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if not config.causal:
+            raise ValueError("a causal language model needs a causal backbone: bidirectional and RC-equivariant "
+                             "models would see the tokens they predict; use MambaForMaskedLM")
+        super().__init__(config, scan_backend, device, dtype)
 
     def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
                 inputs_embeds: Tensor | None = None, state: MambaState | None = None) -> ModelOutput:
@@ -102,11 +128,10 @@ class MambaLMHeadModel(MambaPreTrainedModel):
         return self.forward_head(self.backbone.step(input_ids, state=state))
 
 
-class MambaForMaskedLM(MambaLMHeadModel):
+@register_architecture()
+class MambaForMaskedLM(_VocabularyHeadModel):
     """Masked language model (BERT-style, for bidirectional and RC-equivariant backbones): the same head as the
     causal LM, but position t predicts labels[t] itself, unshifted."""
-
-    architecture = "MambaForMaskedLM"
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
@@ -120,31 +145,55 @@ class MambaForMaskedLM(MambaLMHeadModel):
         return ModelOutput(logits, loss)
 
 
-class MambaForSequenceClassification(MambaPreTrainedModel):
-    """Backbone, padding-aware pooling, linear classifier. num_labels == 1 makes it a regressor (MSE)."""
+def _check_labels(num_labels: int, labels: Sequence[str] | None) -> tuple[str, ...] | None:
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    if labels is None:
+        return None
+    labels = tuple(labels)
+    if len(labels) != num_labels or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"labels must name each of the {num_labels} classes, got {list(labels)}")
+    return labels
 
-    architecture = "MambaForSequenceClassification"
 
-    def __init__(self, config: MambaConfig, num_labels: int = 2, pooling: str = "mean", scan_backend: str = "auto",
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+class _ClassifierModel(MambaPreTrainedModel):
+    """A backbone and a linear classifier over `num_labels` classes, optionally named (as transformers'
+    id2label): label names are part of the head config, so a checkpoint says what its classes are."""
+
+    def __init__(self, config: MambaConfig, num_labels: int = 2, scan_backend: str = "auto",
+                 device: torch.device | None = None, dtype: torch.dtype | None = None, *,
+                 labels: Sequence[str] | None = None) -> None:
+        checked = _check_labels(num_labels, labels)
         super().__init__(config, scan_backend, device, dtype)
-        self.num_labels, self.pooling = num_labels, pooling
+        self.num_labels, self.labels = num_labels, checked
         self.classifier = nn.Linear(config.d_model, num_labels, device=device, dtype=dtype)
 
     def head_config(self) -> dict[str, Any]:
-        return {"num_labels": self.num_labels, "pooling": self.pooling}
+        head: dict[str, Any] = {"num_labels": self.num_labels}
+        if self.labels is not None:
+            head["labels"] = list(self.labels)
+        return head
+
+
+@register_architecture()
+class MambaForSequenceClassification(_ClassifierModel):
+    """Backbone, padding-aware pooling, linear classifier. num_labels == 1 makes it a regressor (MSE)."""
+
+    def __init__(self, config: MambaConfig, num_labels: int = 2, pooling: str = "mean", scan_backend: str = "auto",
+                 device: torch.device | None = None, dtype: torch.dtype | None = None, *,
+                 labels: Sequence[str] | None = None) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        super().__init__(config, num_labels, scan_backend, device, dtype, labels=labels)
+        self.pooling = pooling
+
+    def head_config(self) -> dict[str, Any]:
+        return {**super().head_config(), "pooling": self.pooling}
 
     def forward_head(self, features: Tensor, attention_mask: Tensor | None = None,
                      pre_logits: bool = False) -> Tensor:
-        """features (b, l, d_model) -> logits (b, num_labels), or the pooled (b, d_model) when pre_logits."""
-        if self.config.rc_equivariant:
-            pooled = rc_pool(features, attention_mask, self.pooling)
-        else:
-            pooled = pool_sequence(features, attention_mask, self.pooling)
+        """Backbone features (b, l, …) -> logits (b, num_labels), or the pooled (b, d_model) when pre_logits."""
+        pooled = self.backbone.pool(features, attention_mask, self.pooling)
         return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -162,25 +211,13 @@ class MambaForSequenceClassification(MambaPreTrainedModel):
         return ModelOutput(logits, loss)
 
 
-class MambaForTokenClassification(MambaPreTrainedModel):
+@register_architecture()
+class MambaForTokenClassification(_ClassifierModel):
     """One label per position (e.g. per-base annotation)."""
 
-    architecture = "MambaForTokenClassification"
-
-    def __init__(self, config: MambaConfig, num_labels: int = 2, scan_backend: str = "auto",
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
-        super().__init__(config, scan_backend, device, dtype)
-        self.num_labels = num_labels
-        self.classifier = nn.Linear(config.d_model, num_labels, device=device, dtype=dtype)
-
-    def head_config(self) -> dict[str, Any]:
-        return {"num_labels": self.num_labels}
-
     def forward_head(self, features: Tensor) -> Tensor:
-        """(b, l, d_model) -> logits (b, l, num_labels)."""
-        return self.classifier(rc_fold(features) if self.config.rc_equivariant else features)
+        """Backbone features (b, l, …) -> logits (b, l, num_labels)."""
+        return self.classifier(self.backbone.fold(features))
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
@@ -193,10 +230,3 @@ class MambaForTokenClassification(MambaPreTrainedModel):
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
         return ModelOutput(logits, loss)
-
-
-#: architecture name -> model class; checkpoints name their class here.
-ARCHITECTURES: dict[str, type[MambaPreTrainedModel]] = {
-    cls.architecture: cls
-    for cls in (MambaLMHeadModel, MambaForMaskedLM, MambaForSequenceClassification, MambaForTokenClassification)
-}

@@ -7,10 +7,10 @@
 An app subclasses `Task` for its collation, loss and metrics; `fit` does the rest (see its docstring).
 """
 
-from .config import TrainConfig
+from .config import EvalConfig, TrainConfig
 from .optim import parameter_groups
 from .task import Task
 from .trainer import Callback, StepInfo, TrainingDiverged, TrainResult, evaluate, fit
 
-__all__ = ["Callback", "StepInfo", "Task", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate", "fit",
+__all__ = ["Callback", "EvalConfig", "StepInfo", "Task", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate", "fit",
            "parameter_groups"]

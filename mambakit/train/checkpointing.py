@@ -24,14 +24,14 @@ import torch
 
 from ..models import save_pretrained
 from ..models.checkpoint import fsync_directory
-from ..models.heads import MambaPreTrainedModel
+from ..models.protocol import TrainableModel
 from .config import TrainConfig
 
 TRAINER_STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 
 
-def write_checkpoint(directory: Path, model: MambaPreTrainedModel, extra_files: Mapping[str, bytes | str] | None,
+def write_checkpoint(directory: Path, model: TrainableModel, extra_files: Mapping[str, bytes | str] | None,
                      trainer_state: dict[str, Any], config: TrainConfig) -> None:
     """Atomically replace `directory` with a checkpoint of `model`, `trainer_state` and `config`."""
     # Clear what a crash in an earlier write left, never the only complete copy.

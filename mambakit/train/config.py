@@ -19,6 +19,27 @@ DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate: batch size, precision, device, workers and seed (of per-batch randomness)."""
+
+    batch_size: int = 32
+    precision: str = "auto"
+    """"auto": bf16 autocast on CUDA, fp32 on CPU; "fp32"; "bf16"."""
+    device: str = "auto"
+    """"auto": CUDA when available, else CPU; "cpu"; "cuda" (an error where CUDA is absent)."""
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("batch_size", 1), ("num_workers", 0), ("seed", 0)):
+            _check_int(name, getattr(self, name), minimum)
+        for name, choices in (("precision", PRECISIONS), ("device", DEVICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"eval config: {name} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train: length, optimizer, schedule, precision, checkpoints, logging; validated on construction.
 
@@ -132,6 +153,10 @@ class TrainConfig:
                 break
             limit = length
         return limit
+
+    def eval_config(self) -> EvalConfig:
+        """The evaluation settings of this run (the same batch size, precision, device, workers and seed)."""
+        return EvalConfig(self.batch_size, self.precision, self.device, self.num_workers, self.seed)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -18,14 +18,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """"auto" -> CUDA (this process's GPU) when available, else CPU; "cuda" without CUDA is a one-line error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but CUDA is not available here (no GPU, or a CPU-only "
-                         "torch build); use device 'cpu' or 'auto'")
+        raise UserError("device 'cuda' was asked for, but CUDA is not available here (no CUDA GPU is visible, or "
+                        "torch is a CPU-only build); use device 'cpu' or 'auto' (--device cpu, not --device cuda)")
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
@@ -102,8 +104,8 @@ def setup(device_choice: str) -> tuple[Distributed, torch.device]:
 
 
 def wrap_model(model: nn.Module, kind: str, device: torch.device, distributed: Distributed) -> nn.Module:
-    """`model` ready for data-parallel training: DDP, or FSDP2 (each residual block sharded, then the root; in
-    place, so `model` itself becomes the sharded module). Unchanged on one process."""
+    """`model` ready for data-parallel training: DDP, or FSDP2 (each of the model's `shard_units()` sharded, then
+    the root; in place, so `model` itself becomes the sharded module). Unchanged on one process."""
     if distributed.world_size == 1:
         return model
     if kind == "ddp":
@@ -111,12 +113,9 @@ def wrap_model(model: nn.Module, kind: str, device: torch.device, distributed: D
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from ..nn import Block
-
     mesh = init_device_mesh(device.type, (distributed.world_size,))
-    for module in model.modules():
-        if isinstance(module, Block):
-            fully_shard(module, mesh=mesh)
+    for module in model.shard_units():  # type: ignore[operator]
+        fully_shard(module, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 
 

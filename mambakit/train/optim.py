@@ -14,15 +14,16 @@ from .config import TrainConfig
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Names of the trainable parameters that get no weight decay: those tagged `_no_weight_decay` (A_log, D, the
-    dt bias of time-invariant layers), biases, norm weights and every other parameter of fewer than 2 dimensions.
+    """Names of the trainable parameters that get no weight decay: those the model names in `no_weight_decay()`
+    (Mamba models: A_log, D, the dt bias of time-invariant layers), biases, norm weights and every other parameter
+    of fewer than 2 dimensions (timm's rule).
 
-    Embeddings decay unless tagged, as in mamba-ssm's and GPT-3's recipes (an app may tag them).
+    Embeddings decay unless named, as in mamba-ssm's and GPT-3's recipes.
     """
+    named = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     return {
         name for name, parameter in model.named_parameters()
-        if parameter.requires_grad
-        and (getattr(parameter, "_no_weight_decay", False) or parameter.dim() < 2 or name.endswith("bias"))
+        if parameter.requires_grad and (name in named or parameter.dim() < 2 or name.endswith("bias"))
     }
 
 

@@ -31,9 +31,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..models import load_model
-from ..models.heads import ARCHITECTURES, MambaPreTrainedModel
+from ..models.protocol import TrainableModel, is_trainable
 from .checkpointing import TRAINER_STATE_NAME, read_train_config, read_trainer_state, recover, write_checkpoint
-from .config import TrainConfig
+from .config import EvalConfig, TrainConfig
 from .data import (
     EVAL,
     TRAIN,
@@ -131,7 +131,7 @@ class TrainResult:
         return None if self.best_step is None else self.out_dir / BEST
 
 
-def fit(model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any = None,
+def fit(model: TrainableModel, task: Task, train_data: Any, eval_data: Any = None,
         config: TrainConfig | None = None, *, extra_files: Mapping[str, bytes | str] | None = None,
         callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train `model` on `train_data` as `config` says; return how the run ended.
@@ -155,9 +155,10 @@ def fit(model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any
     """
     if config is None:
         raise TypeError("fit: config (a TrainConfig) is required")
-    if not isinstance(model, MambaPreTrainedModel):
-        raise TypeError(f"fit: model must be a mambakit model (MambaPreTrainedModel), so that checkpoints can be "
-                        f"saved and loaded; got {type(model).__name__}")
+    if not is_trainable(model):
+        raise TypeError(f"fit: {type(model).__name__} does not meet mambakit.models.TrainableModel (config, "
+                        f"architecture, from_config, head_config, shard_units, no_weight_decay), so checkpoints "
+                        f"could not be saved and loaded")
     check_dataset(train_data, "train_data")
     if eval_data is not None:
         check_dataset(eval_data, "eval_data")
@@ -170,18 +171,16 @@ def fit(model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any
     return result
 
 
-def evaluate(model: nn.Module, task: Task, data: Any, config: TrainConfig | None = None) -> dict[str, float]:
-    """`task.evaluate` over all of `data` on config's device, in eval mode under torch.no_grad and autocast.
-
-    Uses config's batch_size, precision, device, num_workers and seed (TrainConfig's defaults when None).
-    """
+def evaluate(model: nn.Module, task: Task, data: Any, config: EvalConfig | None = None) -> dict[str, float]:
+    """`task.evaluate` over all of `data` on config's device, in eval mode under torch.no_grad and autocast
+    (EvalConfig's defaults when `config` is None)."""
     check_dataset(data, "data")
-    config = config or TrainConfig(out_dir=Path("."), max_steps=1)
+    config = config or EvalConfig()
     device = resolve_device(config.device)
     return _evaluation(model.to(device), task, data, config, device)
 
 
-def _evaluation(model: nn.Module, task: Task, data: Any, config: TrainConfig,
+def _evaluation(model: nn.Module, task: Task, data: Any, config: EvalConfig,
                 device: torch.device) -> dict[str, float]:
     order = None if is_streaming(data) else list(range(len(data)))
     stream = BatchStream(data, task.collate, config.batch_size, order=order, skip=0, drop_last=False,
@@ -261,7 +260,7 @@ class _Window:
 class _Trainer:
     """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
 
-    def __init__(self, model: MambaPreTrainedModel, task: Task, train_data: Any, eval_data: Any,
+    def __init__(self, model: TrainableModel, task: Task, train_data: Any, eval_data: Any,
                  config: TrainConfig, extra_files: Mapping[str, bytes | str] | None, callbacks: Sequence[Callback],
                  distributed: Distributed, device: torch.device) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
@@ -280,7 +279,7 @@ class _Trainer:
         self.eval_metrics: dict[str, float] = {}
         self.interrupted_by: str | None = None
         self.stop = _StopRequest(announce=distributed.is_main)
-        self._shadow: MambaPreTrainedModel | None = None
+        self._shadow: TrainableModel | None = None
 
         state = self._prepare_out_dir()
         if state is not None:
@@ -294,7 +293,7 @@ class _Trainer:
                           "without it", type(model).__name__)
         exempt = no_weight_decay_names(model)  # before wrapping: FSDP drops the parameters' tags
         self.model = wrap_model(model, config.distributed, device, distributed)
-        self.core: MambaPreTrainedModel = unwrap(self.model)
+        self.core: TrainableModel = unwrap(self.model)
         self.sharded = is_sharded(self.model)
         self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps)
         if state is None:
@@ -485,7 +484,7 @@ class _Trainer:
         config, final = self.config, self._done()
         to_save = []
         if self.eval_data is not None and (final or (config.eval_every and self.step % config.eval_every == 0)):
-            self.eval_metrics = _evaluation(self.core, self.task, self.eval_data, config, self.device)
+            self.eval_metrics = _evaluation(self.core, self.task, self.eval_data, config.eval_config(), self.device)
             if self.sharded:
                 reshard(self.model)
             log.log(self.step, self.eval_metrics, prefix="eval_")
@@ -547,7 +546,7 @@ class _Trainer:
             "optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
         }
 
-    def _model_to_save(self) -> MambaPreTrainedModel | None:
+    def _model_to_save(self) -> TrainableModel | None:
         """The model with full weights on rank 0: the model itself, or for FSDP a CPU copy of the gathered
         shards (None on the other processes)."""
         if not self.sharded:
@@ -557,6 +556,6 @@ class _Trainer:
             return None
         if self._shadow is None:
             with seeded_rng(0):  # building one draws random initial weights: leave the training RNG untouched
-                self._shadow = ARCHITECTURES[self.core.architecture](self.core.config, **self.core.head_config())
+                self._shadow = type(self.core).from_config(self.core.config, self.core.head_config())
         self._shadow.load_state_dict(weights)
         return self._shadow

@@ -5,7 +5,8 @@ Hidden states carry 2 * d channels: the first half reads the sequence, the secon
 reading of the reverse complement, stored reversed along both the length and the channels. The RC of a hidden
 state is then one flip of length and channels (`rc_hidden`), which swaps the halves, and every module here
 commutes with it: model(RC(x)) == RC(model(x)). Reversals happen within each row's real length, so right
-padding changes nothing for the real tokens (see `mambakit.nn.bidirectional`).
+padding changes nothing for the real tokens (see `mambakit.nn.bidirectional`). `RCPSMambaModel` in
+`mambakit.apps.genomics.models` builds a backbone of these modules.
 
 Shapes: b batch, l length, d the per-strand width (the config's d_model).
 """
@@ -17,8 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .bidirectional import BiMamba, padded_reverse_index, reverse_padded
-from .pooling import pool_sequence
+from mambakit.nn import BiMamba, padded_reverse_index, pool_sequence, reverse_padded
 
 
 def complement_table(complement_map: Sequence[int], size: int, device: torch.device | None = None) -> Tensor:
