@@ -276,7 +276,8 @@ def _domain_option_parameters(domain: Domain, for_eval: bool) -> list[inspect.Pa
         if base is bool:
             parameters.append(_parameter(option.name, hints[option.name], False))
         else:
-            parameters.append(_parameter(option.name, Annotated[(base | None, *metadata)], None))  # type: ignore[misc]
+            optional = (base | None, *metadata)
+            parameters.append(_parameter(option.name, Annotated[optional], None))
     return parameters
 
 

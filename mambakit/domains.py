@@ -271,6 +271,7 @@ def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None) -> Loa
 
     model = load_model(checkpoint, device=device)
     record_file = checkpoint / RUN_RECORD_NAME
+    record: RunRecord | None
     if record_file.is_file():
         record = RunRecord.from_json(record_file.read_text(), str(record_file))
     else:

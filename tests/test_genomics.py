@@ -22,6 +22,7 @@ from mambakit.apps.genomics.prepare import (
     classification_splits,
     pretraining_splits,
 )
+from mambakit.apps.genomics.rc import complement_table, reverse_complement_ids
 from mambakit.apps.genomics.readers import (
     GenomicsDataError,
     IndexedFasta,
@@ -35,7 +36,6 @@ from mambakit.apps.genomics.readers import (
     split_genome,
     stratified_split,
 )
-from mambakit.apps.genomics.rc import complement_table, reverse_complement_ids
 from mambakit.apps.genomics.tasks import ClassifyTask, MlmTask, PretrainTask
 from mambakit.apps.genomics.tokenizer import DNATokenizer
 

@@ -95,7 +95,7 @@ def _open_text(path: Path) -> TextIO:
     _check_file(path)
     if _is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    return open(path, encoding="utf-8")
 
 
 @contextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,12 +54,12 @@ class MambaModel(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.embedding = None if config.vocab_size == 0 else self._make_embedding(config, factory)
         block = Block if config.causal else NonCausalBlock
-        self.layers = nn.ModuleList(
+        self.layers: nn.ModuleList = nn.ModuleList(
             block(self._make_mixer(config, scan_backend, factory), self._make_norm(config, factory),
                   config.residual_in_fp32)
             for _ in range(config.n_layer)
         )
-        self.norm_f = self._make_norm(config, factory)
+        self.norm_f: nn.Module = self._make_norm(config, factory)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
@@ -111,7 +113,11 @@ class MambaModel(nn.Module):
                        dtype: torch.dtype | None = None) -> MambaState:
         """Zero recurrent state for `batch` sequences."""
         self._check_recurrent()
-        return MambaState([layer.mixer.allocate_state(batch, device, dtype) for layer in self.layers])
+        return MambaState([self._block(i).mixer.allocate_state(batch, device, dtype) for i in range(len(self.layers))])
+
+    def _block(self, index: int) -> Any:
+        """Layer `index`, typed loosely: a causal Block or a subclass's own block around its own mixer."""
+        return self.layers[index]
 
     def _embed(self, input_ids: Tensor | None, inputs_embeds: Tensor | None) -> Tensor:
         if (input_ids is None) == (inputs_embeds is None):
@@ -132,6 +138,7 @@ class MambaModel(nn.Module):
         real token reads the padding after it); a non-causal one uses it to keep padding from real tokens.
         """
         hidden, residual = self._embed(input_ids, inputs_embeds), None
+        per_layer: Sequence[MambaLayerState | Tensor | None]
         if self.config.causal:
             per_layer = [None] * len(self.layers) if state is None else state.layers
         else:
@@ -153,8 +160,8 @@ class MambaModel(nn.Module):
         """One position: input_ids (b,) or inputs_embeds (b, d_model) -> (b, d_model); `state` updated."""
         self._check_recurrent()
         hidden, residual = self._embed(input_ids, inputs_embeds), None
-        for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            hidden, residual = layer.step(hidden, residual, layer_state)
+        for index, layer_state in enumerate(state.layers):
+            hidden, residual = self._block(index).step(hidden, residual, layer_state)
         return self._final_norm(hidden, residual)
 
     def _check_recurrent(self) -> None:
@@ -164,4 +171,7 @@ class MambaModel(nn.Module):
 
     def _final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
         residual = hidden if residual is None else residual + hidden
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self.norm_f(residual.to(self._norm_dtype()))
+
+    def _norm_dtype(self) -> torch.dtype:
+        return next(self.norm_f.parameters()).dtype

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -74,7 +74,7 @@ def save_pretrained(model: TrainableModel, path: str | Path,
     # Imported here because mambakit/__init__.py defines __version__ after importing this package.
     from .. import __version__
 
-    if not is_trainable(model):
+    if not isinstance(model, torch.nn.Module) or not is_trainable(model):
         raise TypeError(f"save_pretrained: {type(model).__name__} does not meet mambakit's TrainableModel contract "
                         f"(config, architecture, from_config, head_config, shard_units, no_weight_decay)")
     directory = Path(path)
@@ -120,7 +120,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object of config keys")
     config, architecture, head, domain = _read_config(config_path, data)
-    model = _build_model(config_path, architecture, head, domain, config, scan_backend, device, dtype)
+    model = cast(torch.nn.Module, _build_model(config_path, architecture, head, domain, config, scan_backend,
+                                               device, dtype))
 
     tensors, weights_path = _read_weights(directory)
     # Renaming every format is safe: no mambakit or state-spaces name has a Hugging Face-only prefix.
@@ -184,7 +185,7 @@ def _build_model(config_path: Path, architecture: Any, head: Any, domain: str | 
     if not isinstance(architecture, str):
         raise CheckpointError(f"{config_path}: 'architecture' must name the model class, got {architecture!r}")
     try:
-        cls = architecture_class(architecture, domain).cls
+        cls: Any = architecture_class(architecture, domain).cls
     except UnknownNameError as error:
         raise CheckpointError(f"{config_path}: {error}") from None
     if not isinstance(head, dict):

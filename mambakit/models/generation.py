@@ -106,7 +106,12 @@ def _map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
 def _state_tensors(state: Any) -> list[Tensor]:
     """Every tensor of a state, in the order _map_state visits them."""
     tensors: list[Tensor] = []
-    _map_state(lambda t: tensors.append(t) or t, state)
+
+    def collect(tensor: Tensor) -> Tensor:
+        tensors.append(tensor)
+        return tensor
+
+    _map_state(collect, state)
     return tensors
 
 
@@ -122,7 +127,7 @@ class _DecodeGraph:
     """`model.step` for one batch size and state layout, captured once as a CUDA graph. The input token, the state
     and the logits live in static buffers that every replay reads and overwrites."""
 
-    def __init__(self, model: torch.nn.Module, state: Any, batch: int, device: torch.device, warmups: int = 2) -> None:
+    def __init__(self, model: Any, state: Any, batch: int, device: torch.device, warmups: int = 2) -> None:
         self.device = device
         with torch.cuda.device(self.device), _uncached_autocast("cuda"):
             self.tokens = torch.zeros(batch, dtype=torch.long, device=self.device)
@@ -170,7 +175,7 @@ class _GraphCache(dict):
         return _GraphCache, ((),)
 
 
-def _decode_graph(model: torch.nn.Module, state: Any, batch: int, device: torch.device) -> _DecodeGraph:
+def _decode_graph(model: Any, state: Any, batch: int, device: torch.device) -> _DecodeGraph:
     """The model's graph for this state layout, captured on first use and cached on the model."""
     # A graph reads the weights where they were at capture: replaced tensors (model.to(...)) need a new capture,
     # in-place updates (load_state_dict) do not.
@@ -190,7 +195,7 @@ def _decode_graph(model: torch.nn.Module, state: Any, batch: int, device: torch.
 
 @torch.inference_mode()
 def generate(
-    model: torch.nn.Module,
+    model: Any,
     input_ids: Tensor,
     max_new_tokens: int,
     sampling: SamplingConfig | None = None,

@@ -92,6 +92,7 @@ class _VocabularyHeadModel(MambaPreTrainedModel):
         super().__init__(config, scan_backend, device, dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         if config.tie_embeddings:
+            assert isinstance(self.backbone.embedding, nn.Embedding)  # vocab_size >= 1 gives one
             self.lm_head.weight = self.backbone.embedding.weight
 
     def forward_head(self, features: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..ops import add_rms_norm
-from .mixer import Mamba, MambaLayerState
+from .mixer import MambaLayerState
 from .norm import RMSNorm
 
 
@@ -13,7 +13,7 @@ class Block(nn.Module):
     """residual = hidden + residual; hidden = mixer(norm(residual)). Returns (hidden, residual), so that the
     last add happens once, before the final norm."""
 
-    def __init__(self, mixer: Mamba, norm: nn.Module, residual_in_fp32: bool = True) -> None:
+    def __init__(self, mixer: nn.Module, norm: nn.Module, residual_in_fp32: bool = True) -> None:
         super().__init__()
         self.mixer = mixer
         self.norm = norm

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ..models import load_model
 from ..models.protocol import TrainableModel, is_trainable
+from ..models.registry import architecture_class
 from .checkpointing import TRAINER_STATE_NAME, read_train_config, read_trainer_state, recover, write_checkpoint
 from .config import EvalConfig, TrainConfig
 from .data import (
@@ -260,7 +261,7 @@ class _Window:
 class _Trainer:
     """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
 
-    def __init__(self, model: TrainableModel, task: Task, train_data: Any, eval_data: Any,
+    def __init__(self, model: Any, task: Task, train_data: Any, eval_data: Any,
                  config: TrainConfig, extra_files: Mapping[str, bytes | str] | None, callbacks: Sequence[Callback],
                  distributed: Distributed, device: torch.device) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
@@ -279,7 +280,7 @@ class _Trainer:
         self.eval_metrics: dict[str, float] = {}
         self.interrupted_by: str | None = None
         self.stop = _StopRequest(announce=distributed.is_main)
-        self._shadow: TrainableModel | None = None
+        self._shadow: Any = None  # a TrainableModel nn.Module, built on first use
 
         state = self._prepare_out_dir()
         if state is not None:
@@ -293,7 +294,7 @@ class _Trainer:
                           "without it", type(model).__name__)
         exempt = no_weight_decay_names(model)  # before wrapping: FSDP drops the parameters' tags
         self.model = wrap_model(model, config.distributed, device, distributed)
-        self.core: TrainableModel = unwrap(self.model)
+        self.core: Any = unwrap(self.model)  # the TrainableModel nn.Module holding the parameters
         self.sharded = is_sharded(self.model)
         self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps)
         if state is None:
@@ -546,7 +547,7 @@ class _Trainer:
             "optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
         }
 
-    def _model_to_save(self) -> TrainableModel | None:
+    def _model_to_save(self) -> Any:
         """The model with full weights on rank 0: the model itself, or for FSDP a CPU copy of the gathered
         shards (None on the other processes)."""
         if not self.sharded:
@@ -556,6 +557,8 @@ class _Trainer:
             return None
         if self._shadow is None:
             with seeded_rng(0):  # building one draws random initial weights: leave the training RNG untouched
-                self._shadow = type(self.core).from_config(self.core.config, self.core.head_config())
+                # The registered class: FSDP swapped the model's own class for a sharded subclass.
+                architecture = architecture_class(self.core.architecture).cls
+                self._shadow = architecture.from_config(self.core.config, self.core.head_config())
         self._shadow.load_state_dict(weights)
         return self._shadow
