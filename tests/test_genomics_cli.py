@@ -71,3 +71,33 @@ def test_malformed_fasta_and_other_domain_checkpoint(classifier, tmp_path):
 def test_eval_on_the_embedded_test_split(classifier, capsys):
     assert main(["eval", "genomics", "-c", str(classifier / "best"), "--batch-size", "64"]) == 0
     assert "auroc" in capsys.readouterr().out
+
+
+def test_predict_csv_round_trips_names_with_commas_and_quotes_and_reads_by_last_suffix(classifier, tmp_path):
+    import csv
+
+    names = ['chr1:100-200,+', 'say"hi",there', "plain"]  # a FASTA name ends at the first space
+    fasta = tmp_path / "sample.csvdump.fa"  # FASTA, whatever ".csv" inside its name suggests
+    fasta.write_text("".join(f">{name}\nACGTACGTTTGACAGGACGT\n" for name in names))
+    predictions = tmp_path / "out.csv"
+    assert main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta),
+                 "--out", str(predictions)]) == 0
+    with predictions.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == names
+    assert all(row["prediction"] in ("mafk", "oct4") for row in rows)
+    assert all(abs(float(row["p_mafk"]) + float(row["p_oct4"]) - 1) < 1e-5 for row in rows)
+
+
+def test_domain_options_come_from_the_config_file_too(tmp_path):
+    import json
+
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 1\nseq_len: 48\nrc_equivariant: true\nmodel:\n  d_model: 16\n  n_layer: 1\n")
+    out = tmp_path / "run"
+    assert main(["train", "genomics", "--config", str(config), "--out", str(out)]) == 0
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["domain_options"]["seq_len"] == 48 and resolved["domain_options"]["rc_equivariant"] is True
+    record = json.loads((out / "last" / "run_record.json").read_text())
+    assert record["domain"] == "genomics" and record["task"] == "classify" and record["options"]["seq_len"] == 48
+    assert json.loads((out / "last" / "config.json").read_text())["model_type"] == "mambakit-genomics"
