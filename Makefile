@@ -32,7 +32,7 @@ test-fast: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check mambakit apps tests bench
 	$(VENV)/bin/ruff format --check mambakit apps tests bench
-	$(VENV)/bin/mypy mambakit/ops mambakit/models mambakit/domains.py mambakit/errors.py mambakit/jsonfiles.py \
+	$(VENV)/bin/mypy mambakit/ops mambakit/nn mambakit/models mambakit/domains.py mambakit/errors.py mambakit/jsonfiles.py \
 		mambakit/predictions.py mambakit/cli_support.py
 
 bench-cpu: $(INSTALLED)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import POOLINGS, Block
+from ..nn import POOLINGS, ResidualBlock
 from .backbone import MambaModel, MambaState
 from .config import MambaConfig
 from .registry import backbone_factory, register_architecture, register_backbone
@@ -60,7 +60,7 @@ class MambaPreTrainedModel(nn.Module):
 
     def shard_units(self) -> list[nn.Module]:
         """The residual blocks, which FSDP shards one by one."""
-        return [module for module in self.modules() if isinstance(module, Block)]
+        return [module for module in self.modules() if isinstance(module, ResidualBlock)]
 
     def no_weight_decay(self) -> set[str]:
         """Parameters tagged by `mambakit.nn.no_weight_decay` (A_log, D, the dt bias of LTI layers)."""

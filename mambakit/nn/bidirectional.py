@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .block import Block
+from .block import ResidualBlock
 from .mixer import Mamba
 
 
@@ -69,7 +69,7 @@ class BiMamba(nn.Module):
         return out + out_rev if self.strategy == "add" else out * out_rev
 
 
-class NonCausalBlock(Block):
+class NonCausalBlock(ResidualBlock):
     """The pre-norm residual block for mixers that read the whole sequence (BiMamba, RC-equivariant ones): the
     mixer gets the padding-aware `reverse_index` instead of a recurrent state, which such mixers do not have."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class Mamba(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -150,10 +151,11 @@ class Mamba(nn.Module):
         x, z = (_as_sequences(t, batch, length) for t in xz.split(self.d_inner))
         conv_weight = self.conv1d.weight.squeeze(1)
         if state is None:
-            x = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend)
+            x = cast(Tensor, causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend))
         else:
-            x, state.conv = causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv,
-                                          return_final_states=True, backend=self.scan_backend)
+            x, state.conv = cast(tuple[Tensor, Tensor], causal_conv1d(
+                x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv, return_final_states=True,
+                backend=self.scan_backend))
         if self.selective:
             x_dbl = self.x_proj.weight @ _as_columns(x)
             dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state])
@@ -182,8 +184,9 @@ class Mamba(nn.Module):
         if not self.selective:
             B, C = B.expand(x.shape[0], -1, -1), C.expand(x.shape[0], -1, -1)
         # D and the bias go in as they are: every backend computes the step in fp32.
-        cached = state.decay_rates is not None and not (torch.is_grad_enabled() and self.A_log.requires_grad)
-        A = state.decay_rates if cached else -torch.exp(self.A_log.float())
+        A = state.decay_rates
+        if A is None or (torch.is_grad_enabled() and self.A_log.requires_grad):
+            A = -torch.exp(self.A_log.float())
         y = selective_state_update(state.ssm, x, delta, A, B, C, self.D, z, delta_bias, dt_softplus=True,
                                    backend=self.scan_backend)
         return self.out_proj(y)
