@@ -46,11 +46,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import RESULTS, ROOT, cpu_name, git_commit, has_uncommitted_changes, now, version, write
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never reach the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["mambakit_torch", "mambakit_reference", "hf_slow", "mambapy"]
 SHAPES = [(4, 256, 16, 1024), (1, 512, 16, 8192)]  # (batch, dim, N, L)
 CHECK_SHAPE = (2, 16, 4, 37)  # crosses chunk boundaries; not a power of two, so mambapy pads
@@ -60,33 +66,26 @@ CONTENDED = 0.25  # other processes' average CPU use, in cores, above which a me
 # ----------------------------------------------------------------------------------------------- methods
 
 
-def make_inputs(batch: int, dim: int, d_state: int, length: int, dtype=None, seed: int = 0):  # noqa: ANN001, ANN201
-    """Random, never zero, in the ranges a Mamba layer sees: delta_bias is the inverse softplus of a time
-    step drawn log-uniformly in [1e-3, 1e-1] (Mamba's initialisation), delta the raw projection output, A in
-    [-16, -1] like S4D-real. Returns the leaves in mamba-ssm layout, as a dict."""
+def make_inputs(batch: int, dim: int, d_state: int, length: int, dtype: torch.dtype | None = None,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """mambakit.ops.timing.scan_inputs drawn in float64 (u, delta the raw projection output, B, C, D, z), with A
+    and delta_bias in the ranges a Mamba layer starts from: A in [-16, -1] like S4D-real, delta_bias the inverse
+    softplus of a time step drawn log-uniformly in [1e-3, 1e-1] (Mamba's initialisation). Returns every input
+    rounded to `dtype` (default fp32) as a leaf that requires grad, in mamba-ssm layout, as a dict."""
     import torch
 
-    dtype = dtype or torch.float32
-    g = torch.Generator().manual_seed(seed)
+    from mambakit.ops.timing import scan_inputs
 
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
+    inputs = scan_inputs(batch, dim, d_state, length, "cpu", torch.float64, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
     dt = torch.exp(math.log(1e-3) + torch.rand(dim, generator=g, dtype=torch.float64) * math.log(100.0))
-    inputs = {
-        "u": randn(batch, dim, length),
-        "delta": randn(batch, dim, length) * 0.5,
-        "A": -torch.exp(torch.rand(dim, d_state, generator=g, dtype=torch.float64) * math.log(16.0)),
-        "B": randn(batch, d_state, length),
-        "C": randn(batch, d_state, length),
-        "D": randn(dim),
-        "z": randn(batch, dim, length),
-        "delta_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
-    }
-    return {name: x.to(dtype).requires_grad_() for name, x in inputs.items()}
+    inputs["A"] = -torch.exp(torch.rand(dim, d_state, generator=g, dtype=torch.float64) * math.log(16.0))
+    inputs["delta_bias"] = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    return {name: x.to(dtype or torch.float32).requires_grad_() for name, x in inputs.items()}
 
 
-def mambapy_scan(x, delta, A, B, C, D, z, delta_bias):  # noqa: ANN001, ANN201
+def mambapy_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
     """mambapy 1.2 on a CPU: the lines of MambaBlock.ssm and MambaBlock.forward (mambapy/mamba.py) around the
     scan, calling its own MambaBlock.selective_scan (which does not use `self`). Layout (batch, L, dim) for
     x, delta, z and (batch, L, N) for B, C, as mambapy's model produces them."""
@@ -138,7 +137,7 @@ class Method:
             out[key] = x.requires_grad_()
         return out
 
-    def run(self, x: dict):  # noqa: ANN201
+    def run(self, x: dict) -> torch.Tensor:
         if self.name.startswith("mambakit"):
             return self.ops.selective_scan(
                 x["u"],
@@ -170,7 +169,7 @@ class Method:
             )
         return mambapy_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
 
-    def to_common(self, t):  # noqa: ANN001, ANN201
+    def to_common(self, t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2) if self.name == "mambapy" and t.dim() == 3 else t
 
 
@@ -391,28 +390,17 @@ def run_child(method: str, shape: tuple[int, ...], args: argparse.Namespace) -> 
 def machine_info() -> dict:
     import torch
 
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("transformers", "mambapy"):
-        try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:  # noqa: BLE001 - report what is missing, do not fail
-            versions[package] = "not installed"
+    versions.update({package: version(package) for package in ("transformers", "mambapy")})
+    commit = git_commit()
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "mambakit"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        versions["mambakit"] = commit + (" + uncommitted changes in mambakit/" if dirty else "")
+        if commit and has_uncommitted_changes("mambakit"):
+            commit += " + uncommitted changes in mambakit/"
     except (OSError, subprocess.CalledProcessError):
-        versions["mambakit"] = "unknown"
+        commit = ""
+    versions["mambakit"] = commit or "unknown"
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
@@ -428,7 +416,7 @@ def fmt_s(r: dict) -> str:
     return text + (" (1 run)" if r["first_run_only"] else f" (min {r['fwd_bwd_min_s']:.3f}, {r['reps']} runs)")
 
 
-def write_markdown(report: dict, path: Path) -> None:
+def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Selective scan on CPU: forward + backward, fp32",
@@ -502,7 +490,7 @@ def write_markdown(report: dict, path: Path) -> None:
         )
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -558,7 +546,7 @@ def main() -> None:
     parser.add_argument("--limit-s", type=float, default=120.0, help="time limit of mambakit_torch and mambapy")
     parser.add_argument("--slow-limit-s", type=float, default=240.0, help="time limit of reference and hf_slow")
     parser.add_argument("--retries", type=int, default=2, help="repeats of a measurement taken under load")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";") if s]
@@ -600,7 +588,7 @@ def main() -> None:
         if r["status"] == "error":
             notes.append(f"{r['method']} at {tuple(r['shape'])} failed: {r.get('stderr', '')[-300:]}")
     report = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "date": now(zone=True),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "total_minutes": (time.time() - start) / 60,
         "machine": machine,
@@ -612,10 +600,9 @@ def main() -> None:
         "notes": notes,
     }
     report["settings"]["shapes"] = [list(s) for s in shapes]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_scan.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.out / "cpu_scan.md")
-    print((args.out / "cpu_scan.md").read_text())
+    text = markdown(report)
+    write(args.out, "cpu_scan", report, text)
+    print(text)
 
 
 if __name__ == "__main__":

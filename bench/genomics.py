@@ -20,7 +20,7 @@ import argparse
 import json
 import lzma
 import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from mambakit.apps.genomics.cli import DOMAIN
 from mambakit.apps.genomics.cli import PRESETS as CLI_PRESETS
-from mambakit.apps.genomics.cli import TRAIN_DEFAULTS as CLI_TRAIN_DEFAULTS
 from mambakit.apps.genomics.models import create_model, genomics_config
 from mambakit.apps.genomics.prepare import GENOME, classification_splits, pretraining_splits
 from mambakit.apps.genomics.readers import read_sequences, split_genome
@@ -38,12 +38,15 @@ from mambakit.apps.genomics.tokenizer import DNATokenizer
 
 from mambakit import __version__
 from mambakit.models import load_model
-from mambakit.train import TrainConfig, evaluate, fit
+from mambakit.train import EvalConfig, TrainConfig, evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # beside this script, importable once its folder is on the path
 
 
 def _cli_settings(task: str) -> dict[str, Any]:
     """The CLI's training defaults for `task`, less what this script sets itself."""
-    return {k: v for k, v in CLI_TRAIN_DEFAULTS[task].items() if k not in ("warmup_ratio", "save_every", "log_every")}
+    return {k: v for k, v in DOMAIN.task(task).defaults.items() if k not in ("warmup_ratio", "save_every", "log_every")}
 
 
 #: Model and training settings per preset: "cpu" finishes in minutes on a laptop, "gpu" is the real run.
@@ -187,7 +190,7 @@ def _train_and_test(task: Any, model: Any, splits: Any, train_settings: dict[str
                  extra_files={"tokenizer.json": tokenizer.to_json()})
     seconds = time.perf_counter() - start
     best = load_model(out_dir / "best")
-    test = evaluate(best, task, splits.test, config)
+    test = evaluate(best, task, splits.test, config.eval_config())
     return {"train_seconds": seconds, "steps": result.step, "best_step": result.best_step,
             "val": result.metrics, "test": test,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -204,7 +207,7 @@ def mambakit_classifiers(splits: Any, preset: dict[str, Any], device: str, work:
         if not options.get("rc_equivariant"):
             best = load_model(work / name / "best")
             results[name]["test_conjoined"] = evaluate(best, ClassifyTask(tokenizer, conjoin=True), splits.test,
-                                                       TrainConfig(out_dir=work, max_steps=1, device=device))
+                                                       EvalConfig(device=device))
         test = results[name]["test"]
         print(f"mambakit {name}: test accuracy {test['accuracy']:.4f} auroc {test['auroc']:.4f}", flush=True)
     return results
@@ -260,34 +263,33 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--part", choices=("all", "classification", "lm"), default="all",
                         help="run one part and merge it into an existing genomics.json (long runs in two goes)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     use_cuda = args.device != "cpu" and torch.cuda.is_available()
-    report_path = args.out / "genomics.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if args.part != "all" and report_path.is_file() else {}
-    report.update({
+    earlier = args.out / "genomics.json"
+    results: dict[str, Any] = json.loads(earlier.read_text()) if args.part != "all" and earlier.is_file() else {}
+    results.update({
         "preset": args.preset, "settings": preset, "device": torch.cuda.get_device_name() if use_cuda else "CPU",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": report.git_commit(),
         "versions": {"mambakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "numpy": np.__version__},
     })
     with tempfile.TemporaryDirectory() as work:
         if args.part in ("all", "classification"):
-            report["classification"] = classification_part(preset, args.device, Path(work))
+            results["classification"] = classification_part(preset, args.device, Path(work))
         if args.part in ("all", "lm"):
-            report["lm"] = lm_part(preset, args.device, Path(work))
-    args.out.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    if "classification" in report and "lm" in report:
-        (args.out / "genomics.md").write_text(markdown(report))
-        print(markdown(report))
+            results["lm"] = lm_part(preset, args.device, Path(work))
+    complete = "classification" in results and "lm" in results
+    report.write(args.out, "genomics", results, markdown(results) if complete else None, default=float)
+    if complete:
+        print(markdown(results))
 
 
 def classification_part(preset: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
-    splits, classes = classification_splits(seed=SEED)
-    return {"classes": classes, "sizes": {name: len(getattr(splits, name)) for name in ("train", "val", "test")},
+    splits = classification_splits(seed=SEED)
+    sizes = {name: len(getattr(splits, name)) for name in ("train", "val", "test")}
+    return {"classes": list(splits.labels), "sizes": sizes,
             "kmer_logistic_regression": kmer_logistic_regression(splits),
             "mambakit": mambakit_classifiers(splits, preset, device, work / "classify")}
 

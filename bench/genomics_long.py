@@ -10,9 +10,8 @@ loop makes 1M-step scans take minutes).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,9 @@ from mambakit.apps.genomics.tokenizer import DNATokenizer
 from mambakit.ops import available_backends
 from mambakit.ops.timing import median_ms
 from mambakit.train import parameter_groups
+
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # beside this script, importable once its folder is on the path
 
 
 def step_time_and_memory(backend: str, ids: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="14,15,16,17,18,19,20", help="log2 of the sequence lengths")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-max-length", type=int, default=1 << 15)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=report.RESULTS)
     parser.add_argument("--commit", default="", help="commit the tree was checked out at (default: git HEAD)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -74,21 +76,17 @@ def main() -> None:
                 rows.append({"length": length, "backend": backend, "error": "out of memory"})
             torch.cuda.empty_cache()
             print(f"L={length:>8} {backend:>9}: {rows[-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
-    # The device machine gets the working tree without .git: the commit can be passed in.
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip()
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-              "commit": commit, "model": "6 layers x d_model 128, d_state 16, causal LM", "batch": 1,
-              "precision": "bf16 autocast, fp32 parameters, fused AdamW", "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "genomics_long.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Long-context DNA training step ({report['device']}, torch {report['torch']}, commit {commit})", "",
-             f"{report['model']}, batch 1, {report['precision']}; median of {args.repeats} steps.", "",
+    commit = report.git_commit(args.commit)
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+               "commit": commit, "model": "6 layers x d_model 128, d_state 16, causal LM", "batch": 1,
+               "precision": "bf16 autocast, fp32 parameters, fused AdamW", "rows": rows}
+    lines = [f"# Long-context DNA training step ({results['device']}, torch {results['torch']}, commit {commit})", "",
+             f"{results['model']}, batch 1, {results['precision']}; median of {args.repeats} steps.", "",
              "| length (bp) | backend | step (ms) | peak memory (GiB) |", "|---|---|---|---|"]
     for row in rows:
         cells = [f"{row['step_ms']:.1f}", f"{row['peak_gib']:.2f}"] if "error" not in row else [row["error"], ""]
         lines.append(f"| {row['length']:,} | {row['backend']} | {' | '.join(cells)} |")
-    (args.out / "genomics_long.md").write_text("\n".join(lines) + "\n")
+    report.write(args.out, "genomics_long", results, "\n".join(lines))
     print("\n".join(lines))
 
 

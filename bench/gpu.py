@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -32,16 +30,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
 from mambakit.ops.reference import selective_scan_ref
+from mambakit.ops.timing import relative_error, scan_inputs
 from mambakit.ops.torch_scan import selective_scan_torch
 from mambakit.ops.triton_scan import ScanConfig, default_config, selective_scan_triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-import gpu_conv  # noqa: E402 - the sibling scripts, importable once their folder is on the path
-import gpu_model  # noqa: E402
+import gpu_conv  # the sibling scripts, importable once their folder is on the path
+import gpu_model
+import report
+from report import log
 
 SHAPES = [(8, 1536, 16, 2048), (8, 2048, 16, 4096), (1, 1536, 16, 65536)]
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -52,28 +52,6 @@ BWD_SWEEP = [(2, 128, 1, 1), (8, 32, 1, 1), (1, 128, 1, 2), (2, 64, 1, 2), (4, 3
              (2, 256, 1, 1), (4, 64, 1, 1)]
 
 
-def log(*args: object) -> None:
-    print(*args, flush=True)
-
-
-def scan_inputs(batch: int, dim: int, d_state: int, length: int, dtype: torch.dtype, seed: int = 0,
-                requires_grad: bool = False, groups: int = 0) -> dict:
-    """Random inputs as a Mamba layer feeds the scan: u, delta, z, B, C in `dtype`; A, D, delta_bias fp32."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-
-    def rand(*shape: int, scale: float = 1.0, kind: torch.dtype = dtype) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(kind).requires_grad_(requires_grad)
-
-    bc = (batch, groups, d_state, length) if groups else (batch, d_state, length)
-    A = -(torch.rand(dim, d_state, generator=g, device="cuda") + 0.1)
-    return {
-        "u": rand(batch, dim, length), "delta": rand(batch, dim, length, scale=0.5),
-        "A": A.requires_grad_(requires_grad), "B": rand(*bc), "C": rand(*bc),
-        "D": rand(dim, kind=torch.float32), "z": rand(batch, dim, length),
-        "delta_bias": rand(dim, scale=0.3, kind=torch.float32),
-    }
-
-
 def triton_fn(config: ScanConfig | None = None) -> Callable:
     return lambda **kw: selective_scan_triton(**kw, delta_softplus=True, config=config)
 
@@ -81,14 +59,10 @@ def triton_fn(config: ScanConfig | None = None) -> Callable:
 def mamba_fn() -> Callable | None:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception as error:  # noqa: BLE001 - report any import failure and go on without it
+    except Exception as error:  # report any import failure and go on without it
         log(f"mamba-ssm unavailable: {type(error).__name__}: {error}")
         return None
     return lambda **kw: selective_scan_fn(**kw, delta_softplus=True)
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
 
 
 def outputs_and_grads(fn: Callable, inputs: dict, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -98,16 +72,18 @@ def outputs_and_grads(fn: Callable, inputs: dict, grad: torch.Tensor) -> tuple[t
     return out, dict(zip(GRAD_NAMES, grads, strict=True))
 
 
-def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.dtype, groups: int = 0) -> dict:
-    """Max and per-output relative errors vs the float64 reference, for each implementation."""
-    inputs = scan_inputs(*shape, dtype, seed=sum(shape), groups=groups)
+def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.dtype, layout: str = "shared") -> dict:
+    """Max and per-output relative errors vs the float64 reference, for each implementation (B/C `layout` as in
+    mambakit.ops.timing.scan_inputs)."""
+    inputs = scan_inputs(*shape, "cuda", dtype, seed=sum(shape), layout=layout)
     grad = torch.randn(shape[0], shape[1], shape[3], device="cuda", dtype=torch.float64)
     exact = {k: v.double() for k, v in inputs.items()}
     ref_out, ref_grads = outputs_and_grads(lambda **kw: selective_scan_ref(**kw, delta_softplus=True), exact, grad)
     result = {}
     for name, fn in fns.items():
         out, grads = outputs_and_grads(fn, inputs, grad)
-        errors = {"out": rel(out, ref_out), **{f"d{k}": rel(v, ref_grads[k]) for k, v in grads.items()}}
+        errors = {"out": relative_error(out, ref_out),
+                  **{f"d{k}": relative_error(v, ref_grads[k]) for k, v in grads.items()}}
         finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads.values())
         result[name] = {"max": max(errors.values()) if finite else float("nan"), "errors": errors}
     return result
@@ -115,12 +91,13 @@ def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.d
 
 def check_long_forward(length: int = 1 << 20) -> dict:
     """Forward at L = 2^20, fp32, against the `torch` backend in float64 (and the last state)."""
-    inputs = scan_inputs(1, 8, 16, length, torch.float32, seed=7)
+    inputs = scan_inputs(1, 8, 16, length, "cuda", torch.float32, seed=7)
     out, last = selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True)
     exact = {k: v.double() for k, v in inputs.items()}
     ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True,
                                              chunk_size=1 << 16)
-    return {"out": rel(out, ref_out), "last": rel(last, ref_last), "finite": bool(torch.isfinite(out).all())}
+    return {"out": relative_error(out, ref_out), "last": relative_error(last, ref_last),
+            "finite": bool(torch.isfinite(out).all())}
 
 
 def copy_rate() -> float:
@@ -133,7 +110,7 @@ def copy_rate() -> float:
 
 def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
     """Median ms of fn's forward, or forward+backward (every input's gradient), on bf16 inputs."""
-    inputs = scan_inputs(*shape, torch.bfloat16, requires_grad=backward)
+    inputs = scan_inputs(*shape, "cuda", torch.bfloat16, requires_grad=backward)
     if not backward:
         with torch.no_grad():
             return do_bench(lambda: fn(**inputs), warmup=25, rep=100, return_mode="median")
@@ -147,7 +124,7 @@ def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> di
     """Median microseconds of one decode step (bf16 x/dt/z/B/C, fp32 state), Triton and mamba-ssm."""
     from mambakit.ops.triton_step import selective_state_update_triton
 
-    inputs = scan_inputs(batch, dim, d_state, 1, torch.bfloat16)
+    inputs = scan_inputs(batch, dim, d_state, 1, "cuda", torch.bfloat16)
     state = torch.randn(batch, dim, d_state, device="cuda")
     args = (inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0], inputs["C"][..., 0],
             inputs["D"], inputs["z"][..., 0], inputs["delta_bias"])
@@ -156,7 +133,7 @@ def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> di
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
         fns["mamba_ssm"] = selective_state_update
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         log(f"mamba-ssm's selective_state_update unavailable: {error}")
     result = {"shape": f"B{batch} D{dim} N{d_state}"}
     for name, fn in fns.items():
@@ -174,7 +151,7 @@ def sweep(shape: tuple) -> tuple[ScanConfig, list]:
         config = ScanConfig(fwd_block_d=bd, fwd_block_l=bl, fwd_warps=warps, fwd_unroll=unroll)
         try:
             ms = time_scan(triton_fn(config), shape, backward=False)
-        except Exception as error:  # noqa: BLE001 - a configuration that fails to compile is reported, skipped
+        except Exception as error:  # a configuration that fails to compile is reported, skipped
             ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
         else:
             note = ""
@@ -188,7 +165,7 @@ def sweep(shape: tuple) -> tuple[ScanConfig, list]:
         config = ScanConfig(*best_fwd, bwd_block_d=bd, bwd_block_l=bl, bwd_warps=warps, bwd_unroll=unroll)
         try:
             ms = time_scan(triton_fn(config), shape, backward=True)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
         else:
             note = ""
@@ -202,35 +179,26 @@ def sweep(shape: tuple) -> tuple[ScanConfig, list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(report.RESULTS))
     parser.add_argument("--sweep", action="store_true", help="time the tile configurations first")
     parser.add_argument("--skip-models", action="store_true", help="time the scan only")
     parser.add_argument("--commit", default="", help="commit the tree was checked out at (default: git HEAD)")
     args = parser.parse_args()
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        # The device machine gets the working tree without .git: the commit can be passed in.
-        "commit": args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                text=True).stdout.strip(),
-    }
+    results: dict = {**report.gpu_machine(), "commit": report.git_commit(args.commit)}
     mamba = mamba_fn()
     if mamba is not None:
-        import mamba_ssm
-
-        results["mamba_ssm"] = mamba_ssm.__version__
+        results["mamba_ssm"] = report.version("mamba_ssm")
     log(json.dumps(results))
 
     def save() -> None:
-        (out_dir / "gpu_results.json").write_text(json.dumps(results, indent=1, default=str))
+        report.write(out_dir, "gpu_results", results, indent=1)
 
     def section(name: str, run: Callable[[], object]) -> None:
         began = time.time()
         try:
             results[name] = run()
-        except Exception:  # noqa: BLE001 - keep what the other sections measure
+        except Exception:  # keep what the other sections measure
             results[name] = {"error": traceback.format_exc()[-2000:]}
         log(f"[{name}] {time.time() - began:.1f}s: {json.dumps(results[name], default=str)[:3000]}")
         save()
@@ -239,7 +207,7 @@ def main() -> None:
     impls = {"triton": triton_fn(), **({"mamba_ssm": mamba} if mamba is not None else {})}
     section("correct_fp32", lambda: check_against_float64(impls, (2, 96, 16, 1001), torch.float32))
     section("correct_fp32_groups", lambda: check_against_float64({"triton": triton_fn()}, (2, 96, 16, 515),
-                                                                  torch.float32, groups=4))
+                                                                  torch.float32, layout="grouped:4"))
     check_shape = (2, *SHAPES[0][1:])  # the benchmark shape at batch 2: the float64 autograd graph stays small
     section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
     section("correct_long_fp32", check_long_forward)
@@ -270,7 +238,7 @@ def main() -> None:
                 for key, backward in (("fwd_ms", False), ("fwd_bwd_ms", True)):
                     try:
                         row[key] = time_scan(fn, shape, backward)
-                    except Exception as error:  # noqa: BLE001
+                    except Exception as error:
                         row[key] = float("nan")
                         row[key.replace("ms", "error")] = f"{type(error).__name__}: {error}"[:300]
                 log(row)

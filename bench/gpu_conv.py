@@ -21,6 +21,7 @@ import torch
 from triton.testing import do_bench
 
 from mambakit.ops.reference import causal_conv1d_ref
+from mambakit.ops.timing import relative_error
 from mambakit.ops.triton_conv import ConvConfig, causal_conv1d_triton
 
 SHAPE = (8, 1536, 2048, 4)  # batch, dim, L, width
@@ -69,7 +70,7 @@ def implementations() -> dict[str, Callable | None]:
     }
     try:
         from causal_conv1d import causal_conv1d_fn
-    except Exception as error:  # noqa: BLE001 - an ABI mismatch raises more than ImportError; go on without it
+    except Exception as error:  # an ABI mismatch raises more than ImportError; go on without it
         print(f"causal-conv1d unavailable: {type(error).__name__}: {error}", flush=True)
         impls["causal_conv1d"] = None
     else:
@@ -84,15 +85,11 @@ def with_grads(fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor
     return [out, *torch.autograd.grad(out, list(leaves.values()), grad.to(out.dtype))]
 
 
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
-
-
 def errors(fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor,
            reference: list[torch.Tensor]) -> tuple[float, float]:
     """Relative errors of the output, and the largest over output and gradients, against `reference`."""
     results = with_grads(fn, inputs, grad)
-    all_errors = [rel(value, ref) for value, ref in zip(results, reference, strict=True)]
+    all_errors = [relative_error(value, ref) for value, ref in zip(results, reference, strict=True)]
     return all_errors[0], max(all_errors)
 
 

@@ -21,7 +21,6 @@ import functools
 import gc
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -37,6 +36,11 @@ from triton.testing import do_bench
 from mambakit.models import MambaConfig, MambaLMHeadModel, SamplingConfig, generate
 from mambakit.nn import Mamba
 from mambakit.ops import available_backends, resolve_backend
+from mambakit.ops.timing import relative_error
+
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # beside this script, importable once its folder is on the path
+from report import log
 
 DEVICE = torch.device("cuda")
 BF16 = torch.bfloat16
@@ -47,15 +51,11 @@ REFERENCE = {"block_fwd": 0.73, "block_fwd_bwd": 3.24, "lm_train": 151_000, "gen
 TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
 
 
-def log(*args: object) -> None:
-    print(*args, flush=True)
-
-
 def mamba_ssm_unavailable() -> str | None:
     """None when mamba_ssm imports, else why not (one line)."""
     try:
         import mamba_ssm  # noqa: F401 - its __init__ imports every module, generation (and transformers) included
-    except Exception as error:  # noqa: BLE001 - an ABI mismatch raises more than ImportError
+    except Exception as error:  # an ABI mismatch raises more than ImportError
         reason = f"cannot import mamba_ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         if "transformers" in f"{error} {getattr(error, 'name', None)}":
             reason += ("; mamba_ssm.utils.generation needs GenerateDecoderOnlyOutput and TextStreamer from "
@@ -72,7 +72,7 @@ def mamba_ssm_versions() -> dict[str, str]:
     for name in ("mamba_ssm", "causal_conv1d"):
         try:
             versions[name] = __import__(name).__version__
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             versions[name] = f"missing ({type(error).__name__}: {error})"
     return versions
 
@@ -94,14 +94,10 @@ def _measure(measure: Callable[[], float]) -> tuple[float | None, str | None]:
         return measure(), None
     except torch.cuda.OutOfMemoryError:
         return None, "out of memory"
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return None, f"{type(error).__name__}: {error}"[:300]
     finally:
         _free()
-
-
-def _rel(x: Tensor, ref: Tensor) -> float:
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
 
 
 @contextlib.contextmanager
@@ -155,7 +151,7 @@ def _block_outputs(module: nn.Module, x: Tensor, grad: Tensor, autocast: bool) -
 
 
 def _block_errors(ours: dict[str, Tensor], theirs: dict[str, Tensor], tolerance: float) -> dict[str, Any]:
-    errors = {key: _rel(ours[key], theirs[key]) for key in theirs}
+    errors = {key: relative_error(ours[key], theirs[key]) for key in theirs}
     worst = max((k for k in errors if k not in ("out", "dx")), key=errors.get)
     summary = {"out": errors["out"], "dx": errors["dx"], "dparams": errors[worst], "worst_param": worst[1:]}
     summary["ok"] = all(value <= tolerance for value in errors.values())
@@ -198,7 +194,7 @@ def bench_block(batch: int = 8, length: int = 2048, d_model: int = 768) -> list[
                 try:
                     found = _block_outputs(modules[label], inputs, grad, autocast)
                     correct[label][precision] = _block_errors(found, expected, TOLERANCE[precision])
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     correct[label][precision] = f"{type(error).__name__}: {error}"[:300]
                 _free()
         del expected
@@ -452,7 +448,7 @@ BENCHES: dict[str, Callable[[], list[dict[str, Any]]]] = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(report.RESULTS))
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {', '.join(BENCHES)}")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -462,28 +458,23 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench/gpu_model.py needs a CUDA GPU and none is visible", file=sys.stderr)
         return 2
-    import triton
-
     results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "mamba_ssm_unavailable": mamba_ssm_unavailable(), **mamba_ssm_versions(),
+        **report.gpu_machine(), "mamba_ssm_unavailable": mamba_ssm_unavailable(), **mamba_ssm_versions(),
         "backends": available_backends(DEVICE),
     }
     log(json.dumps(results, default=str))
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name in chosen:
         began = time.time()
         try:
             results[name] = BENCHES[name]()
             rows += results[name]
-        except Exception:  # noqa: BLE001 - keep what the other benchmarks measure
+        except Exception:  # keep what the other benchmarks measure
             results[name] = {"error": traceback.format_exc()[-3000:]}
             log(results[name]["error"])
         log(f"[{name}] {time.time() - began:.1f}s")
-        (out_dir / "gpu_model_results.json").write_text(json.dumps(results, indent=1, default=str))
+        report.write(out_dir, "gpu_model_results", results, indent=1)
     log("\n=== " + results["device"] + " | " + " ".join(f"{k} {results[k]}" for k in ("mamba_ssm", "causal_conv1d")))
     print_table(rows)
     return 0

@@ -1,5 +1,5 @@
-"""Shared by the scan tests of every backend: random inputs in mamba-ssm's shapes, the relative error, the
-shape cases every backend must pass, and running kernels in Triton's CPU interpreter."""
+"""Shared by the scan tests of every backend: their random inputs (`mambakit.ops.timing.scan_inputs` in float64),
+the shape cases every backend must pass, and running kernels in Triton's CPU interpreter."""
 
 from __future__ import annotations
 
@@ -11,36 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
+from mambakit.ops import timing
 
 
-def scan_inputs(batch, dim, d_state, length, layout, *, gated=True, skip=True, bias=True, initial=True,
-                device="cpu", seed=0):
-    """Fresh random float64 inputs in mamba-ssm's shapes; layout is 'shared', 'grouped:G' or 'time_invariant'."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
-
-    if layout == "time_invariant":
-        bc_shape = (dim, d_state)
-    elif layout.startswith("grouped"):
-        bc_shape = (batch, int(layout.split(":")[1]), d_state, length)
-    else:
-        bc_shape = (batch, d_state, length)
-    return {
-        "u": rand(batch, dim, length),
-        "delta": rand(batch, dim, length, scale=0.5),
-        "A": -torch.rand(dim, d_state, generator=g, dtype=torch.float64).to(device) * 2 - 0.05,
-        "B": rand(*bc_shape),
-        "C": rand(*bc_shape),
-        "D": rand(dim) if skip else None,
-        "z": rand(batch, dim, length) if gated else None,
-        "delta_bias": rand(dim, scale=0.3) if bias else None,
-        "initial_state": rand(batch, dim, d_state) if initial else None,
-    }
+def scan_inputs(batch: int, dim: int, d_state: int, length: int, layout: str, *, initial: bool = True,
+                device: str = "cpu", seed: int = 0, **options: bool) -> dict[str, torch.Tensor]:
+    """Fresh random float64 inputs in mamba-ssm's shapes, with an initial state unless `initial` is False; layout
+    is 'shared', 'grouped:G' or 'time_invariant'; options gated, skip and bias False leave z, D, delta_bias out."""
+    return timing.scan_inputs(batch, dim, d_state, length, device, torch.float64, seed=seed, layout=layout,
+                              initial=initial, **options)
 
 
 CASES = [

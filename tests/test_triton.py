@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from mambakit.ops.reference import selective_scan_ref
+from mambakit.ops.timing import relative_error
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan_cases import CASES, relative_error, run_in_triton_interpreter, scan_inputs  # noqa: E402
+from scan_cases import CASES, run_in_triton_interpreter, scan_inputs
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()

@@ -16,9 +16,10 @@ import torch
 
 from mambakit import ops
 from mambakit.ops.reference import causal_conv1d_ref, causal_conv1d_update_ref
+from mambakit.ops.timing import relative_error
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scan_cases import relative_error, run_in_triton_interpreter  # noqa: E402
+from scan_cases import run_in_triton_interpreter
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()

@@ -105,7 +105,7 @@ def _needs_cuda(device: torch.device) -> str | None:
 def _probe_import(module: str, extra_hint: str) -> str | None:
     try:
         importlib.import_module(module)
-    except Exception as error:  # noqa: BLE001 - an ABI mismatch raises more than ImportError
+    except Exception as error:  # an ABI mismatch raises more than ImportError
         return f"cannot import {module} ({type(error).__name__}: {error}); {extra_hint}"
     return None
 

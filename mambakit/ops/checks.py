@@ -80,10 +80,10 @@ def check_scan_args(
             "B and C must have shape (batch, N, L), (batch, groups, N, L) or (dim, N); "
             f"got B {tuple(B.shape)}"
         )
-    for name, tensor in (("D", D), ("delta_bias", delta_bias)):
-        if tensor is not None:
-            _expect_float(name, tensor)
-            _expect(name, tensor, (dim,), "(dim,)")
+    for name, optional in (("D", D), ("delta_bias", delta_bias)):
+        if optional is not None:
+            _expect_float(name, optional)
+            _expect(name, optional, (dim,), "(dim,)")
     if z is not None:
         _expect_float("z", z)
         _expect("z", z, (batch, dim, length), "(batch, dim, L)")

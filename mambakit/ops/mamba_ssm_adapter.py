@@ -7,6 +7,8 @@ backends that can.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -19,11 +21,11 @@ class _LastStateWithoutGradient(torch.autograd.Function):
     """Pass the last state through, and refuse a non-zero gradient for it instead of dropping it silently."""
 
     @staticmethod
-    def forward(ctx, last_state: Tensor, anchor: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx: Any, last_state: Tensor, anchor: Tensor) -> Tensor:
         return last_state.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, None]:  # noqa: ANN001
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[None, None]:
         if grad is not None and bool(grad.ne(0).any()):
             raise BackendUnavailableError(
                 f"the mamba_ssm backend cannot backpropagate through the returned last state; {_USE_INSTEAD}"

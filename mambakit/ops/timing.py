@@ -1,4 +1,6 @@
-"""Timing one selective-scan backend at one shape: device events on CUDA, a monotonic clock on CPU."""
+"""Measuring the selective scan: random inputs in mamba-ssm's shapes, relative errors, and timing one backend at
+one shape (device events on CUDA, a monotonic clock on CPU). `mambakit bench`, the scripts in bench/ and the
+tests share these."""
 
 from __future__ import annotations
 
@@ -7,26 +9,64 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from . import selective_scan
 
 
-def scan_inputs(batch: int, dim: int, d_state: int, length: int, device: str | torch.device,
-                dtype: torch.dtype = torch.float32, requires_grad: bool = False, seed: int = 0) -> dict:
-    """Random inputs as a Mamba layer feeds the scan: (batch, N, L) B/C, z gate, D, delta bias, softplus."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+def scan_inputs(batch: int, dim: int, d_state: int, length: int, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, *, seed: int = 0, requires_grad: bool = False,
+                layout: str = "shared", gated: bool = True, skip: bool = True, bias: bool = True,
+                initial: bool = False) -> dict[str, Tensor]:
+    """Random inputs as a Mamba layer feeds the scan, the keyword arguments of `selective_scan` in its order:
+    u, delta (scaled by 0.5), A in [-2.05, -0.05], B, C, and unless switched off D (`skip`), z (`gated`),
+    delta_bias (scaled by 0.3, `bias`), and with `initial` an initial state. Inputs switched off are left out.
 
-    def rand(*shape: int, scale: float = 1.0, tensor_dtype: torch.dtype = dtype) -> torch.Tensor:
-        value = (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=tensor_dtype)
-        return value.requires_grad_(requires_grad)
+    B and C are (batch, N, L) for layout "shared", (batch, G, N, L) for "grouped:G", (dim, N) for
+    "time_invariant". All are drawn in float64 from a generator on `device` seeded with `seed`, then u, delta,
+    z and per-step B, C are rounded to `dtype`; A, D, delta_bias, the initial state and time-invariant B, C are
+    fp32 (float64 when `dtype` is), as a layer's parameters and state. Each is a leaf with `requires_grad`.
+    """
+    if layout == "time_invariant":
+        bc_shape: tuple[int, ...] = (dim, d_state)
+    elif layout.startswith("grouped:"):
+        bc_shape = (batch, int(layout.split(":", 1)[1]), d_state, length)
+    elif layout == "shared":
+        bc_shape = (batch, d_state, length)
+    else:
+        raise ValueError(f"layout must be 'shared', 'grouped:G' or 'time_invariant', got {layout!r}")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    bc_dtype = param_dtype if layout == "time_invariant" else dtype
 
-    A = -(torch.rand(dim, d_state, generator=generator) + 0.1).to(device)
-    return {
-        "u": rand(batch, dim, length), "delta": rand(batch, dim, length, scale=0.5),
-        "A": A.requires_grad_(requires_grad), "B": rand(batch, d_state, length), "C": rand(batch, d_state, length),
-        "D": rand(dim, tensor_dtype=torch.float32), "z": rand(batch, dim, length),
-        "delta_bias": rand(dim, scale=0.3, tensor_dtype=torch.float32), "delta_softplus": True,
+    def leaf(value: Tensor, kind: torch.dtype) -> Tensor:
+        return value.to(kind).requires_grad_(requires_grad)
+
+    def rand(*shape: int, scale: float = 1.0, kind: torch.dtype = dtype) -> Tensor:
+        return leaf(torch.randn(*shape, generator=generator, device=device, dtype=torch.float64) * scale, kind)
+
+    inputs = {
+        "u": rand(batch, dim, length),
+        "delta": rand(batch, dim, length, scale=0.5),
+        "A": leaf(-torch.rand(dim, d_state, generator=generator, device=device, dtype=torch.float64) * 2 - 0.05,
+                  param_dtype),
+        "B": rand(*bc_shape, kind=bc_dtype),
+        "C": rand(*bc_shape, kind=bc_dtype),
     }
+    if skip:
+        inputs["D"] = rand(dim, kind=param_dtype)
+    if gated:
+        inputs["z"] = rand(batch, dim, length)
+    if bias:
+        inputs["delta_bias"] = rand(dim, scale=0.3, kind=param_dtype)
+    if initial:
+        inputs["initial_state"] = rand(batch, dim, d_state, kind=param_dtype)
+    return inputs
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64 (the denominator at least 1e-30)."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
 
 
 def time_scan(backend: str, batch: int, dim: int, d_state: int, length: int, device: str | torch.device,
@@ -35,8 +75,9 @@ def time_scan(backend: str, batch: int, dim: int, d_state: int, length: int, dev
     inputs = scan_inputs(batch, dim, d_state, length, device, dtype, requires_grad=backward)
 
     def once() -> None:
-        out = selective_scan(**inputs, backend=backend)
+        out = selective_scan(**inputs, delta_softplus=True, return_last_state=False, backend=backend)
         if backward:
+            assert isinstance(out, Tensor)  # no last state was asked for
             out.float().sum().backward()
 
     once()

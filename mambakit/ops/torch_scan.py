@@ -20,6 +20,8 @@ of step views per chunk costs Python time comparable to the steps themselves.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -99,7 +101,8 @@ class _ChunkedScan(torch.autograd.Function):
     B and C come as (b, g, n, l) or, time-invariant, already in the chunk layout (g, n, k)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, groups, chunk):  # noqa: ANN001 - autograd signature
+    def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, groups: int,
+                chunk: int) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         g, n = groups, A.shape[1]
         k = dim // g
@@ -129,7 +132,7 @@ class _ChunkedScan(torch.autograd.Function):
         return y, _from_state_layout(chunk_states[-1])
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last):  # noqa: ANN001 - autograd signature
+    def backward(ctx: Any, grad_y: Tensor | None, grad_last: Tensor | None) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, chunk_states = ctx.saved_tensors
         g, chunk = ctx.groups, ctx.chunk
         batch, dim, length = u.shape
@@ -227,7 +230,8 @@ def selective_scan_torch(
         delta_c = delta_c + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta_c = F.softplus(delta_c)
-    chunk = chunk_size or default_chunk_size(*u.shape, A.shape[1])
+    batch, dim, length = u.shape
+    chunk = chunk_size or default_chunk_size(batch, dim, length, A.shape[1])
     h0 = initial_state.to(compute) if initial_state is not None else None
     y, last = _ChunkedScan.apply(
         u_c,

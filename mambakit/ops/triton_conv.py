@@ -25,6 +25,7 @@ can change from run to run).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import triton
@@ -400,7 +401,8 @@ class _TritonConv(torch.autograd.Function):
     """(x, weight, bias, initial_states) -> out, with the backward recomputing the pre-activation."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_states, silu, config):  # noqa: ANN001 - autograd signature
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None, silu: bool,
+                config: ConvConfig) -> Tensor:
         # Width 1 has no initial states to read; the kernels never see the empty tensor (it may have no storage).
         init = initial_states if weight.shape[1] > 1 else None
         grid, strides, meta = _launch(x, weight, bias, init, config)
@@ -416,7 +418,7 @@ class _TritonConv(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):  # noqa: ANN001 - autograd signature
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, init = ctx.saved_tensors
         grid, strides, meta = _launch(x, weight, bias, init, ctx.config)
         grid = (triton.cdiv(grid[0], ctx.config.bwd_tiles), *grid[1:])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -251,7 +252,7 @@ def _scan_fwd_kernel(
                     tl.store(saved_n, _column(states, offs_l, k * SAVE_EVERY - 1),
                              mask=chan_mask & (t0 + k * SAVE_EVERY < length))
         if HAS_D:
-            y += skip[:, None] * u
+            y += skip[:, None] * u  # type: ignore[index]  # skip is None only while HAS_D, a constexpr, is off
         if HAS_Z:
             z = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
             y *= z * _sigmoid(z)
@@ -360,9 +361,9 @@ def _scan_bwd_kernel(
                 dC_sum = _with_column(dC_sum, offs_l, n, _column(dC_sum, offs_l, n) + tl.sum(gy * states, axis=1))
         du = dt * lam_B
         u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        if HAS_D:
-            du += skip[:, None] * gy
-            y += skip[:, None] * u
+        if HAS_D:  # skip is None only while HAS_D, a constexpr, is off
+            du += skip[:, None] * gy  # type: ignore[index]
+            y += skip[:, None] * u  # type: ignore[index]
             dD += tl.sum(gy * u, axis=1)
         ddt = u * lam_B + w_A
         if SOFTPLUS:
@@ -407,9 +408,10 @@ def _bc_strides(BC: Tensor) -> tuple[int, int, int, int]:
     return BC.stride(0), BC.stride(1), 0, BC.stride(2)
 
 
-def _steps_contiguous(x: Tensor | None) -> Tensor | None:
-    """The kernels read time steps with unit stride; other strides (batch, channel, state) may be anything."""
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+def _last_axis_contiguous(x: Tensor) -> Tensor:
+    """x, or a contiguous copy when its last axis (the time steps of the scan's inputs, the channels of a decode
+    step's) has another stride than 1: the kernels read that axis with unit stride, any other strides will do."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _like_steps(x: Tensor) -> Tensor:
@@ -429,7 +431,9 @@ class _TritonScan(torch.autograd.Function):
     """(u, delta, A, B, C, D, z, delta_bias, h0) -> (out, last state), with the adjoint as its backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, config):  # noqa: ANN001 - autograd
+    def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                z: Tensor | None, delta_bias: Tensor | None, h0: Tensor | None, softplus: bool,
+                config: ScanConfig) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         d_state = A.shape[1]
         groups = B.shape[1] if B.dim() == 4 else 1
@@ -460,14 +464,14 @@ class _TritonScan(torch.autograd.Function):
         return out, last
 
     @staticmethod
-    def backward(ctx, dout, dlast):  # noqa: ANN001 - autograd signature
+    def backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias, h0, saved = ctx.saved_tensors
         config = ctx.config
         batch, dim, length = u.shape
         d_state = A.shape[1]
         groups = B.shape[1] if B.dim() == 4 else 1
         variable = B.dim() > 2
-        dout = torch.zeros_like(u) if dout is None else _steps_contiguous(dout)
+        dout = torch.zeros_like(u) if dout is None else _last_axis_contiguous(dout)
         dlast = dlast.contiguous() if dlast is not None else None
         f32 = torch.float32
         du, ddelta = _like_steps(u), _like_steps(delta)
@@ -545,11 +549,12 @@ def selective_scan_triton(
 
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                     return_last_state)
-    u, delta, z = _steps_contiguous(u), _steps_contiguous(delta), _steps_contiguous(z)
+    u, delta = _last_axis_contiguous(u), _last_axis_contiguous(delta)
+    z = _last_axis_contiguous(z) if z is not None else None
     if B.dim() > 2:
         # Per-step B/C are re-read for every channel: fp32 copies (1/dim of u's size) save the kernels a
         # conversion per element; autograd casts their gradients back.
-        B, C = _steps_contiguous(B.float()), _steps_contiguous(C.float())
+        B, C = _last_axis_contiguous(B.float()), _last_axis_contiguous(C.float())
     config = config or default_config(u.shape[0], u.shape[1])
     out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, config)
     return (out, last) if return_last_state else out

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_scan import _FAST_LOG, LOG2E, _sigmoid, _softplus
+from .triton_scan import _FAST_LOG, LOG2E, _last_axis_contiguous, _sigmoid, _softplus
 
 #: Below this many 32-channel programs (two per SM of an H100) the step uses 8-channel programs instead.
 _SMALL_STEP_PROGRAMS = 264
@@ -78,10 +78,10 @@ def selective_state_update_triton(
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     groups = B.shape[1]
     # The kernel reads states with unit stride; a state with other strides is updated through a copy.
-    work = state if state.stride(-1) == 1 else state.contiguous()
+    work = _last_axis_contiguous(state)
     # Channels must be unit-stride; batch strides may be anything (x and z are halves of one projection).
-    x, dt, A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, A, B, C))
-    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
+    x, dt, A, B, C = (_last_axis_contiguous(t) for t in (x, dt, A, B, C))
+    z = _last_axis_contiguous(z) if z is not None else None
     out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
     # The step is latency-bound: at small batch, smaller programs (one warp, 8 channels) spread it over more SMs.
     small = batch * dim < 32 * _SMALL_STEP_PROGRAMS
