@@ -66,8 +66,9 @@ CONTENDED = 0.25  # other processes' average CPU use, in cores, above which a me
 # ----------------------------------------------------------------------------------------------- methods
 
 
-def make_inputs(batch: int, dim: int, d_state: int, length: int, dtype: torch.dtype | None = None,
-                seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    batch: int, dim: int, d_state: int, length: int, dtype: torch.dtype | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """mambakit.ops.timing.scan_inputs drawn in float64 (u, delta the raw projection output, B, C, D, z), with A
     and delta_bias in the ranges a Mamba layer starts from: A in [-16, -1] like S4D-real, delta_bias the inverse
     softplus of a time step drawn log-uniformly in [1e-3, 1e-1] (Mamba's initialisation). Returns every input
@@ -84,8 +85,16 @@ def make_inputs(batch: int, dim: int, d_state: int, length: int, dtype: torch.dt
     return {name: x.to(dtype or torch.float32).requires_grad_() for name, x in inputs.items()}
 
 
-def mambapy_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                 D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+def mambapy_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> torch.Tensor:
     """mambapy 1.2 on a CPU: the lines of MambaBlock.ssm and MambaBlock.forward (mambapy/mamba.py) around the
     scan, calling its own MambaBlock.selective_scan (which does not use `self`). Layout (batch, L, dim) for
     x, delta, z and (batch, L, N) for B, C, as mambapy's model produces them."""

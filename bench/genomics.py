@@ -61,9 +61,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "window": 1024,
     },
     "gpu": {
-        "classify_models": {"causal": {}, "bimamba": {"bidirectional": True},
-                            "rc_equivariant": {"rc_equivariant": True},
-                            "rc_equivariant_bimamba": {"rc_equivariant": True, "bidirectional": True}},
+        "classify_models": {
+            "causal": {},
+            "bimamba": {"bidirectional": True},
+            "rc_equivariant": {"rc_equivariant": True},
+            "rc_equivariant_bimamba": {"rc_equivariant": True, "bidirectional": True},
+        },
         "model": {"d_model": 128, "n_layer": 6, "d_state": 16},
         "classify_train": {"epochs": 15, "batch_size": 64, "lr": 2e-3, "eval_every": 100},
         "lm_model": {"d_model": 128, "n_layer": 6, "d_state": 16},
@@ -95,7 +98,7 @@ def _kmer_index(codes: np.ndarray, k: int) -> np.ndarray:
     index = np.zeros(n, dtype=np.int64)
     valid = np.ones(n, dtype=bool)
     for j in range(k):
-        part = codes[j:j + n]
+        part = codes[j : j + n]
         index = index * 4 + np.maximum(part, 0)
         valid &= part >= 0
     return np.where(valid, index, -1)
@@ -131,16 +134,26 @@ def kmer_logistic_regression(splits: Any) -> list[dict[str, float]]:
                 best = (score, c, model)
         _, c, model = best
         probabilities = model.predict_proba(x["test"])[:, 1]
-        rows.append({"k": k, "C": c, "val_accuracy": best[0], "test_accuracy": model.score(x["test"], y["test"]),
-                     "test_auroc": roc_auc_score(y["test"], probabilities)})
-        print(f"k-mer LR k={k}: test accuracy {rows[-1]['test_accuracy']:.4f} auroc {rows[-1]['test_auroc']:.4f}",
-              flush=True)
+        rows.append(
+            {
+                "k": k,
+                "C": c,
+                "val_accuracy": best[0],
+                "test_accuracy": model.score(x["test"], y["test"]),
+                "test_auroc": roc_auc_score(y["test"], probabilities),
+            }
+        )
+        print(
+            f"k-mer LR k={k}: test accuracy {rows[-1]['test_accuracy']:.4f} auroc {rows[-1]['test_auroc']:.4f}",
+            flush=True,
+        )
     return rows
 
 
 def _markov_bits(train: np.ndarray, evaluate_on: np.ndarray, order: int, alpha: float) -> float:
     """Bits per base of an order-`order` Markov model with additive smoothing `alpha`, counted on `train` and
     scored on every base of `evaluate_on` that has `order` bases of context before it (N-free)."""
+
     def contexts_and_next(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         index = _kmer_index(codes, order + 1)
         valid = index >= 0
@@ -156,17 +169,26 @@ def _markov_bits(train: np.ndarray, evaluate_on: np.ndarray, order: int, alpha: 
 
 def markov_baseline(codes: dict[str, np.ndarray]) -> dict[str, Any]:
     """Order k in 0..MAX_MARKOV_ORDER and smoothing alpha chosen on validation; test bits per base."""
-    grid = [(order, alpha, _markov_bits(codes["train"], codes["val"], order, alpha))
-            for order in range(MAX_MARKOV_ORDER + 1) for alpha in (0.01, 0.1, 0.5, 1.0)]
+    grid = [
+        (order, alpha, _markov_bits(codes["train"], codes["val"], order, alpha))
+        for order in range(MAX_MARKOV_ORDER + 1)
+        for alpha in (0.01, 0.1, 0.5, 1.0)
+    ]
     order, alpha, val_bits = min(grid, key=lambda item: item[2])
     test_bits = _markov_bits(codes["train"], codes["test"], order, alpha)
     print(f"Markov order {order} alpha {alpha}: val {val_bits:.4f} test {test_bits:.4f} bits/base", flush=True)
-    return {"order": order, "alpha": alpha, "val_bits_per_base": val_bits, "test_bits_per_base": test_bits,
-            "val_grid": [{"order": o, "alpha": a, "val_bits_per_base": b} for o, a, b in grid]}
+    return {
+        "order": order,
+        "alpha": alpha,
+        "val_bits_per_base": val_bits,
+        "test_bits_per_base": test_bits,
+        "val_grid": [{"order": o, "alpha": a, "val_bits_per_base": b} for o, a, b in grid],
+    }
 
 
 def xz_baseline(train_text: bytes, test_text: bytes) -> dict[str, float]:
     """xz -9e bits per base of the test bases alone, and given the training bases (conditional size)."""
+
     def size(data: bytes) -> int:
         return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
 
@@ -179,21 +201,42 @@ def xz_baseline(train_text: bytes, test_text: bytes) -> dict[str, float]:
 # --- mambakit -----------------------------------------------------------------------------------------------
 
 
-def _train_and_test(task: Any, model: Any, splits: Any, train_settings: dict[str, Any], device: str,
-                    out_dir: Path, **config_changes: Any) -> dict[str, Any]:
+def _train_and_test(
+    task: Any,
+    model: Any,
+    splits: Any,
+    train_settings: dict[str, Any],
+    device: str,
+    out_dir: Path,
+    **config_changes: Any,
+) -> dict[str, Any]:
     """fit on train (validating on val), then the best validation checkpoint's test metrics."""
-    config = TrainConfig(out_dir=out_dir, seed=SEED, device=device, warmup_ratio=0.05, save_every=0, log_every=50,
-                         **train_settings, **config_changes)
+    config = TrainConfig(
+        out_dir=out_dir,
+        seed=SEED,
+        device=device,
+        warmup_ratio=0.05,
+        save_every=0,
+        log_every=50,
+        **train_settings,
+        **config_changes,
+    )
     tokenizer = DNATokenizer()
     start = time.perf_counter()
-    result = fit(model, task, splits.train, splits.val, config=config,
-                 extra_files={"tokenizer.json": tokenizer.to_json()})
+    result = fit(
+        model, task, splits.train, splits.val, config=config, extra_files={"tokenizer.json": tokenizer.to_json()}
+    )
     seconds = time.perf_counter() - start
     best = load_model(out_dir / "best")
     test = evaluate(best, task, splits.test, config.eval_config())
-    return {"train_seconds": seconds, "steps": result.step, "best_step": result.best_step,
-            "val": result.metrics, "test": test,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "train_seconds": seconds,
+        "steps": result.step,
+        "best_step": result.best_step,
+        "val": result.metrics,
+        "test": test,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def mambakit_classifiers(splits: Any, preset: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
@@ -206,8 +249,9 @@ def mambakit_classifiers(splits: Any, preset: dict[str, Any], device: str, work:
         results[name] = _train_and_test(task, model, splits, preset["classify_train"], device, work / name)
         if not options.get("rc_equivariant"):
             best = load_model(work / name / "best")
-            results[name]["test_conjoined"] = evaluate(best, ClassifyTask(tokenizer, conjoin=True), splits.test,
-                                                       EvalConfig(device=device))
+            results[name]["test_conjoined"] = evaluate(
+                best, ClassifyTask(tokenizer, conjoin=True), splits.test, EvalConfig(device=device)
+            )
         test = results[name]["test"]
         print(f"mambakit {name}: test accuracy {test['accuracy']:.4f} auroc {test['auroc']:.4f}", flush=True)
     return results
@@ -227,33 +271,50 @@ def mambakit_lm(preset: dict[str, Any], device: str, work: Path) -> dict[str, An
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Genomics benchmark ({report['preset']} preset, {report['device']})", "",
-             "## Oct4 vs Mafk binding sites: test set (800 sequences of 200 bp)", "",
-             "| model | test accuracy | test AUROC |", "|---|---|---|"]
+    lines = [
+        f"# Genomics benchmark ({report['preset']} preset, {report['device']})",
+        "",
+        "## Oct4 vs Mafk binding sites: test set (800 sequences of 200 bp)",
+        "",
+        "| model | test accuracy | test AUROC |",
+        "|---|---|---|",
+    ]
     for name, result in report["classification"]["mambakit"].items():
-        lines.append(f"| mambakit {name} ({result['parameters']:,} parameters) | {result['test']['accuracy']:.4f} | "
-                     f"{result['test']['auroc']:.4f} |")
+        lines.append(
+            f"| mambakit {name} ({result['parameters']:,} parameters) | {result['test']['accuracy']:.4f} | "
+            f"{result['test']['auroc']:.4f} |"
+        )
         if "test_conjoined" in result:
             conjoined = result["test_conjoined"]
-            lines.append(f"| mambakit {name}, RC-conjoined at inference | {conjoined['accuracy']:.4f} | "
-                         f"{conjoined['auroc']:.4f} |")
+            lines.append(
+                f"| mambakit {name}, RC-conjoined at inference | {conjoined['accuracy']:.4f} | "
+                f"{conjoined['auroc']:.4f} |"
+            )
     for row in report["classification"]["kmer_logistic_regression"]:
-        lines.append(f"| {row['k']}-mer logistic regression (C={row['C']}) | {row['test_accuracy']:.4f} | "
-                     f"{row['test_auroc']:.4f} |")
+        lines.append(
+            f"| {row['k']}-mer logistic regression (C={row['C']}) | {row['test_accuracy']:.4f} | "
+            f"{row['test_auroc']:.4f} |"
+        )
     lm, markov, xz = report["lm"]["mambakit"], report["lm"]["markov"], report["lm"]["xz"]
-    lines += ["", f"## C. diphtheriae NCTC11397: held-out {report['lm']['test_bases']:,} bases", "",
-              "| model | test bits per base |", "|---|---|",
-              f"| mambakit causal LM ({lm['parameters']:,} parameters, {lm['steps']} steps, window {lm['window']}) | "
-              f"{lm['test']['bits_per_base']:.4f} |",
-              f"| order-{markov['order']} Markov (alpha {markov['alpha']}, chosen on validation) | "
-              f"{markov['test_bits_per_base']:.4f} |",
-              f"| xz -9e, held-out bases alone | {xz['test_bits_per_base']:.4f} |",
-              f"| xz -9e, given the training bases | {xz['test_bits_per_base_given_train']:.4f} |",
-              "| uniform over A, C, G, T | 2.0000 |", "",
-              f"mambakit {report['versions']['mambakit']} (commit {report['commit']}), "
-              f"torch {report['versions']['torch']}, python "
-              f"{report['versions']['python']}; seed {SEED}. mambakit scores every base of each test window but "
-              f"the first (no context); the Markov model scores the test bases after its first `order`."]
+    lines += [
+        "",
+        f"## C. diphtheriae NCTC11397: held-out {report['lm']['test_bases']:,} bases",
+        "",
+        "| model | test bits per base |",
+        "|---|---|",
+        f"| mambakit causal LM ({lm['parameters']:,} parameters, {lm['steps']} steps, window {lm['window']}) | "
+        f"{lm['test']['bits_per_base']:.4f} |",
+        f"| order-{markov['order']} Markov (alpha {markov['alpha']}, chosen on validation) | "
+        f"{markov['test_bits_per_base']:.4f} |",
+        f"| xz -9e, held-out bases alone | {xz['test_bits_per_base']:.4f} |",
+        f"| xz -9e, given the training bases | {xz['test_bits_per_base_given_train']:.4f} |",
+        "| uniform over A, C, G, T | 2.0000 |",
+        "",
+        f"mambakit {report['versions']['mambakit']} (commit {report['commit']}), "
+        f"torch {report['versions']['torch']}, python "
+        f"{report['versions']['python']}; seed {SEED}. mambakit scores every base of each test window but "
+        f"the first (no context); the Markov model scores the test bases after its first `order`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -261,20 +322,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--part", choices=("all", "classification", "lm"), default="all",
-                        help="run one part and merge it into an existing genomics.json (long runs in two goes)")
+    parser.add_argument(
+        "--part",
+        choices=("all", "classification", "lm"),
+        default="all",
+        help="run one part and merge it into an existing genomics.json (long runs in two goes)",
+    )
     parser.add_argument("--out", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     use_cuda = args.device != "cpu" and torch.cuda.is_available()
     earlier = args.out / "genomics.json"
     results: dict[str, Any] = json.loads(earlier.read_text()) if args.part != "all" and earlier.is_file() else {}
-    results.update({
-        "preset": args.preset, "settings": preset, "device": torch.cuda.get_device_name() if use_cuda else "CPU",
-        "commit": report.git_commit(),
-        "versions": {"mambakit": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "numpy": np.__version__},
-    })
+    results.update(
+        {
+            "preset": args.preset,
+            "settings": preset,
+            "device": torch.cuda.get_device_name() if use_cuda else "CPU",
+            "commit": report.git_commit(),
+            "versions": {
+                "mambakit": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+            },
+        }
+    )
     with tempfile.TemporaryDirectory() as work:
         if args.part in ("all", "classification"):
             results["classification"] = classification_part(preset, args.device, Path(work))
@@ -289,20 +362,29 @@ def main() -> None:
 def classification_part(preset: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
     splits = classification_splits(seed=SEED)
     sizes = {name: len(getattr(splits, name)) for name in ("train", "val", "test")}
-    return {"classes": list(splits.labels), "sizes": sizes,
-            "kmer_logistic_regression": kmer_logistic_regression(splits),
-            "mambakit": mambakit_classifiers(splits, preset, device, work / "classify")}
+    return {
+        "classes": list(splits.labels),
+        "sizes": sizes,
+        "kmer_logistic_regression": kmer_logistic_regression(splits),
+        "mambakit": mambakit_classifiers(splits, preset, device, work / "classify"),
+    }
 
 
 def lm_part(preset: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
     genome = read_sequences(GENOME)[0]
     genome_ids = DNATokenizer().encode(genome.sequence)
     regions = split_genome({genome.name: len(genome_ids)}, seed=SEED)
-    codes = {split: _base_codes(np.concatenate([genome_ids[r.start:r.end] for r in parts]))
-             for split, parts in regions.items()}
+    codes = {
+        split: _base_codes(np.concatenate([genome_ids[r.start : r.end] for r in parts]))
+        for split, parts in regions.items()
+    }
     text = {split: "".join(BASES[c] for c in code).encode() for split, code in codes.items()}
-    return {"test_bases": len(codes["test"]), "markov": markov_baseline(codes),
-            "xz": xz_baseline(text["train"], text["test"]), "mambakit": mambakit_lm(preset, device, work)}
+    return {
+        "test_bases": len(codes["test"]),
+        "markov": markov_baseline(codes),
+        "xz": xz_baseline(text["train"], text["test"]),
+        "mambakit": mambakit_lm(preset, device, work),
+    }
 
 
 if __name__ == "__main__":

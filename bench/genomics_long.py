@@ -77,12 +77,24 @@ def main() -> None:
             torch.cuda.empty_cache()
             print(f"L={length:>8} {backend:>9}: {rows[-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
     commit = report.git_commit(args.commit)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-               "commit": commit, "model": "6 layers x d_model 128, d_state 16, causal LM", "batch": 1,
-               "precision": "bf16 autocast, fp32 parameters, fused AdamW", "rows": rows}
-    lines = [f"# Long-context DNA training step ({results['device']}, torch {results['torch']}, commit {commit})", "",
-             f"{results['model']}, batch 1, {results['precision']}; median of {args.repeats} steps.", "",
-             "| length (bp) | backend | step (ms) | peak memory (GiB) |", "|---|---|---|---|"]
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
+        "model": "6 layers x d_model 128, d_state 16, causal LM",
+        "batch": 1,
+        "precision": "bf16 autocast, fp32 parameters, fused AdamW",
+        "rows": rows,
+    }
+    lines = [
+        f"# Long-context DNA training step ({results['device']}, torch {results['torch']}, commit {commit})",
+        "",
+        f"{results['model']}, batch 1, {results['precision']}; median of {args.repeats} steps.",
+        "",
+        "| length (bp) | backend | step (ms) | peak memory (GiB) |",
+        "|---|---|---|---|",
+    ]
     for row in rows:
         cells = [f"{row['step_ms']:.1f}", f"{row['peak_gib']:.2f}"] if "error" not in row else [row["error"], ""]
         lines.append(f"| {row['length']:,} | {row['backend']} | {' | '.join(cells)} |")

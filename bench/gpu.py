@@ -46,10 +46,26 @@ from report import log
 SHAPES = [(8, 1536, 16, 2048), (8, 2048, 16, 4096), (1, 1536, 16, 65536)]
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # (block_d, block_l, warps, unroll) for each kernel; the backward's block_l is also the save interval.
-FWD_SWEEP = [(1, 256, 1, 16), (8, 32, 1, 1), (8, 32, 1, 16), (16, 32, 2, 16), (4, 64, 1, 16), (2, 128, 1, 16),
-             (1, 128, 1, 16), (8, 64, 2, 16)]
-BWD_SWEEP = [(2, 128, 1, 1), (8, 32, 1, 1), (1, 128, 1, 2), (2, 64, 1, 2), (4, 32, 1, 1), (1, 256, 1, 1),
-             (2, 256, 1, 1), (4, 64, 1, 1)]
+FWD_SWEEP = [
+    (1, 256, 1, 16),
+    (8, 32, 1, 1),
+    (8, 32, 1, 16),
+    (16, 32, 2, 16),
+    (4, 64, 1, 16),
+    (2, 128, 1, 16),
+    (1, 128, 1, 16),
+    (8, 64, 2, 16),
+]
+BWD_SWEEP = [
+    (2, 128, 1, 1),
+    (8, 32, 1, 1),
+    (1, 128, 1, 2),
+    (2, 64, 1, 2),
+    (4, 32, 1, 1),
+    (1, 256, 1, 1),
+    (2, 256, 1, 1),
+    (4, 64, 1, 1),
+]
 
 
 def triton_fn(config: ScanConfig | None = None) -> Callable:
@@ -82,8 +98,10 @@ def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.d
     result = {}
     for name, fn in fns.items():
         out, grads = outputs_and_grads(fn, inputs, grad)
-        errors = {"out": relative_error(out, ref_out),
-                  **{f"d{k}": relative_error(v, ref_grads[k]) for k, v in grads.items()}}
+        errors = {
+            "out": relative_error(out, ref_out),
+            **{f"d{k}": relative_error(v, ref_grads[k]) for k, v in grads.items()},
+        }
         finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads.values())
         result[name] = {"max": max(errors.values()) if finite else float("nan"), "errors": errors}
     return result
@@ -94,10 +112,12 @@ def check_long_forward(length: int = 1 << 20) -> dict:
     inputs = scan_inputs(1, 8, 16, length, "cuda", torch.float32, seed=7)
     out, last = selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True)
     exact = {k: v.double() for k, v in inputs.items()}
-    ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True,
-                                             chunk_size=1 << 16)
-    return {"out": relative_error(out, ref_out), "last": relative_error(last, ref_last),
-            "finite": bool(torch.isfinite(out).all())}
+    ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True, chunk_size=1 << 16)
+    return {
+        "out": relative_error(out, ref_out),
+        "last": relative_error(last, ref_last),
+        "finite": bool(torch.isfinite(out).all()),
+    }
 
 
 def copy_rate() -> float:
@@ -116,8 +136,7 @@ def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
             return do_bench(lambda: fn(**inputs), warmup=25, rep=100, return_mode="median")
     grad = torch.randn(shape[0], shape[1], shape[3], device="cuda", dtype=torch.bfloat16)
     leaves = [inputs[k] for k in GRAD_NAMES]
-    return do_bench(lambda: torch.autograd.grad(fn(**inputs), leaves, grad), warmup=25, rep=100,
-                    return_mode="median")
+    return do_bench(lambda: torch.autograd.grad(fn(**inputs), leaves, grad), warmup=25, rep=100, return_mode="median")
 
 
 def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> dict:
@@ -126,8 +145,16 @@ def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> di
 
     inputs = scan_inputs(batch, dim, d_state, 1, "cuda", torch.bfloat16)
     state = torch.randn(batch, dim, d_state, device="cuda")
-    args = (inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0], inputs["C"][..., 0],
-            inputs["D"], inputs["z"][..., 0], inputs["delta_bias"])
+    args = (
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+        inputs["D"],
+        inputs["z"][..., 0],
+        inputs["delta_bias"],
+    )
     fns = {"triton": selective_state_update_triton}
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
@@ -137,8 +164,9 @@ def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> di
         log(f"mamba-ssm's selective_state_update unavailable: {error}")
     result = {"shape": f"B{batch} D{dim} N{d_state}"}
     for name, fn in fns.items():
-        result[f"{name}_us"] = 1e3 * do_bench(lambda fn=fn: fn(state, *args, dt_softplus=True), warmup=25, rep=100,
-                                              return_mode="median")
+        result[f"{name}_us"] = 1e3 * do_bench(
+            lambda fn=fn: fn(state, *args, dt_softplus=True), warmup=25, rep=100, return_mode="median"
+        )
     return result
 
 
@@ -155,8 +183,9 @@ def sweep(shape: tuple) -> tuple[ScanConfig, list]:
             ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
         else:
             note = ""
-        rows.append({"kernel": "fwd", "block_d": bd, "block_l": bl, "warps": warps, "unroll": unroll, "ms": ms,
-                     "note": note})
+        rows.append(
+            {"kernel": "fwd", "block_d": bd, "block_l": bl, "warps": warps, "unroll": unroll, "ms": ms, "note": note}
+        )
         log(f"  fwd bd={bd:3d} bl={bl:3d} w={warps} unroll={unroll:2d}: {ms:.4f} ms {note}")
         if ms < best_ms:
             best_fwd, best_ms = (bd, bl, warps, unroll), ms
@@ -169,8 +198,17 @@ def sweep(shape: tuple) -> tuple[ScanConfig, list]:
             ms, note = float("nan"), f"{type(error).__name__}: {error}"[:200]
         else:
             note = ""
-        rows.append({"kernel": "fwd+bwd", "block_d": bd, "block_l": bl, "warps": warps, "unroll": unroll,
-                     "ms": ms, "note": note})
+        rows.append(
+            {
+                "kernel": "fwd+bwd",
+                "block_d": bd,
+                "block_l": bl,
+                "warps": warps,
+                "unroll": unroll,
+                "ms": ms,
+                "note": note,
+            }
+        )
         log(f"  fwd+bwd bd={bd:3d} bl={bl:3d} w={warps} unroll={unroll:2d}: {ms:.4f} ms {note}")
         if ms < best_ms:
             best, best_ms = config, ms
@@ -206,8 +244,10 @@ def main() -> None:
     section("copy_TBps", copy_rate)
     impls = {"triton": triton_fn(), **({"mamba_ssm": mamba} if mamba is not None else {})}
     section("correct_fp32", lambda: check_against_float64(impls, (2, 96, 16, 1001), torch.float32))
-    section("correct_fp32_groups", lambda: check_against_float64({"triton": triton_fn()}, (2, 96, 16, 515),
-                                                                  torch.float32, layout="grouped:4"))
+    section(
+        "correct_fp32_groups",
+        lambda: check_against_float64({"triton": triton_fn()}, (2, 96, 16, 515), torch.float32, layout="grouped:4"),
+    )
     check_shape = (2, *SHAPES[0][1:])  # the benchmark shape at batch 2: the float64 autograd graph stays small
     section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
     section("correct_long_fp32", check_long_forward)
@@ -215,6 +255,7 @@ def main() -> None:
     configs = {shape: default_config(shape[0], shape[1]) for shape in SHAPES}
     if args.sweep:
         for shape in SHAPES:
+
             def run_sweep(shape: tuple = shape) -> dict:
                 best, rows = sweep(shape)
                 return {"best": asdict(best), "rows": rows}
@@ -224,8 +265,10 @@ def main() -> None:
             if "best" in results[key]:
                 configs[shape] = ScanConfig(**results[key]["best"])
         best_main = configs[SHAPES[0]]
-        section("correct_bf16_best_config",
-                lambda: check_against_float64({"triton": triton_fn(best_main)}, check_shape, torch.bfloat16))
+        section(
+            "correct_bf16_best_config",
+            lambda: check_against_float64({"triton": triton_fn(best_main)}, check_shape, torch.bfloat16),
+        )
     results["configs"] = {"B{} D{} N{} L{}".format(*shape): asdict(c) for shape, c in configs.items()}
 
     def run_timing() -> list:
@@ -266,8 +309,10 @@ def main() -> None:
     log(f"{'shape':24s} {'impl':10s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
     for row in results.get("timing") or []:
         if isinstance(row, dict) and "impl" in row:
-            log(f"{row['shape']:24s} {row['impl']:10s} {row.get('fwd_ms', float('nan')):8.3f} "
-                f"{row.get('fwd_bwd_ms', float('nan')):11.3f}")
+            log(
+                f"{row['shape']:24s} {row['impl']:10s} {row.get('fwd_ms', float('nan')):8.3f} "
+                f"{row.get('fwd_bwd_ms', float('nan')):11.3f}"
+            )
     update = results.get("state_update")
     if isinstance(update, dict) and "triton_us" in update:
         log(f"decode step {update['shape']}: " + ", ".join(f"{k} {v:.1f}" for k, v in update.items() if "_us" in k))

@@ -28,10 +28,25 @@ SHAPE = (8, 1536, 2048, 4)  # batch, dim, L, width
 LAYOUTS = ("channel_last", "steps")
 # Tile shapes (block_d, lanes, steps, warps, bwd_tiles) for --sweep; the first of each is the default here.
 SWEEP = {
-    "channel_last": [(256, 1, 32, 2, 1), (256, 1, 32, 4, 1), (512, 1, 32, 4, 1), (256, 1, 16, 2, 1),
-                     (128, 1, 32, 4, 1), (256, 1, 64, 2, 1), (512, 1, 16, 4, 1), (64, 4, 16, 2, 1)],
-    "steps": [(8, 32, 8, 4, 4), (8, 32, 8, 4, 1), (8, 32, 8, 4, 2), (16, 16, 8, 4, 4), (4, 32, 8, 4, 4),
-              (16, 32, 8, 4, 2), (8, 16, 8, 2, 4)],
+    "channel_last": [
+        (256, 1, 32, 2, 1),
+        (256, 1, 32, 4, 1),
+        (512, 1, 32, 4, 1),
+        (256, 1, 16, 2, 1),
+        (128, 1, 32, 4, 1),
+        (256, 1, 64, 2, 1),
+        (512, 1, 16, 4, 1),
+        (64, 4, 16, 2, 1),
+    ],
+    "steps": [
+        (8, 32, 8, 4, 4),
+        (8, 32, 8, 4, 1),
+        (8, 32, 8, 4, 2),
+        (16, 16, 8, 4, 4),
+        (4, 32, 8, 4, 4),
+        (16, 32, 8, 4, 2),
+        (8, 16, 8, 2, 4),
+    ],
 }
 
 
@@ -58,8 +73,11 @@ def conv_inputs(layout: str, seed: int = 0) -> tuple[dict[str, torch.Tensor], to
     def rand(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         return torch.randn(*shape, generator=g, device="cuda", dtype=dtype)
 
-    inputs = {"x": in_layout(rand(batch, dim, length), layout), "weight": rand(dim, width, dtype=torch.float32) * 0.5,
-              "bias": rand(dim, dtype=torch.float32)}
+    inputs = {
+        "x": in_layout(rand(batch, dim, length), layout),
+        "weight": rand(dim, width, dtype=torch.float32) * 0.5,
+        "bias": rand(dim, dtype=torch.float32),
+    }
     return inputs, in_layout(rand(batch, dim, length), layout, half=False)
 
 
@@ -85,8 +103,9 @@ def with_grads(fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor
     return [out, *torch.autograd.grad(out, list(leaves.values()), grad.to(out.dtype))]
 
 
-def errors(fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor,
-           reference: list[torch.Tensor]) -> tuple[float, float]:
+def errors(
+    fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor, reference: list[torch.Tensor]
+) -> tuple[float, float]:
     """Relative errors of the output, and the largest over output and gradients, against `reference`."""
     results = with_grads(fn, inputs, grad)
     all_errors = [relative_error(value, ref) for value, ref in zip(results, reference, strict=True)]
@@ -99,8 +118,9 @@ def time_ms(fn: Callable, inputs: dict[str, torch.Tensor], grad: torch.Tensor, b
         with torch.no_grad():
             return do_bench(lambda: fn(**inputs), warmup=25, rep=100, return_mode="median")
     leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
-    return do_bench(lambda: torch.autograd.grad(fn(**leaves), list(leaves.values()), grad), warmup=25, rep=100,
-                    return_mode="median")
+    return do_bench(
+        lambda: torch.autograd.grad(fn(**leaves), list(leaves.values()), grad), warmup=25, rep=100, return_mode="median"
+    )
 
 
 def bench_conv(impls: dict[str, Callable | None] | None = None, layouts: tuple[str, ...] = LAYOUTS) -> list[dict]:
@@ -114,17 +134,23 @@ def bench_conv(impls: dict[str, Callable | None] | None = None, layouts: tuple[s
         inputs, grad = conv_inputs(layout)
         exact = {k: v.double() for k, v in inputs.items()}
         reference = with_grads(lambda x, weight, bias: causal_conv1d_ref(x, weight, bias, "silu"), exact, grad)
-        checked = {name: errors(fn, inputs, grad, reference) if fn is not None else (None, None)
-                   for name, fn in impls.items()}
+        checked = {
+            name: errors(fn, inputs, grad, reference) if fn is not None else (None, None) for name, fn in impls.items()
+        }
         del exact, reference
         torch.cuda.empty_cache()
         for name, fn in impls.items():
             for op, backward in (("fwd", False), ("fwd+bwd", True)):
-                rows.append({
-                    "op": op, "layout": layout, "shape": shape_name(), "backend": name,
-                    "ms": time_ms(fn, inputs, grad, backward) if fn is not None else None,
-                    "rel_err": checked[name][int(backward)],
-                })
+                rows.append(
+                    {
+                        "op": op,
+                        "layout": layout,
+                        "shape": shape_name(),
+                        "backend": name,
+                        "ms": time_ms(fn, inputs, grad, backward) if fn is not None else None,
+                        "rel_err": checked[name][int(backward)],
+                    }
+                )
     return rows
 
 
@@ -135,8 +161,9 @@ def sweep_configs() -> list[dict]:
         impls = {}
         for shape in shapes:
             config = ConvConfig(*shape)
-            impls["triton {}x{}x{} w{} t{}".format(*shape)] = (
-                lambda x, weight, bias, config=config: causal_conv1d_triton(x, weight, bias, "silu", config=config))
+            impls["triton {}x{}x{} w{} t{}".format(*shape)] = lambda x, weight, bias, config=config: (
+                causal_conv1d_triton(x, weight, bias, "silu", config=config)
+            )
         rows += bench_conv(impls, (layout,))
     return rows
 

@@ -45,8 +45,13 @@ from report import log
 DEVICE = torch.device("cuda")
 BF16 = torch.bfloat16
 #: mamba-ssm 2.3.2.post1 on one H100 80GB (torch 2.11), the anchors of the same cases.
-REFERENCE = {"block_fwd": 0.73, "block_fwd_bwd": 3.24, "lm_train": 151_000, "generation_b1": 988,
-             "generation_b64": 56_241}
+REFERENCE = {
+    "block_fwd": 0.73,
+    "block_fwd_bwd": 3.24,
+    "lm_train": 151_000,
+    "generation_b1": 988,
+    "generation_b64": 56_241,
+}
 #: Relative errors (norm of the difference over the norm of mamba-ssm's tensor) accepted as agreement.
 TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
 
@@ -58,9 +63,11 @@ def mamba_ssm_unavailable() -> str | None:
     except Exception as error:  # an ABI mismatch raises more than ImportError
         reason = f"cannot import mamba_ssm ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         if "transformers" in f"{error} {getattr(error, 'name', None)}":
-            reason += ("; mamba_ssm.utils.generation needs GenerateDecoderOnlyOutput and TextStreamer from "
-                       "transformers.generation and mamba_ssm.utils.hf needs transformers.utils.hub.cached_file: "
-                       "install a transformers version that has them (5.23 does)")
+            reason += (
+                "; mamba_ssm.utils.generation needs GenerateDecoderOnlyOutput and TextStreamer from "
+                "transformers.generation and mamba_ssm.utils.hf needs transformers.utils.hub.cached_file: "
+                "install a transformers version that has them (5.23 does)"
+            )
         return reason
     return None
 
@@ -77,10 +84,26 @@ def mamba_ssm_versions() -> dict[str, str]:
     return versions
 
 
-def _row(name: str, shape: str, backend: str, value: float | None, unit: str, correct: dict | None = None,
-         note: str | None = None, reference: float | None = None) -> dict[str, Any]:
-    return {"name": name, "shape": shape, "backend": backend, "value": value, "unit": unit, "correct": correct,
-            "note": note, "reference": reference}
+def _row(
+    name: str,
+    shape: str,
+    backend: str,
+    value: float | None,
+    unit: str,
+    correct: dict | None = None,
+    note: str | None = None,
+    reference: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "shape": shape,
+        "backend": backend,
+        "value": value,
+        "unit": unit,
+        "correct": correct,
+        "note": note,
+        "reference": reference,
+    }
 
 
 def _free() -> None:
@@ -133,10 +156,15 @@ def _mamba_ssm_lm_config(config: MambaConfig) -> Any:
     from mamba_ssm.models.config_mamba import MambaConfig as MambaSSMConfig
 
     return MambaSSMConfig(
-        d_model=config.d_model, n_layer=config.n_layer, vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        n_layer=config.n_layer,
+        vocab_size=config.vocab_size,
         ssm_cfg={"d_state": config.d_state, "d_conv": config.d_conv, "expand": config.expand},
-        rms_norm=config.rms_norm, residual_in_fp32=config.residual_in_fp32, fused_add_norm=True,
-        pad_vocab_size_multiple=config.pad_vocab_size_multiple, tie_embeddings=config.tie_embeddings,
+        rms_norm=config.rms_norm,
+        residual_in_fp32=config.residual_in_fp32,
+        fused_add_norm=True,
+        pad_vocab_size_multiple=config.pad_vocab_size_multiple,
+        tie_embeddings=config.tie_embeddings,
     )
 
 
@@ -214,14 +242,26 @@ def bench_block(batch: int = 8, length: int = 2048, d_model: int = 768) -> list[
                 if module is None:
                     value, note = None, unavailable
                 else:
-                    value, note = _measure(functools.partial(
-                        _block_ms, module, x_bench, grad_bench if name == "block_fwd_bwd" else None, not pure))
+                    value, note = _measure(
+                        functools.partial(
+                            _block_ms, module, x_bench, grad_bench if name == "block_fwd_bwd" else None, not pure
+                        )
+                    )
                 is_reference = label == "mamba_ssm"
                 # The check covers the module whatever the timing setting: it goes on its first row only.
                 first_row = name == "block_fwd" and not pure
-                rows.append(_row(name, f"{shape} {setting}", label, value, "ms",
-                                 correct=correct[label] if first_row and not is_reference else None, note=note,
-                                 reference=REFERENCE[name] if is_reference else None))
+                rows.append(
+                    _row(
+                        name,
+                        f"{shape} {setting}",
+                        label,
+                        value,
+                        "ms",
+                        correct=correct[label] if first_row and not is_reference else None,
+                        note=note,
+                        reference=REFERENCE[name] if is_reference else None,
+                    )
+                )
                 log(rows[-1])
     return rows
 
@@ -229,6 +269,7 @@ def bench_block(batch: int = 8, length: int = 2048, d_model: int = 768) -> list[
 def _block_ms(module: nn.Module, x: Tensor, grad: Tensor | None, autocast: bool) -> float:
     """Median ms of the forward without autograd (grad None), or of forward+backward (input and parameter
     gradients)."""
+
     def forward() -> Tensor:
         with torch.autocast("cuda", dtype=BF16, enabled=autocast):
             return module(x)
@@ -237,8 +278,9 @@ def _block_ms(module: nn.Module, x: Tensor, grad: Tensor | None, autocast: bool)
         with torch.no_grad():
             return do_bench(forward, warmup=25, rep=100, return_mode="median")
     params = list(module.parameters())
-    return do_bench(lambda: torch.autograd.grad(forward(), [x, *params], grad), warmup=25, rep=100,
-                    return_mode="median")
+    return do_bench(
+        lambda: torch.autograd.grad(forward(), [x, *params], grad), warmup=25, rep=100, return_mode="median"
+    )
 
 
 def _lm_loss_mambakit(model: nn.Module, ids: Tensor) -> Tensor:
@@ -251,8 +293,9 @@ def _lm_loss_mamba_ssm(model: nn.Module, ids: Tensor, vocab_size: int) -> Tensor
     return F.cross_entropy(logits[:, :-1].reshape(-1, vocab_size).float(), ids[:, 1:].reshape(-1))
 
 
-def _time_training(model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor], ids: Tensor, steps: int,
-                   warmup: int) -> dict[str, float]:
+def _time_training(
+    model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor], ids: Tensor, steps: int, warmup: int
+) -> dict[str, float]:
     """AdamW steps under bf16 autocast (fp32 params): the first step's loss, ms per step, peak memory."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -275,12 +318,16 @@ def _time_training(model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tens
         step()
     end.record()
     torch.cuda.synchronize()
-    return {"first_loss": first_loss, "ms": start.elapsed_time(end) / steps,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "first_loss": first_loss,
+        "ms": start.elapsed_time(end) / steps,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
-def bench_lm_train(batch: int = 8, length: int = 2048, steps: int = 10, warmup: int = 3,
-                   config: MambaConfig | None = None) -> list[dict[str, Any]]:
+def bench_lm_train(
+    batch: int = 8, length: int = 2048, steps: int = 10, warmup: int = 3, config: MambaConfig | None = None
+) -> list[dict[str, Any]]:
     """Training step of a language model (default: the 130M, 24 layers of d_model 768, vocabulary 50277 padded to a
     multiple of 8, tied embeddings, RMSNorm, fp32 residual): AdamW, bf16 autocast, fp32 params; tokens/s over
     `steps` timed steps after `warmup`. The first step's losses (same weights, same batch) must agree."""
@@ -289,11 +336,13 @@ def bench_lm_train(batch: int = 8, length: int = 2048, steps: int = 10, warmup: 
     torch.manual_seed(0)
     weights = {k: v.cpu() for k, v in MambaLMHeadModel(config, device=DEVICE).state_dict().items()}
     _free()
-    ids = torch.randint(0, config.vocab_size, (batch, length), device=DEVICE,
-                        generator=torch.Generator(device=DEVICE).manual_seed(2))
+    ids = torch.randint(
+        0, config.vocab_size, (batch, length), device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(2)
+    )
     builders: dict[str, Callable[[], tuple[nn.Module, Callable]]] = {
-        label: (lambda backend=backend: (MambaLMHeadModel(config, scan_backend=backend, device=DEVICE),
-                                         _lm_loss_mambakit))
+        label: (
+            lambda backend=backend: (MambaLMHeadModel(config, scan_backend=backend, device=DEVICE), _lm_loss_mambakit)
+        )
         for label, backend in _mambakit_backends("selective_scan").items()
     }
     unavailable = mamba_ssm_unavailable()
@@ -307,6 +356,7 @@ def bench_lm_train(batch: int = 8, length: int = 2048, steps: int = 10, warmup: 
     results: dict[str, dict | None] = {}
     notes: dict[str, str | None] = {"mamba_ssm": unavailable}
     for label, build in builders.items():
+
         def run(build: Callable = build) -> dict[str, float]:
             model, loss_fn = build()
             model.load_state_dict(weights)
@@ -321,24 +371,39 @@ def bench_lm_train(batch: int = 8, length: int = 2048, steps: int = 10, warmup: 
         correct = None
         if label != "mamba_ssm" and result is not None and reference_loss is not None:
             rel = abs(result["first_loss"] - reference_loss) / abs(reference_loss)
-            correct = {"first_loss": result["first_loss"], "mamba_ssm_first_loss": reference_loss, "rel": rel,
-                       "ok": rel <= TOLERANCE["bf16"] / 10}
+            correct = {
+                "first_loss": result["first_loss"],
+                "mamba_ssm_first_loss": reference_loss,
+                "rel": rel,
+                "ok": rel <= TOLERANCE["bf16"] / 10,
+            }
         extra = "" if result is None else f"{result['ms']:.1f} ms/step, peak {result['peak_gib']:.1f} GiB"
-        rows.append(_row("lm_train", shape, label, None if result is None else batch * length / (result["ms"] / 1e3),
-                         "tokens/s", correct=correct, note=notes.get(label) or extra,
-                         reference=REFERENCE["lm_train"] if label == "mamba_ssm" else None))
+        rows.append(
+            _row(
+                "lm_train",
+                shape,
+                label,
+                None if result is None else batch * length / (result["ms"] / 1e3),
+                "tokens/s",
+                correct=correct,
+                note=notes.get(label) or extra,
+                reference=REFERENCE["lm_train"] if label == "mamba_ssm" else None,
+            )
+        )
     return rows
 
 
 def _leading_agreement(ours: Tensor, theirs: Tensor) -> Tensor:
     """Per row of two (b, n) token tensors: how many leading tokens are equal."""
     differ = ours != theirs
-    return torch.where(differ.any(-1), differ.int().argmax(-1), torch.full_like(differ[:, 0], differ.shape[1],
-                                                                                 dtype=torch.long))
+    return torch.where(
+        differ.any(-1), differ.int().argmax(-1), torch.full_like(differ[:, 0], differ.shape[1], dtype=torch.long)
+    )
 
 
-def _tokens_per_second(run: Callable[[], Tensor], new_tokens: int, prompt_length: int, found: dict[str, Tensor],
-                       key: str, warm_up: bool) -> float:
+def _tokens_per_second(
+    run: Callable[[], Tensor], new_tokens: int, prompt_length: int, found: dict[str, Tensor], key: str, warm_up: bool
+) -> float:
     """New tokens x batch / seconds of one timed run() (after a first, untimed one when warm_up: it captures the
     CUDA graphs); its new tokens go to found[key]."""
     if warm_up:
@@ -352,8 +417,13 @@ def _tokens_per_second(run: Callable[[], Tensor], new_tokens: int, prompt_length
     return new_tokens * out.shape[0] / seconds
 
 
-def bench_generation(batches: tuple[int, ...] = (1, 64), new_tokens: int = 1000, prompt_length: int = 16,
-                     eager_tokens: int = 200, config: MambaConfig | None = None) -> list[dict[str, Any]]:
+def bench_generation(
+    batches: tuple[int, ...] = (1, 64),
+    new_tokens: int = 1000,
+    prompt_length: int = 16,
+    eager_tokens: int = 200,
+    config: MambaConfig | None = None,
+) -> list[dict[str, Any]]:
     """Greedy generation of `new_tokens` tokens after a random prompt, bf16 params, random weights shared by both:
     tokens/s (new tokens x batch / seconds, prompt included in the time, the second call so that the CUDA graphs
     are already captured) for mambakit's `generate` (CUDA graphs, its default on CUDA) and mamba-ssm's
@@ -362,8 +432,10 @@ def bench_generation(batches: tuple[int, ...] = (1, 64), new_tokens: int = 1000,
     part after a while, which is not a failure)."""
     config = config or MambaConfig()
     torch.manual_seed(0)
-    ours = {label: MambaLMHeadModel(config, scan_backend=backend, device=DEVICE, dtype=BF16).eval()
-            for label, backend in _mambakit_backends("selective_state_update").items()}
+    ours = {
+        label: MambaLMHeadModel(config, scan_backend=backend, device=DEVICE, dtype=BF16).eval()
+        for label, backend in _mambakit_backends("selective_state_update").items()
+    }
     weights = next(iter(ours.values())).state_dict()
     for model in ours.values():
         model.load_state_dict(weights)
@@ -378,40 +450,79 @@ def bench_generation(batches: tuple[int, ...] = (1, 64), new_tokens: int = 1000,
     rows = []
     for batch in batches:
         shape = f"B{batch} prompt{prompt_length} +{{}} tokens, bf16, n_layer{config.n_layer}"
-        prompt = torch.randint(0, config.vocab_size, (batch, prompt_length), device=DEVICE,
-                               generator=torch.Generator(device=DEVICE).manual_seed(batch))
+        prompt = torch.randint(
+            0,
+            config.vocab_size,
+            (batch, prompt_length),
+            device=DEVICE,
+            generator=torch.Generator(device=DEVICE).manual_seed(batch),
+        )
         reference = REFERENCE.get(f"generation_b{batch}") if new_tokens == 1000 else None
         found: dict[str, Tensor] = {}
         value, note = None, unavailable
         if theirs is not None:
-            run = functools.partial(theirs.generate, prompt, max_length=prompt_length + new_tokens, cg=True, top_k=1,
-                                    vocab_size=config.vocab_size)
-            value, note = _measure(functools.partial(_tokens_per_second, run, new_tokens, prompt_length, found,
-                                                     "mamba_ssm", True))
-        rows.append(_row("generation", shape.format(new_tokens), "mamba_ssm", value, "tokens/s", note=note,
-                         reference=reference))
+            run = functools.partial(
+                theirs.generate,
+                prompt,
+                max_length=prompt_length + new_tokens,
+                cg=True,
+                top_k=1,
+                vocab_size=config.vocab_size,
+            )
+            value, note = _measure(
+                functools.partial(_tokens_per_second, run, new_tokens, prompt_length, found, "mamba_ssm", True)
+            )
+        rows.append(
+            _row("generation", shape.format(new_tokens), "mamba_ssm", value, "tokens/s", note=note, reference=reference)
+        )
         log(rows[-1])
         for label, model in ours.items():
             run = functools.partial(generate, model, prompt, new_tokens, greedy)
-            value, note = _measure(functools.partial(_tokens_per_second, run, new_tokens, prompt_length, found,
-                                                     f"{label} graph", True))
+            value, note = _measure(
+                functools.partial(_tokens_per_second, run, new_tokens, prompt_length, found, f"{label} graph", True)
+            )
             correct = None
             if f"{label} graph" in found and "mamba_ssm" in found:
                 agree = _leading_agreement(found[f"{label} graph"], found["mamba_ssm"])
-                correct = {"agree_leading_min": int(agree.min()), "agree_leading_mean": float(agree.float().mean()),
-                           "of": new_tokens}
-            rows.append(_row("generation", shape.format(new_tokens), f"{label} cuda_graph", value, "tokens/s",
-                             correct=correct, note=note))
+                correct = {
+                    "agree_leading_min": int(agree.min()),
+                    "agree_leading_mean": float(agree.float().mean()),
+                    "of": new_tokens,
+                }
+            rows.append(
+                _row(
+                    "generation",
+                    shape.format(new_tokens),
+                    f"{label} cuda_graph",
+                    value,
+                    "tokens/s",
+                    correct=correct,
+                    note=note,
+                )
+            )
             log(rows[-1])
             run = functools.partial(generate, model, prompt, eager_tokens, greedy, cuda_graph=False)
-            value, note = _measure(functools.partial(_tokens_per_second, run, eager_tokens, prompt_length, found,
-                                                     f"{label} eager", False))
+            value, note = _measure(
+                functools.partial(_tokens_per_second, run, eager_tokens, prompt_length, found, f"{label} eager", False)
+            )
             correct = None
             if f"{label} graph" in found and f"{label} eager" in found:
-                correct = {"graph_equals_eager": bool(torch.equal(found[f"{label} graph"][:, :eager_tokens],
-                                                                  found[f"{label} eager"]))}
-            rows.append(_row("generation", shape.format(eager_tokens), f"{label} eager", value, "tokens/s",
-                             correct=correct, note=note))
+                correct = {
+                    "graph_equals_eager": bool(
+                        torch.equal(found[f"{label} graph"][:, :eager_tokens], found[f"{label} eager"])
+                    )
+                }
+            rows.append(
+                _row(
+                    "generation",
+                    shape.format(eager_tokens),
+                    f"{label} eager",
+                    value,
+                    "tokens/s",
+                    correct=correct,
+                    note=note,
+                )
+            )
             log(rows[-1])
     return rows
 
@@ -437,12 +548,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         value = "None" if row["value"] is None else f"{row['value']:.{3 if row['unit'] == 'ms' else 0}f}"
         reference = "" if row["reference"] is None else f"{row['reference']:g}"
         tail = " | ".join(part for part in (_format_correct(row["correct"]), row["note"] or "") if part)
-        log(f"{row['name']:14s} {row['shape']:58s} {row['backend']:34s} {value:>10s} {row['unit']:8s} "
-            f"{reference:>9s}  {tail}")
+        log(
+            f"{row['name']:14s} {row['shape']:58s} {row['backend']:34s} {value:>10s} {row['unit']:8s} "
+            f"{reference:>9s}  {tail}"
+        )
 
 
 BENCHES: dict[str, Callable[[], list[dict[str, Any]]]] = {
-    "block": bench_block, "train": bench_lm_train, "generation": bench_generation,
+    "block": bench_block,
+    "train": bench_lm_train,
+    "generation": bench_generation,
 }
 
 
@@ -459,7 +574,9 @@ def main() -> int:
         print("bench/gpu_model.py needs a CUDA GPU and none is visible", file=sys.stderr)
         return 2
     results: dict[str, Any] = {
-        **report.gpu_machine(), "mamba_ssm_unavailable": mamba_ssm_unavailable(), **mamba_ssm_versions(),
+        **report.gpu_machine(),
+        "mamba_ssm_unavailable": mamba_ssm_unavailable(),
+        **mamba_ssm_versions(),
         "backends": available_backends(DEVICE),
     }
     log(json.dumps(results, default=str))

@@ -35,16 +35,18 @@ def git_commit(given: str = "") -> str:
     if given:
         return given
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return ""
 
 
 def has_uncommitted_changes(path: str) -> bool:
     """Whether git sees changes, committed or not, under `path` (relative to the repository) since HEAD."""
-    status = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=ROOT, capture_output=True, text=True,
-                            check=True)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", path], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return bool(status.stdout.strip())
 
 
@@ -64,8 +66,9 @@ def cpu_name() -> str:
     """The processor's model name (Linux), else what `platform` says."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                        platform.processor())
+            return next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor()
+            )
     except OSError:
         return platform.processor()
 
@@ -74,12 +77,24 @@ def gpu_machine() -> dict[str, str]:
     """The GPU's name, the versions of torch, triton and Python, and the date: the head of a GPU script's results."""
     import torch
 
-    return {"device": torch.cuda.get_device_name(), "torch": version("torch"), "triton": version("triton"),
-            "python": platform.python_version(), "date": now()}
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": version("torch"),
+        "triton": version("triton"),
+        "python": platform.python_version(),
+        "date": now(),
+    }
 
 
-def write(out_dir: Path, name: str, data: object, markdown: str | None = None, *, indent: int = 2,
-          default: Callable[[Any], Any] = str) -> None:
+def write(
+    out_dir: Path,
+    name: str,
+    data: object,
+    markdown: str | None = None,
+    *,
+    indent: int = 2,
+    default: Callable[[Any], Any] = str,
+) -> None:
     """out_dir/<name>.json with `data` (values json cannot write go through `default`), and out_dir/<name>.md with
     `markdown` when given; out_dir is made if missing."""
     out_dir.mkdir(parents=True, exist_ok=True)

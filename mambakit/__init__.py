@@ -8,5 +8,14 @@ from .ops import available_backends, selective_scan
 
 __version__ = "0.1.0"
 
-__all__ = ["MambaConfig", "MambaLMHeadModel", "SamplingConfig", "__version__", "available_backends", "generate",
-           "load_model", "save_pretrained", "selective_scan"]
+__all__ = [
+    "MambaConfig",
+    "MambaLMHeadModel",
+    "SamplingConfig",
+    "__version__",
+    "available_backends",
+    "generate",
+    "load_model",
+    "save_pretrained",
+    "selective_scan",
+]

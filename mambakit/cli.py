@@ -49,8 +49,12 @@ class DomainGroup(typer.core.TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(help="Selective state space models (Mamba) for genomics, audio, vision and text.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Selective state space models (Mamba) for genomics, audio, vision and text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 bench_app = typer.Typer(help="Micro-benchmarks of the kernels on this machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -121,8 +125,12 @@ def bench_scan(
     from .ops.timing import time_scan
 
     resolved = resolve_device(device or "auto")
-    table = Table("backend", "median ms", title=f"selective_scan {'fwd+bwd' if backward else 'fwd'} B{batch} "
-                  f"D{dim} N{d_state} L{length} fp32 on {resolved}")
+    table = Table(
+        "backend",
+        "median ms",
+        title=f"selective_scan {'fwd+bwd' if backward else 'fwd'} B{batch} "
+        f"D{dim} N{d_state} L{length} fp32 on {resolved}",
+    )
     for name, reason in available_backends(resolved).items():
         if reason is None and not (name == "reference" and length * batch > 1 << 14):
             table.add_row(name, f"{time_scan(name, batch, dim, d_state, length, resolved, backward, repeats):.2f}")
@@ -161,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, CheckpointError, BackendUnavailableError, FileNotFoundError, ValueError) as error:
         if os.environ.get("MAMBAKIT_DEBUG"):
             raise
-        print(f"mambakit: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-              file=sys.stderr)
+        print(f"mambakit: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 

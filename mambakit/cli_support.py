@@ -39,15 +39,20 @@ DeviceOption = Annotated[
 PresetOption = Annotated[str | None, typer.Option("--preset", help="Model size: tiny | small | base.")]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="YAML/JSON file of these options (plus `model:` and `train:` sections); "
-                 "flags given on the command line override it."),
+    typer.Option(
+        "--config",
+        help="YAML/JSON file of these options (plus `model:` and `train:` sections); "
+        "flags given on the command line override it.",
+    ),
 ]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, init, sampling).")]
 CudaGraphOption = Annotated[
     bool | None,
-    typer.Option("--cuda-graph/--no-cuda-graph",
-                 help="Replay each decoding step as a CUDA graph (default: on when the model is on CUDA)."),
+    typer.Option(
+        "--cuda-graph/--no-cuda-graph",
+        help="Replay each decoding step as a CUDA graph (default: on when the model is on CUDA).",
+    ),
 ]
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint folder (a run folder's last/ or best/).")
@@ -92,8 +97,9 @@ def _given(value: Any) -> bool:
     return not (value is None or value is False or value == [])
 
 
-def resolve_run_options(config: Path | None, options_class: type = NoOptions,
-                        option_flags: Mapping[str, Any] | None = None, **flags: Any) -> tuple[RunOptions, Any]:
+def resolve_run_options(
+    config: Path | None, options_class: type = NoOptions, option_flags: Mapping[str, Any] | None = None, **flags: Any
+) -> tuple[RunOptions, Any]:
     """Merge the --config file (if any) with the flags, for the common options and the domain's own
     (`options_class`); flags that were given win. Unknown keys in the file, an unknown preset or device, a
     missing --data path are UserErrors."""
@@ -183,15 +189,26 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
     files = {RUN_RECORD_NAME: record.to_json()}
     if featurizer is not None:
         files[domain.featurizer_file] = featurizer.to_json()
-    announce(f"{domain.name} {spec.name}: {len(splits.train):,} training / {len(splits.val):,} validation / "
-             f"{0 if splits.test is None else len(splits.test):,} test examples; "
-             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    return run_training(domain.name, run, model, spec.task(inputs), splits, spec.defaults, files,
-                        domain.options_to_json(options))
+    announce(
+        f"{domain.name} {spec.name}: {len(splits.train):,} training / {len(splits.val):,} validation / "
+        f"{0 if splits.test is None else len(splits.test):,} test examples; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+    )
+    return run_training(
+        domain.name, run, model, spec.task(inputs), splits, spec.defaults, files, domain.options_to_json(options)
+    )
 
 
-def run_training(domain: str, run: RunOptions, model: Any, task: Any, splits: Any, train_defaults: Mapping[str, Any],
-                 extra_files: dict[str, str], domain_options: dict[str, Any]) -> dict[str, float]:
+def run_training(
+    domain: str,
+    run: RunOptions,
+    model: Any,
+    task: Any,
+    splits: Any,
+    train_defaults: Mapping[str, Any],
+    extra_files: dict[str, str],
+    domain_options: dict[str, Any],
+) -> dict[str, float]:
     """Train through mambakit.train.fit with the run's options over the task's defaults, write the resolved
     configuration beside the checkpoints, print the held-out metrics (and, when `splits` has a test set, the test
     metrics of the best checkpoint), and exit non-zero unless the training completed."""
@@ -208,16 +225,28 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, splits: An
     if run.grad_checkpointing:
         settings["grad_checkpointing"] = True
     try:
-        config = TrainConfig.from_dict({**settings, "out_dir": str(out_dir), "device": resolve_device(run.device),
-                                        "seed": run.seed, "resume": run.resume})
+        config = TrainConfig.from_dict(
+            {
+                **settings,
+                "out_dir": str(out_dir),
+                "device": resolve_device(run.device),
+                "seed": run.seed,
+                "resume": run.resume,
+            }
+        )
     except (TypeError, ValueError) as error:
         raise UserError(f"training settings: {error}") from None
     # Under torchrun every process runs this; only the first writes and reports.
     is_main = is_main_process()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"domain": domain, "options": run.to_json(), "domain_options": domain_options,
-                    "model": model.config.to_dict(), "train": config.to_dict()}
+        resolved = {
+            "domain": domain,
+            "options": run.to_json(),
+            "domain_options": domain_options,
+            "model": model.config.to_dict(),
+            "train": config.to_dict(),
+        }
         (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
         result = fit(model, task, splits.train, splits.val, config, extra_files=extra_files)
@@ -225,8 +254,11 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, splits: An
         print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
         raise typer.Exit(1) from None
     if result.status != "completed":
-        print(f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
-              f"continue with --resume", file=sys.stderr)
+        print(
+            f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
+            f"continue with --resume",
+            file=sys.stderr,
+        )
         raise typer.Exit(result.exit_code)
     if is_main:
         print_metrics(f"{domain}: validation metrics after {result.step} steps ({out_dir})", result.metrics)
@@ -238,8 +270,14 @@ def run_training(domain: str, run: RunOptions, model: Any, task: Any, splits: An
     return test_metrics
 
 
-def evaluate_domain(domain: Domain, checkpoint: Path, data: list[Path], option_overrides: Mapping[str, Any],
-                    batch_size: int = 32, device: str = "auto") -> dict[str, float]:
+def evaluate_domain(
+    domain: Domain,
+    checkpoint: Path,
+    data: list[Path],
+    option_overrides: Mapping[str, Any],
+    batch_size: int = 32,
+    device: str = "auto",
+) -> dict[str, float]:
     """Score a checkpoint of `domain` on `data` (or the task's default evaluation data): the task, its options
     and the seed come from the checkpoint's run record; `option_overrides` that are given replace recorded
     options (e.g. where the data is). Prints and returns the metrics."""
@@ -252,8 +290,12 @@ def evaluate_domain(domain: Domain, checkpoint: Path, data: list[Path], option_o
     options = dataclasses.replace(recorded, **{k: v for k, v in option_overrides.items() if _given(v)})
     run = RunOptions(data=list(data), task=spec.name, seed=loaded.record.seed, device=resolved)
     inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model)
-    metrics = evaluate(loaded.model, spec.task(inputs), spec.evaluation_data(inputs),
-                       EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed))
+    metrics = evaluate(
+        loaded.model,
+        spec.task(inputs),
+        spec.evaluation_data(inputs),
+        EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed),
+    )
     print_metrics(f"{domain.name} {spec.name}: {checkpoint}", metrics)
     return metrics
 
@@ -291,8 +333,9 @@ def _command(function: Callable[..., None], parameters: list[inspect.Parameter],
 
 
 def _tasks_help(domain: Domain) -> str:
-    return "Tasks: " + "; ".join(f"{task.name}{' (default)' if i == 0 else ''}: {task.help}"
-                                 for i, task in enumerate(domain.tasks))
+    return "Tasks: " + "; ".join(
+        f"{task.name}{' (default)' if i == 0 else ''}: {task.help}" for i, task in enumerate(domain.tasks)
+    )
 
 
 def train_command(domain: Domain) -> Callable[..., None]:
@@ -305,32 +348,48 @@ def train_command(domain: Domain) -> Callable[..., None]:
         train_domain(domain, run, options)
 
     common = [
-        _parameter("data", DataOption, None), _parameter("task", TaskOption, None), _parameter("out", OutOption, None),
-        _parameter("max_steps", MaxStepsOption, None), _parameter("epochs", EpochsOption, None),
-        _parameter("batch_size", BatchSizeOption, None), _parameter("lr", LrOption, None),
-        _parameter("device", DeviceOption, None), _parameter("preset", PresetOption, None),
-        _parameter("config", ConfigOption, None), _parameter("resume", ResumeOption, False),
-        _parameter("seed", SeedOption, None), _parameter("grad_checkpointing", GradCheckpointingOption, False),
+        _parameter("data", DataOption, None),
+        _parameter("task", TaskOption, None),
+        _parameter("out", OutOption, None),
+        _parameter("max_steps", MaxStepsOption, None),
+        _parameter("epochs", EpochsOption, None),
+        _parameter("batch_size", BatchSizeOption, None),
+        _parameter("lr", LrOption, None),
+        _parameter("device", DeviceOption, None),
+        _parameter("preset", PresetOption, None),
+        _parameter("config", ConfigOption, None),
+        _parameter("resume", ResumeOption, False),
+        _parameter("seed", SeedOption, None),
+        _parameter("grad_checkpointing", GradCheckpointingOption, False),
     ]
-    return _command(train, common + _domain_option_parameters(domain, for_eval=False),
-                    f"Train a {domain.name} model ({domain.help}) {_tasks_help(domain)}. Without --data: the "
-                    f"domain's embedded default data.")
+    return _command(
+        train,
+        common + _domain_option_parameters(domain, for_eval=False),
+        f"Train a {domain.name} model ({domain.help}) {_tasks_help(domain)}. Without --data: the "
+        f"domain's embedded default data.",
+    )
 
 
 def eval_command(domain: Domain) -> Callable[..., None]:
     """`mambakit eval <domain>`: score a checkpoint on --data or on its task's default evaluation data."""
 
-    def evaluate(checkpoint: Path, data: list[Path] | None, batch_size: int | None, device: str | None,
-                 **overrides: Any) -> None:
+    def evaluate(
+        checkpoint: Path, data: list[Path] | None, batch_size: int | None, device: str | None, **overrides: Any
+    ) -> None:
         for path in data or []:
             if not path.exists():
                 raise UserError(f"{path}: no such file or folder (given with --data)")
         evaluate_domain(domain, checkpoint, data or [], overrides, batch_size or 32, device or "auto")
 
     common = [
-        _parameter("checkpoint", CheckpointOption, inspect.Parameter.empty), _parameter("data", DataOption, None),
-        _parameter("batch_size", BatchSizeOption, None), _parameter("device", DeviceOption, None),
+        _parameter("checkpoint", CheckpointOption, inspect.Parameter.empty),
+        _parameter("data", DataOption, None),
+        _parameter("batch_size", BatchSizeOption, None),
+        _parameter("device", DeviceOption, None),
     ]
-    return _command(evaluate, common + _domain_option_parameters(domain, for_eval=True),
-                    f"Score a {domain.name} checkpoint on --data, or on its task's default held-out data "
-                    f"(the task and its options come from the checkpoint).")
+    return _command(
+        evaluate,
+        common + _domain_option_parameters(domain, for_eval=True),
+        f"Score a {domain.name} checkpoint on --data, or on its task's default held-out data "
+        f"(the task and its options come from the checkpoint).",
+    )

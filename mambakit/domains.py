@@ -172,8 +172,9 @@ class RunRecord:
         if set(data) - known:
             raise UserError(f"{source}: unknown keys {sorted(set(data) - known)}; known: {', '.join(sorted(known))}")
         if data.get("version", RUN_RECORD_VERSION) > RUN_RECORD_VERSION:
-            raise UserError(f"{source}: run record version {data['version']} was written by a newer mambakit; "
-                            f"upgrade mambakit")
+            raise UserError(
+                f"{source}: run record version {data['version']} was written by a newer mambakit; upgrade mambakit"
+            )
         return cls(**data)
 
 
@@ -242,8 +243,10 @@ class Domain:
 
     def options_to_json(self, options: Any) -> dict[str, Any]:
         """The domain options as JSON data (paths as strings)."""
-        return {name: str(value) if isinstance(value, Path) else value
-                for name, value in dataclasses.asdict(options).items()}
+        return {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in dataclasses.asdict(options).items()
+        }
 
     def options_from_json(self, data: Mapping[str, Any], source: str) -> Any:
         """The domain options from `options_to_json`'s output; options added since take their defaults."""
@@ -251,8 +254,9 @@ class Domain:
         known = {f.name for f in dataclasses.fields(self.options)}
         if set(data) - known:
             raise UserError(f"{source}: unknown {self.name} options {sorted(set(data) - known)}")
-        values = {name: Path(value) if value is not None and _is_path(hints[name]) else value
-                  for name, value in data.items()}
+        values = {
+            name: Path(value) if value is not None and _is_path(hints[name]) else value for name, value in data.items()
+        }
         return self.options(**values)
 
     def make_featurizer(self, options: Any) -> Any:
@@ -277,11 +281,15 @@ def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None) -> Loa
     else:
         record = domain.read_legacy(checkpoint, model) if domain.read_legacy is not None else None
         if record is None:
-            raise UserError(f"{checkpoint}: not a {domain.name} checkpoint (no {RUN_RECORD_NAME}); train one with "
-                            f"`mambakit train {domain.name}`")
+            raise UserError(
+                f"{checkpoint}: not a {domain.name} checkpoint (no {RUN_RECORD_NAME}); train one with "
+                f"`mambakit train {domain.name}`"
+            )
     if record.domain != domain.name:
-        raise UserError(f"{checkpoint}: a {record.domain} checkpoint, not a {domain.name} checkpoint; use "
-                        f"`mambakit <verb> {record.domain}`")
+        raise UserError(
+            f"{checkpoint}: a {record.domain} checkpoint, not a {domain.name} checkpoint; use "
+            f"`mambakit <verb> {record.domain}`"
+        )
     featurizer = None
     if domain.load_featurizer is not None:
         path = checkpoint / domain.featurizer_file
@@ -307,8 +315,7 @@ def load_domains(only: str | None = None) -> dict[str, Domain]:
         try:
             domain = entry.load()
         except Exception as error:  # a broken third-party app must not take the CLI down
-            warnings.warn(f"mambakit app {entry.name!r} failed to load: {type(error).__name__}: {error}",
-                          stacklevel=2)
+            warnings.warn(f"mambakit app {entry.name!r} failed to load: {type(error).__name__}: {error}", stacklevel=2)
             continue
         if not isinstance(domain, Domain):
             warnings.warn(f"mambakit app {entry.name!r} does not point at a mambakit.domains.Domain", stacklevel=2)

@@ -77,8 +77,7 @@ def write_predictions_csv(
         if table.shape[0] != n:
             raise ValueError(f"probabilities has {table.shape[0]} row(s) but there are {n} name(s)")
         if classes is not None and table.shape[1] != len(classes):
-            raise ValueError(f"probabilities has {table.shape[1]} column(s) but there are {len(classes)} class "
-                             f"name(s)")
+            raise ValueError(f"probabilities has {table.shape[1]} column(s) but there are {len(classes)} class name(s)")
         if table.shape[1] == 0:
             raise ValueError("probabilities has no columns; pass None to write no probability columns")
 
@@ -120,11 +119,12 @@ def read_predictions_csv(path: str | os.PathLike[str]) -> Predictions:
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{path}: empty file; expected a header name,prediction[,p_<class>...]")
-        extra = header[len(_FIXED_COLUMNS):]
-        if tuple(header[:len(_FIXED_COLUMNS)]) != _FIXED_COLUMNS or not all(
-                column.startswith(_PROBABILITY_PREFIX) for column in extra):
+        extra = header[len(_FIXED_COLUMNS) :]
+        if tuple(header[: len(_FIXED_COLUMNS)]) != _FIXED_COLUMNS or not all(
+            column.startswith(_PROBABILITY_PREFIX) for column in extra
+        ):
             raise ValueError(f"{path}:1: header {header[:4]!r} is not name,prediction[,p_<class>...]")
-        class_names = [column[len(_PROBABILITY_PREFIX):] for column in extra]
+        class_names = [column[len(_PROBABILITY_PREFIX) :] for column in extra]
         for row in reader:
             if len(row) != len(header):
                 raise ValueError(f"{path}:{reader.line_num}: {len(row)} field(s), but the header has {len(header)}")
@@ -147,11 +147,9 @@ def _label(prediction: object, index: int, classes: list[str] | None) -> str:
         if classes is None:
             return str(number)
         if not 0 <= number < len(classes):
-            raise ValueError(f"predictions[{index}] is class index {number}, outside the {len(classes)} class "
-                             f"name(s)")
+            raise ValueError(f"predictions[{index}] is class index {number}, outside the {len(classes)} class name(s)")
         return classes[number]
-    raise TypeError(f"predictions[{index}] is a {type(prediction).__name__}; give a label (str) or a class index "
-                    f"(int)")
+    raise TypeError(f"predictions[{index}] is a {type(prediction).__name__}; give a label (str) or a class index (int)")
 
 
 def _write_atomically(path: Path, rows) -> None:

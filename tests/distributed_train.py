@@ -62,8 +62,17 @@ def main() -> None:
     model = MambaLMHeadModel(MambaConfig(d_model=16, n_layer=1, vocab_size=32))
     tokens = torch.randint(0, 32, (40, 12), generator=torch.Generator().manual_seed(1))
     examples = [{"input_ids": row, "labels": row} for row in tokens]
-    config = TrainConfig(out_dir=out_dir, device=device, distributed=kind, max_steps=4, batch_size=4,
-                         grad_accum_steps=2, save_every=2, eval_every=2, log_every=1)
+    config = TrainConfig(
+        out_dir=out_dir,
+        device=device,
+        distributed=kind,
+        max_steps=4,
+        batch_size=4,
+        grad_accum_steps=2,
+        save_every=2,
+        eval_every=2,
+        log_every=1,
+    )
     if kind == "fsdp":
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     result = fit(model, Task(), examples[:32], examples[32:], config=config)

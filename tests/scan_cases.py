@@ -14,12 +14,23 @@ import torch
 from mambakit.ops import timing
 
 
-def scan_inputs(batch: int, dim: int, d_state: int, length: int, layout: str, *, initial: bool = True,
-                device: str = "cpu", seed: int = 0, **options: bool) -> dict[str, torch.Tensor]:
+def scan_inputs(
+    batch: int,
+    dim: int,
+    d_state: int,
+    length: int,
+    layout: str,
+    *,
+    initial: bool = True,
+    device: str = "cpu",
+    seed: int = 0,
+    **options: bool,
+) -> dict[str, torch.Tensor]:
     """Fresh random float64 inputs in mamba-ssm's shapes, with an initial state unless `initial` is False; layout
     is 'shared', 'grouped:G' or 'time_invariant'; options gated, skip and bias False leave z, D, delta_bias out."""
-    return timing.scan_inputs(batch, dim, d_state, length, device, torch.float64, seed=seed, layout=layout,
-                              initial=initial, **options)
+    return timing.scan_inputs(
+        batch, dim, d_state, length, device, torch.float64, seed=seed, layout=layout, initial=initial, **options
+    )
 
 
 CASES = [
@@ -40,6 +51,8 @@ def run_in_triton_interpreter(module: str, function: str) -> None:
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import {module}; {module}.{function}()"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     if "only 0-dimensional arrays can be converted to Python scalars" in result.stderr:
-        pytest.skip("this Triton's interpreter cannot run loops over kernel arguments with numpy >= 2.5 "
-                    "(Triton 3.6 on the GPU image; 3.8 can)")
+        pytest.skip(
+            "this Triton's interpreter cannot run loops over kernel arguments with numpy >= 2.5 "
+            "(Triton 3.6 on the GPU image; 3.8 can)"
+        )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

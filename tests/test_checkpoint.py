@@ -121,9 +121,16 @@ def hf_model(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, torch.Ten
     implementation independent of ours, with no CUDA kernel involved."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=48, state_size=8, num_hidden_layers=2,
-                                      expand=2, conv_kernel=4, use_mambapy=False,
-                                      tie_word_embeddings=request.param)
+    config = transformers.MambaConfig(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        state_size=8,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        use_mambapy=False,
+        tie_word_embeddings=request.param,
+    )
     model = transformers.MambaForCausalLM(config).eval()
     _perturb(model)
     with torch.no_grad():
@@ -161,8 +168,10 @@ def test_state_spaces_checkpoint_matches_hf_forward(tmp_path: Path, hf_model: tu
     tied = hf_config.tie_word_embeddings
     padded = -(-VOCAB // 8) * 8
     generator = torch.Generator().manual_seed(2)
-    state = {name.replace("backbone.embeddings.", "backbone.embedding."): tensor.detach().clone()
-             for name, tensor in model.state_dict().items()}
+    state = {
+        name.replace("backbone.embeddings.", "backbone.embedding."): tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+    }
     for name in ("backbone.embedding.weight", "lm_head.weight"):
         # Padding rows hold whatever the trained model left there: they must never reach the logits.
         pad_rows = torch.randn(padded - VOCAB, hf_config.hidden_size, generator=generator)
@@ -175,9 +184,17 @@ def test_state_spaces_checkpoint_matches_hf_forward(tmp_path: Path, hf_model: tu
         save_file(state, tmp_path / weights_name)
     else:
         torch.save(state, tmp_path / weights_name)
-    config = {"d_model": hf_config.hidden_size, "n_layer": hf_config.num_hidden_layers, "vocab_size": VOCAB,
-              "ssm_cfg": {"d_state": hf_config.state_size}, "rms_norm": True, "residual_in_fp32": True,
-              "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": tied}
+    config = {
+        "d_model": hf_config.hidden_size,
+        "n_layer": hf_config.num_hidden_layers,
+        "vocab_size": VOCAB,
+        "ssm_cfg": {"d_state": hf_config.state_size},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 8,
+        "tie_embeddings": tied,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     _assert_matches_hf(tmp_path, hf_logits)
 
@@ -203,8 +220,9 @@ def _truncate(path: Path) -> None:
 
 def _garbage_state_spaces_bin(directory: Path) -> None:
     (directory / "model.safetensors").unlink()
-    (directory / "config.json").write_text(json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": VOCAB,
-                                                       "ssm_cfg": {"d_state": 8}}))
+    (directory / "config.json").write_text(
+        json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": VOCAB, "ssm_cfg": {"d_state": 8}})
+    )
     (directory / "pytorch_model.bin").write_bytes(os.urandom(4096))
 
 

@@ -12,8 +12,7 @@ from mambakit.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mambakit.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "mambakit.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -38,8 +37,7 @@ def test_unknown_domain_lists_the_known_ones():
 
 
 def test_missing_data_file(tmp_path):
-    assert_one_line_error(run_cli("train", "text", "--data", str(tmp_path / "nope.txt")), "nope.txt",
-                          "no such file")
+    assert_one_line_error(run_cli("train", "text", "--data", str(tmp_path / "nope.txt")), "nope.txt", "no such file")
 
 
 def test_unknown_config_key(tmp_path):
@@ -69,11 +67,14 @@ def test_config_file_with_model_and_train_sections_and_flag_override(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
     config = tmp_path / "run.yaml"
-    config.write_text(f"data: [{corpus}]\nmax_steps: 5\nbatch_size: 4\nmodel:\n  d_model: 16\n  n_layer: 1\n"
-                      "train:\n  eval_every: 1\n  log_every: 1\n")
+    config.write_text(
+        f"data: [{corpus}]\nmax_steps: 5\nbatch_size: 4\nmodel:\n  d_model: 16\n  n_layer: 1\n"
+        "train:\n  eval_every: 1\n  log_every: 1\n"
+    )
     out = tmp_path / "run"
-    assert main(["train", "text", "--config", str(config), "--max-steps", "2", "--out", str(out),
-                 "--seq-len", "32"]) == 0
+    assert (
+        main(["train", "text", "--config", str(config), "--max-steps", "2", "--out", str(out), "--seq-len", "32"]) == 0
+    )
     resolved = json.loads((out / "run_config.json").read_text())
     assert resolved["train"]["max_steps"] == 2 and resolved["train"]["batch_size"] == 4
     assert resolved["model"]["d_model"] == 16 and resolved["model"]["n_layer"] == 1
@@ -82,7 +83,26 @@ def test_config_file_with_model_and_train_sections_and_flag_override(tmp_path):
 
 
 def test_bench_scan_times_the_usable_backends(capsys):
-    assert main(["bench", "scan", "--batch", "1", "--dim", "8", "--d-state", "4", "--length", "16",
-                 "--repeats", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "scan",
+                "--batch",
+                "1",
+                "--dim",
+                "8",
+                "--d-state",
+                "4",
+                "--length",
+                "16",
+                "--repeats",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "torch" in out and "reference" in out

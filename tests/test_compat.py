@@ -46,11 +46,25 @@ def test_the_rc_classifier_becomes_a_genomics_config_with_its_classes():
 
 def test_cli_predict_and_eval_read_the_old_genomics_record(tmp_path, capsys):
     out = tmp_path / "predictions.csv"
-    assert main(["predict", "genomics", "-c", str(V1 / "genomics_rc_classifier"), "--data", str(V1 / "sample.fa"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "genomics",
+                "-c",
+                str(V1 / "genomics_rc_classifier"),
+                "--data",
+                str(V1 / "sample.fa"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.read_text() == (V1 / "genomics_rc_classifier.predictions.csv").read_text()
-    assert main(["eval", "genomics", "-c", str(V1 / "genomics_rc_classifier"), "--data",
-                 str(V1 / "sample.fa")]) != 0  # unlabelled FASTA: nothing to score (a one-line error)
+    assert (
+        main(["eval", "genomics", "-c", str(V1 / "genomics_rc_classifier"), "--data", str(V1 / "sample.fa")]) != 0
+    )  # unlabelled FASTA: nothing to score (a one-line error)
     capsys.readouterr()
     assert main(["eval", "genomics", "-c", str(V1 / "genomics_rc_classifier"), "--batch-size", "64"]) == 0
     assert "auroc" in capsys.readouterr().out
@@ -59,8 +73,24 @@ def test_cli_predict_and_eval_read_the_old_genomics_record(tmp_path, capsys):
 def test_cli_generates_the_same_text_from_the_old_text_checkpoint(tmp_path):
     checkpoint = tmp_path / "text_lm"
     shutil.copytree(V1 / "text_lm", checkpoint)
-    result = subprocess.run([sys.executable, "-m", "mambakit.cli", "generate", "text", "-c", str(checkpoint),
-                             "--prompt", "def f(x):", "--max-new-tokens", "40", "--temperature", "0"],
-                            capture_output=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mambakit.cli",
+            "generate",
+            "text",
+            "-c",
+            str(checkpoint),
+            "--prompt",
+            "def f(x):",
+            "--max-new-tokens",
+            "40",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == (V1 / "text_lm.generated.txt").read_bytes()

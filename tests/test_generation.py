@@ -60,8 +60,25 @@ def test_cli_cuda_graph_on_cpu_is_a_one_line_error(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text('{"model": {"d_model": 16, "n_layer": 1}}')
     out = tmp_path / "run"
-    assert main(["train", "text", "--data", str(corpus), "--config", str(config), "--max-steps", "1",
-                 "--out", str(out), "--seq-len", "16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "text",
+                "--data",
+                str(corpus),
+                "--config",
+                str(config),
+                "--max-steps",
+                "1",
+                "--out",
+                str(out),
+                "--seq-len",
+                "16",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     checkpoint = next(path for path in out.rglob("config.json")).parent
     assert main(["generate", "text", "--checkpoint", str(checkpoint), "--cuda-graph", "--max-new-tokens", "3"]) != 0
@@ -88,8 +105,10 @@ def test_graph_and_eager_sampling_agree_with_a_seed():
     model = tiny_model("cuda")
     prompt = torch.randint(0, 37, (2, 5), device="cuda")
     sampling = SamplingConfig(temperature=0.9, top_k=10, top_p=0.9, repetition_penalty=1.2)
-    assert torch.equal(generate(model, prompt, 30, sampling, seed=3, cuda_graph=True),
-                       generate(model, prompt, 30, sampling, seed=3, cuda_graph=False))
+    assert torch.equal(
+        generate(model, prompt, 30, sampling, seed=3, cuda_graph=True),
+        generate(model, prompt, 30, sampling, seed=3, cuda_graph=False),
+    )
 
 
 @pytest.mark.gpu

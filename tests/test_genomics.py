@@ -59,8 +59,11 @@ TOKENIZER = DNATokenizer()
 VARIANTS = {
     "causal": {},
     "bimamba-add-tied": {"bidirectional": True},
-    "bimamba-multiply-untied": {"bidirectional": True, "bidirectional_strategy": "ew_multiply",
-                                "bidirectional_weight_tie": False},
+    "bimamba-multiply-untied": {
+        "bidirectional": True,
+        "bidirectional_strategy": "ew_multiply",
+        "bidirectional_weight_tie": False,
+    },
     "rc": {"rc_equivariant": True},
     "rc-bimamba": {"rc_equivariant": True, "bidirectional": True},
 }
@@ -91,8 +94,20 @@ def _one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
 
 
 def test_tokenizer_ids_follow_the_caduceus_hyenadna_layout():
-    expected = {"[CLS]": 0, "[SEP]": 1, "[BOS]": 2, "[MASK]": 3, "[PAD]": 4, "[RESERVED]": 5, "[UNK]": 6,
-                "A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
+    expected = {
+        "[CLS]": 0,
+        "[SEP]": 1,
+        "[BOS]": 2,
+        "[MASK]": 3,
+        "[PAD]": 4,
+        "[RESERVED]": 5,
+        "[UNK]": 6,
+        "A": 7,
+        "C": 8,
+        "G": 9,
+        "T": 10,
+        "N": 11,
+    }
     assert TOKENIZER.vocab == expected and TOKENIZER.vocab_size == 12
     assert TOKENIZER.encode("ACGTN").tolist() == [7, 8, 9, 10, 11]
     assert TOKENIZER.encode("acgtn").tolist() == [7, 8, 9, 10, 11]  # uppercased
@@ -160,8 +175,10 @@ def test_a_plain_model_is_not_rc_equivariant_but_conjoining_makes_it_invariant()
     task = ClassifyTask(TOKENIZER, conjoin=True)
     with torch.no_grad():
         plain = model(ids, attention_mask=mask).logits, model(rc, attention_mask=mask).logits
-        conjoined = (task.evaluate_logits(model, {"input_ids": ids, "attention_mask": mask}),
-                     task.evaluate_logits(model, {"input_ids": rc, "attention_mask": mask}))
+        conjoined = (
+            task.evaluate_logits(model, {"input_ids": ids, "attention_mask": mask}),
+            task.evaluate_logits(model, {"input_ids": rc, "attention_mask": mask}),
+        )
     assert (plain[0] - plain[1]).abs().max() > 1e-4
     assert (conjoined[0] - conjoined[1]).abs().max() < 1e-6
 
@@ -175,10 +192,12 @@ def test_padding_does_not_change_pooled_outputs_of_the_real_tokens(variant, pool
     model = MambaForSequenceClassification(_config(**VARIANTS[variant]), num_labels=2, pooling=pooling).eval()
     with torch.no_grad():
         padded = model.forward_head(model.forward_features(ids, attention_mask=mask), mask, pre_logits=True)
-        alone = torch.cat([
-            model.forward_head(model.forward_features(ids[i:i + 1, :n]), pre_logits=True)
-            for i, n in enumerate(lengths)
-        ])
+        alone = torch.cat(
+            [
+                model.forward_head(model.forward_features(ids[i : i + 1, :n]), pre_logits=True)
+                for i, n in enumerate(lengths)
+            ]
+        )
     assert (padded - alone).abs().max() < 1e-5
 
 
@@ -210,7 +229,8 @@ def test_bimamba_ties_projections_and_checkpoints_round_trip(tmp_path):
     assert mixer.mamba_rev.conv1d.weight is not mixer.mamba_fwd.conv1d.weight
     untied = MambaForSequenceClassification(_config(bidirectional=True, bidirectional_weight_tie=False))
     assert sum(p.numel() for p in untied.parameters()) > sum(
-        p.numel() for p in MambaForSequenceClassification(_config(bidirectional=True)).parameters())
+        p.numel() for p in MambaForSequenceClassification(_config(bidirectional=True)).parameters()
+    )
     save_pretrained(model, tmp_path / "ckpt", extra_files={"tokenizer.json": TOKENIZER.to_json()})
     loaded = load_model(tmp_path / "ckpt")
     assert DNATokenizer.from_json((tmp_path / "ckpt" / "tokenizer.json").read_text()).vocab == TOKENIZER.vocab
@@ -247,8 +267,9 @@ def test_fasta_quirks_lowercase_n_runs_iupac_crlf_and_empty_records(tmp_path):
     gzipped = tmp_path / "quirks.fasta.gz"
     gzipped.write_bytes(gzip.compress(path.read_bytes()))
     with pytest.warns(UserWarning):
-        assert read_sequences(gzipped) == [SequenceRecord(r.name, r.sequence, None, f"{gzipped} (record {r.name})")
-                                           for r in records]
+        assert read_sequences(gzipped) == [
+            SequenceRecord(r.name, r.sequence, None, f"{gzipped} (record {r.name})") for r in records
+        ]
     fastq = tmp_path / "reads.fq"
     fastq.write_text("@r1\nACGTN\n+\nIIIII\n@r2\nacg\n+\n@@@\n")
     assert [(r.name, r.sequence) for r in read_sequences(fastq)] == [("r1", "ACGTN"), ("r2", "acg")]
@@ -353,12 +374,18 @@ def test_splits_are_reproducible_stratified_and_by_contig():
     chromosomes = {f"chr{i}": 1000 + i for i in range(1, 23)}
     by_contig = split_genome(chromosomes, seed=1)
     assert by_contig == split_genome(chromosomes, seed=1)
-    assert all(region.start == 0 and region.end == chromosomes[region.contig]
-               for regions in by_contig.values() for region in regions)
+    assert all(
+        region.start == 0 and region.end == chromosomes[region.contig]
+        for regions in by_contig.values()
+        for region in regions
+    )
     assert {r.contig for r in by_contig["test"]}.isdisjoint(r.contig for r in by_contig["train"])
     single = split_genome({"chrom": 1000})
-    assert single == {"train": [Region("chrom", 0, 900)], "val": [Region("chrom", 900, 950)],
-                      "test": [Region("chrom", 950, 1000)]}
+    assert single == {
+        "train": [Region("chrom", 0, 900)],
+        "val": [Region("chrom", 900, 950)],
+        "test": [Region("chrom", 950, 1000)],
+    }
 
 
 # --- datasets and tasks -------------------------------------------------------------------------------------
@@ -413,8 +440,10 @@ def test_metrics_against_hand_computed_values():
     phi = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert math.isclose(matthews_corrcoef(labels, predictions, 2), phi)
     three = np.eye(3)[[0, 1, 2, 0]]
-    assert auroc(np.array([0, 1, 2, 0]), three) == 1.0 and matthews_corrcoef(np.array([0, 1, 2]),
-                                                                             np.array([0, 1, 2]), 3) == 1.0
+    assert (
+        auroc(np.array([0, 1, 2, 0]), three) == 1.0
+        and matthews_corrcoef(np.array([0, 1, 2]), np.array([0, 1, 2]), 3) == 1.0
+    )
 
 
 # --- embedded data, training, prediction --------------------------------------------------------------------
@@ -438,14 +467,22 @@ def test_short_training_run_then_predict_and_embed(tmp_path):
     splits = classification_splits(seed=0, rc_augment=True)
     classes = list(splits.labels)
     train = torch.utils.data.Subset(splits.train, range(48))
-    records = [SequenceRecord(str(i), TOKENIZER.decode(splits.test.ids[i]), classes[splits.test.labels[i]])
-               for i in range(16)]
+    records = [
+        SequenceRecord(str(i), TOKENIZER.decode(splits.test.ids[i]), classes[splits.test.labels[i]]) for i in range(16)
+    ]
     test = SequenceDataset(records, TOKENIZER, classes)
     torch.manual_seed(0)
     model = create_model("classify", _config(rc_equivariant=True), num_labels=2)
     task = ClassifyTask(TOKENIZER)
-    config = TrainConfig(out_dir=tmp_path / "run", max_steps=3, batch_size=16, lr=3e-3, eval_every=0,
-                         save_every=0, seq_len_warmup=((0, 64), (2, 200)))
+    config = TrainConfig(
+        out_dir=tmp_path / "run",
+        max_steps=3,
+        batch_size=16,
+        lr=3e-3,
+        eval_every=0,
+        save_every=0,
+        seq_len_warmup=((0, 64), (2, 200)),
+    )
     result = fit(model, task, train, test, config=config, extra_files={"tokenizer.json": TOKENIZER.to_json()})
     assert result.status == "completed" and set(result.metrics) >= {"accuracy", "mcc", "auroc", "loss"}
     loaded = load_model(tmp_path / "run" / "last")
@@ -468,10 +505,12 @@ def test_pretrain_and_mlm_tasks_train_a_step(tmp_path):
 
     contigs = encode_genome([SequenceRecord("c", "ACGT" * 200)], TOKENIZER)
     windows = GenomeWindows(contigs, [Region("c", 0, 800)], window=64, tokenizer=TOKENIZER, rc_augment=True)
-    for task, model, primary in ((PretrainTask(TOKENIZER), create_model("pretrain", _config()), "bits_per_base"),
-                                 (MlmTask(TOKENIZER), create_model("mlm", _config(bidirectional=True)),
-                                  "bits_per_base")):
-        config = TrainConfig(out_dir=tmp_path / type(task).__name__, max_steps=2, batch_size=4, eval_every=0,
-                             save_every=0)
+    for task, model, primary in (
+        (PretrainTask(TOKENIZER), create_model("pretrain", _config()), "bits_per_base"),
+        (MlmTask(TOKENIZER), create_model("mlm", _config(bidirectional=True)), "bits_per_base"),
+    ):
+        config = TrainConfig(
+            out_dir=tmp_path / type(task).__name__, max_steps=2, batch_size=4, eval_every=0, save_every=0
+        )
         result = fit(model, task, windows, windows, config=config)
         assert task.primary_metric == primary and math.isfinite(result.metrics[primary])

@@ -14,8 +14,9 @@ from mambakit.cli import main
 def classifier(tmp_path_factory):
     """A classifier trained for a few steps on the embedded Oct4 vs Mafk task."""
     out = tmp_path_factory.mktemp("genomics") / "run"
-    assert main(["train", "genomics", "--out", str(out), "--max-steps", "3", "--batch-size", "8",
-                 "--seq-len", "64"]) == 0
+    assert (
+        main(["train", "genomics", "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--seq-len", "64"]) == 0
+    )
     return out
 
 
@@ -33,13 +34,29 @@ def test_predict_labels_and_embeddings(classifier, tmp_path, capsys):
     fasta = tmp_path / "reads.fa"
     fasta.write_text(">a\nACGTACGTTTGACAGG\n>b\nggccNNacgtRYacgt\n")
     predictions = tmp_path / "out.csv"
-    assert main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta),
-                 "--out", str(predictions)]) == 0
+    assert (
+        main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta), "--out", str(predictions)])
+        == 0
+    )
     lines = predictions.read_text().splitlines()
     assert lines[0] == "name,prediction,p_mafk,p_oct4" and len(lines) == 3
     embeddings = tmp_path / "emb.npy"
-    assert main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta), "--embed",
-                 "--out", str(embeddings)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "genomics",
+                "-c",
+                str(classifier / "best"),
+                "--data",
+                str(fasta),
+                "--embed",
+                "--out",
+                str(embeddings),
+            ]
+        )
+        == 0
+    )
     import numpy as np
 
     assert np.load(embeddings).shape == (2, 64)
@@ -59,11 +76,41 @@ def test_malformed_fasta_and_other_domain_checkpoint(classifier, tmp_path):
     junk.write_bytes(b"\x00\x01\x02binary\xff\xfe")
     result = cli("train", "genomics", "--data", str(junk), "--max-steps", "1")
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and "junk.fa" in result.stderr
-    assert main(["train", "text", "--out", str(tmp_path / "text"), "--max-steps", "1", "--seq-len", "32",
-                 "--data", str(junk.with_name("notes.txt"))]) != 0  # missing file: one-line error, non-zero
+    assert (
+        main(
+            [
+                "train",
+                "text",
+                "--out",
+                str(tmp_path / "text"),
+                "--max-steps",
+                "1",
+                "--seq-len",
+                "32",
+                "--data",
+                str(junk.with_name("notes.txt")),
+            ]
+        )
+        != 0
+    )  # missing file: one-line error, non-zero
     (tmp_path / "notes.txt").write_text("some text to learn from " * 50)
-    assert main(["train", "text", "--out", str(tmp_path / "text"), "--max-steps", "1", "--seq-len", "32",
-                 "--data", str(tmp_path / "notes.txt")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "text",
+                "--out",
+                str(tmp_path / "text"),
+                "--max-steps",
+                "1",
+                "--seq-len",
+                "32",
+                "--data",
+                str(tmp_path / "notes.txt"),
+            ]
+        )
+        == 0
+    )
     result = cli("predict", "genomics", "-c", str(tmp_path / "text" / "last"), "--data", str(junk))
     assert result.returncode != 0 and "not a genomics checkpoint" in result.stderr
 
@@ -76,12 +123,14 @@ def test_eval_on_the_embedded_test_split(classifier, capsys):
 def test_predict_csv_round_trips_names_with_commas_and_quotes_and_reads_by_last_suffix(classifier, tmp_path):
     import csv
 
-    names = ['chr1:100-200,+', 'say"hi",there', "plain"]  # a FASTA name ends at the first space
+    names = ["chr1:100-200,+", 'say"hi",there', "plain"]  # a FASTA name ends at the first space
     fasta = tmp_path / "sample.csvdump.fa"  # FASTA, whatever ".csv" inside its name suggests
     fasta.write_text("".join(f">{name}\nACGTACGTTTGACAGGACGT\n" for name in names))
     predictions = tmp_path / "out.csv"
-    assert main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta),
-                 "--out", str(predictions)]) == 0
+    assert (
+        main(["predict", "genomics", "-c", str(classifier / "best"), "--data", str(fasta), "--out", str(predictions)])
+        == 0
+    )
     with predictions.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == names

@@ -175,13 +175,35 @@ def test_config_round_trip_and_dialects(tmp_path):
     config = MambaConfig(d_model=48, n_layer=3, vocab_size=101, d_state=8, dt_rank=5, rms_norm=False)
     assert MambaConfig.from_dict(json.loads(config.to_json())) == config
     assert config.padded_vocab_size == 104 and config.d_inner == 96
-    state_spaces = {"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {}, "rms_norm": True,
-                    "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8,
-                    "tie_embeddings": True, "d_intermediate": 0, "attn_layer_idx": [], "attn_cfg": {}}
+    state_spaces = {
+        "d_model": 768,
+        "n_layer": 24,
+        "vocab_size": 50277,
+        "ssm_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 8,
+        "tie_embeddings": True,
+        "d_intermediate": 0,
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+    }
     assert MambaConfig.from_dict(state_spaces).padded_vocab_size == 50280
-    hf = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 50, "state_size": 8,
-          "conv_kernel": 4, "expand": 2, "time_step_rank": "auto", "hidden_act": "silu", "use_cache": True,
-          "transformers_version": "5.0", "architectures": ["MambaForCausalLM"]}
+    hf = {
+        "model_type": "mamba",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "vocab_size": 50,
+        "state_size": 8,
+        "conv_kernel": 4,
+        "expand": 2,
+        "time_step_rank": "auto",
+        "hidden_act": "silu",
+        "use_cache": True,
+        "transformers_version": "5.0",
+        "architectures": ["MambaForCausalLM"],
+    }
     from_hf = MambaConfig.from_dict(hf)
     assert (from_hf.d_model, from_hf.d_state, from_hf.padded_vocab_size) == (64, 8, 50)
     path = tmp_path / "config.json"

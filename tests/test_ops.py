@@ -39,8 +39,6 @@ def assert_matches_reference(fn, inputs, tol=FP32_TOL, dtype=torch.float32):
         assert relative_error(grad, ref_grads[name]) < tol, f"gradient of {name}"
 
 
-
-
 def usable_backends(device: str) -> list[str]:
     return [name for name, reason in ops.available_backends(device).items() if reason is None and name != "reference"]
 
@@ -124,8 +122,16 @@ def test_state_update_equals_one_scan_step():
     out = selective_scan_ref(**inputs, delta_softplus=True)
     state = inputs["initial_state"].clone()
     step = ops.selective_state_update(
-        state, inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0], inputs["C"][..., 0],
-        inputs["D"], inputs["z"][..., 0], inputs["delta_bias"], dt_softplus=True,
+        state,
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+        inputs["D"],
+        inputs["z"][..., 0],
+        inputs["delta_bias"],
+        dt_softplus=True,
     )
     _, last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
     assert relative_error(step, out[..., 0]) < 1e-12
@@ -197,8 +203,13 @@ def test_mamba_ssm_backend_refuses_initial_state():
 def test_auto_passes_over_backends_that_lack_a_needed_feature(monkeypatch):
     from mambakit.ops import backends
 
-    limited = backends.Backend("limited", "test double", lambda device: None,
-                               {"selective_scan": ".reference:selective_scan_ref"}, lacks=frozenset({"initial_state"}))
+    limited = backends.Backend(
+        "limited",
+        "test double",
+        lambda device: None,
+        {"selective_scan": ".reference:selective_scan_ref"},
+        lacks=frozenset({"initial_state"}),
+    )
     monkeypatch.setattr(backends, "_REGISTRY", {"limited": limited, **backends._REGISTRY})
     cpu = torch.device("cpu")
     assert ops.resolve_backend("auto", cpu).name == "limited"
@@ -210,10 +221,16 @@ def test_auto_passes_over_backends_that_lack_a_needed_feature(monkeypatch):
 def test_auto_picks_a_backend_only_for_its_auto_ops(monkeypatch):
     from mambakit.ops import backends
 
-    scan_only = backends.Backend("scan_only", "test double", lambda device: None,
-                                 {"selective_scan": ".reference:selective_scan_ref",
-                                  "selective_state_update": ".reference:selective_state_update_ref"},
-                                 auto_ops=frozenset({"selective_scan"}))
+    scan_only = backends.Backend(
+        "scan_only",
+        "test double",
+        lambda device: None,
+        {
+            "selective_scan": ".reference:selective_scan_ref",
+            "selective_state_update": ".reference:selective_state_update_ref",
+        },
+        auto_ops=frozenset({"selective_scan"}),
+    )
     monkeypatch.setattr(backends, "_REGISTRY", {"scan_only": scan_only, **backends._REGISTRY})
     cpu = torch.device("cpu")
     assert ops.resolve_backend("auto", cpu, "selective_scan").name == "scan_only"

@@ -16,19 +16,25 @@ from mambakit.predictions import read_predictions_csv, write_predictions_csv
 
 NAMES = ["chr1:100-200,+", 'say "hi"', "two\nlines", "ünïcødé-序列-🧬", " padded ", "plain"]
 CLASSES = ["mafk", "oct4", "a,b"]
-PROBABILITIES = np.array([
-    [0.1234564, 0.8765436, 0.0],
-    [1 / 3, 1 / 3, 1 / 3],
-    [0.0000004, 0.9999996, 0.0],
-    [0.5, 0.25, 0.25],
-    [1.0, 0.0, 0.0],
-    [0.2, 0.3, 0.5],
-])
+PROBABILITIES = np.array(
+    [
+        [0.1234564, 0.8765436, 0.0],
+        [1 / 3, 1 / 3, 1 / 3],
+        [0.0000004, 0.9999996, 0.0],
+        [0.5, 0.25, 0.25],
+        [1.0, 0.0, 0.0],
+        [0.2, 0.3, 0.5],
+    ]
+)
 
 
 def _write(path, **overrides):
-    arguments = {"names": NAMES, "predictions": PROBABILITIES.argmax(axis=1), "probabilities": PROBABILITIES,
-                 "class_names": CLASSES}
+    arguments = {
+        "names": NAMES,
+        "predictions": PROBABILITIES.argmax(axis=1),
+        "probabilities": PROBABILITIES,
+        "class_names": CLASSES,
+    }
     arguments.update(overrides)
     return write_predictions_csv(path, **arguments)
 
@@ -76,14 +82,16 @@ def test_pandas_reads_the_file_identically(tmp_path):
 
 
 def test_simple_output_is_byte_for_byte_the_old_format(tmp_path):
-    out = write_predictions_csv(tmp_path / "p.csv", ["a", "b"], ["oct4", "mafk"], [[0.25, 0.75], [0.9, 0.1]],
-                                ["mafk", "oct4"])
+    out = write_predictions_csv(
+        tmp_path / "p.csv", ["a", "b"], ["oct4", "mafk"], [[0.25, 0.75], [0.9, 0.1]], ["mafk", "oct4"]
+    )
     assert out.read_bytes() == b"name,prediction,p_mafk,p_oct4\na,oct4,0.250000,0.750000\nb,mafk,0.900000,0.100000\n"
 
 
 def test_prediction_forms_labels_indices_and_argmax(tmp_path):
-    by_argmax = write_predictions_csv(tmp_path / "argmax.csv", ["x", "y"], None, [[0.1, 0.9], [0.7, 0.3]],
-                                      ["neg", "pos"])
+    by_argmax = write_predictions_csv(
+        tmp_path / "argmax.csv", ["x", "y"], None, [[0.1, 0.9], [0.7, 0.3]], ["neg", "pos"]
+    )
     assert read_predictions_csv(by_argmax).predictions == ["pos", "neg"]
     indices_only = write_predictions_csv(tmp_path / "indices.csv", ["x", "y"], np.array([2, 0]))
     read = read_predictions_csv(indices_only)
@@ -109,8 +117,17 @@ def test_prediction_forms_labels_indices_and_argmax(tmp_path):
         ({"predictions": [0, 1, 2, 3, 0, 0]}, "predictions[3] is class index 3"),
         ({"predictions": None, "probabilities": None}, "no probabilities"),
     ],
-    ids=["names", "names-no-probabilities", "predictions", "rows", "columns", "1-d", "duplicate-classes",
-         "bad-index", "nothing-to-argmax"],
+    ids=[
+        "names",
+        "names-no-probabilities",
+        "predictions",
+        "rows",
+        "columns",
+        "1-d",
+        "duplicate-classes",
+        "bad-index",
+        "nothing-to-argmax",
+    ],
 )
 def test_bad_calls_are_one_line_value_errors_and_write_nothing(tmp_path, overrides, message):
     out = tmp_path / "p.csv"
@@ -165,9 +182,12 @@ def test_module_does_not_import_torch():
     import sys
 
     # Load the file alone (the mambakit package itself imports torch) and see what it pulled in.
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('p', sys.argv[1]); "
-            "module = sys.modules['p'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
-            "print('torch' in sys.modules, hasattr(module, 'write_predictions_csv'))")
-    result = subprocess.run([sys.executable, "-c", code, predictions_module.__file__], capture_output=True,
-                            text=True, check=True)
+    code = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('p', sys.argv[1]); "
+        "module = sys.modules['p'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "print('torch' in sys.modules, hasattr(module, 'write_predictions_csv'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, predictions_module.__file__], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False True"

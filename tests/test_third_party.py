@@ -34,8 +34,9 @@ def toy(monkeypatch):
 
 
 def _config(out_dir: Path, **changes) -> TrainConfig:
-    return TrainConfig(out_dir=out_dir, max_steps=8, batch_size=8, lr=1e-2, eval_every=4, save_every=4, log_every=1,
-                       **changes)
+    return TrainConfig(
+        out_dir=out_dir, max_steps=8, batch_size=8, lr=1e-2, eval_every=4, save_every=4, log_every=1, **changes
+    )
 
 
 def _model(toy, seed: int):
@@ -60,8 +61,7 @@ def test_fit_resumes_exactly_and_checkpoints_round_trip(toy, tmp_path):
         if info.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = fit(_model(toy, 0), task, train, held_out, config=_config(tmp_path / "split"),
-                  callbacks=[stop_at_step_3])
+    stopped = fit(_model(toy, 0), task, train, held_out, config=_config(tmp_path / "split"), callbacks=[stop_at_step_3])
     assert (stopped.status, stopped.step) == ("interrupted", 3)
     resumed = _model(toy, 99)  # other initial weights: everything must come from the checkpoint
     finished = fit(resumed, task, train, held_out, config=_config(tmp_path / "split", resume=True))
@@ -93,8 +93,11 @@ def test_the_cli_trains_and_evaluates_the_toy_domain_and_load_model_finds_it(tmp
     assert evaluated.returncode == 0, evaluated.stderr
     assert "marker" in evaluated.stdout and "auroc" in evaluated.stdout
     # A fresh interpreter that never imports the toy package by name: the checkpoint's domain leads to it.
-    loaded = run(sys.executable, "-c", "from mambakit.models import load_model; "
-                 f"print(type(load_model({str(out / 'last')!r})).__name__)")
+    loaded = run(
+        sys.executable,
+        "-c",
+        f"from mambakit.models import load_model; print(type(load_model({str(out / 'last')!r})).__name__)",
+    )
     assert loaded.returncode == 0 and loaded.stdout.strip() == "ToyBagClassifier", loaded.stderr
     wrong = run(sys.executable, "-m", "mambakit.cli", "eval", "genomics", "-c", str(out / "last"))
     assert wrong.returncode != 0 and "a toy checkpoint, not a genomics checkpoint" in wrong.stderr

@@ -49,14 +49,23 @@ class _Stream(IterableDataset):
 
 def _config(out_dir: Path, **changes: object) -> TrainConfig:
     # 26 examples, 8 per step: 3 steps an epoch (2 examples left over), so 8 steps cross two epoch ends.
-    return TrainConfig(out_dir=out_dir, max_steps=8, batch_size=4, grad_accum_steps=2, warmup_steps=2, save_every=3,
-                       eval_every=4, log_every=1).replace(**changes)
+    return TrainConfig(
+        out_dir=out_dir,
+        max_steps=8,
+        batch_size=4,
+        grad_accum_steps=2,
+        warmup_steps=2,
+        save_every=3,
+        eval_every=4,
+        log_every=1,
+    ).replace(**changes)
 
 
 def _send_at(step: int, signum: signal.Signals):
     def callback(info: StepInfo) -> None:
         if info.step == step:
             os.kill(os.getpid(), signum)
+
     return callback
 
 
@@ -104,10 +113,15 @@ def test_resume_after_sigterm_is_bit_identical(tmp_path, streaming):
     assert (completed.status, completed.step, completed.exit_code) == ("completed", 8, 0)
 
     split = tmp_path / "split"
-    stopped = fit(_model(), _RandomMask(), data, eval_examples, config=_config(split),
-                  callbacks=[_send_at(5, signal.SIGTERM)])
-    assert (stopped.status, stopped.step, stopped.interrupted_by, stopped.exit_code) == ("interrupted", 5, "SIGTERM",
-                                                                                         143)
+    stopped = fit(
+        _model(), _RandomMask(), data, eval_examples, config=_config(split), callbacks=[_send_at(5, signal.SIGTERM)]
+    )
+    assert (stopped.status, stopped.step, stopped.interrupted_by, stopped.exit_code) == (
+        "interrupted",
+        5,
+        "SIGTERM",
+        143,
+    )
     assert _trainer_state(split)["step"] == 5
     assert [record["step"] for record in _records(split)][-1] == 5
 
@@ -120,7 +134,10 @@ def test_resume_after_sigterm_is_bit_identical(tmp_path, streaming):
         expected, actual = _trainer_state(tmp_path / "full", name), _trainer_state(split, name)
         _assert_same_tensors(expected, actual, name)  # optimizer, scheduler, data position, RNG, best metric
     assert (finished.best_metric, finished.best_step, finished.metrics) == (
-        completed.best_metric, completed.best_step, completed.metrics)
+        completed.best_metric,
+        completed.best_step,
+        completed.metrics,
+    )
     # The metrics log continues the step count, and reads (timings aside) like the uninterrupted run's.
     assert _records(split) == _records(tmp_path / "full")
     assert [record["step"] for record in _records(split) if "loss" in record] == list(range(1, 9))
@@ -133,15 +150,17 @@ def test_sigint_writes_a_loadable_checkpoint_and_restores_handlers(tmp_path):
     previous = signal.signal(signal.SIGINT, handler)
     try:
         model = _model()
-        result = fit(model, Task(), _examples(26), config=_config(tmp_path, save_every=0),
-                     callbacks=[_send_at(2, signal.SIGINT)])
+        result = fit(
+            model, Task(), _examples(26), config=_config(tmp_path, save_every=0), callbacks=[_send_at(2, signal.SIGINT)]
+        )
         assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
     assert (result.status, result.step, result.exit_code) == ("interrupted", 2, 130)
     loaded = load_model(tmp_path / "last")
-    _assert_same_tensors({name: tensor.cpu() for name, tensor in model.state_dict().items()}, loaded.state_dict(),
-                         "weights")
+    _assert_same_tensors(
+        {name: tensor.cpu() for name, tensor in model.state_dict().items()}, loaded.state_dict(), "weights"
+    )
     assert json.loads((tmp_path / "last" / "train_config.json").read_text())["save_every"] == 0
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary leftovers
 
@@ -185,11 +204,26 @@ def _free_port() -> int:
 def test_torchrun_two_processes_agree_and_only_rank0_writes(tmp_path, kind):
     out_dir, reports = tmp_path / "run", tmp_path / "reports"
     reports.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), str(ROOT / "tests" / "distributed_train.py"), str(out_dir),
-               str(reports), kind]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(ROOT / "tests" / "distributed_train.py"),
+        str(out_dir),
+        str(reports),
+        kind,
+    ]
     process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert process.returncode == 0, process.stderr[-4000:]
     rank0, rank1 = (json.loads((reports / f"rank{rank}.json").read_text()) for rank in (0, 1))
@@ -217,18 +251,30 @@ def test_parameter_groups_exempt_ssm_parameters_biases_and_norms():
     decayed, exempt = ({names[id(parameter)] for parameter in group["params"]} for group in groups)
     assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
     mixer = "backbone.layers.0.mixer"
-    assert exempt == {f"{mixer}.A_log", f"{mixer}.D", f"{mixer}.dt_proj.bias", f"{mixer}.conv1d.bias",
-                      f"{mixer}.in_proj.bias", f"{mixer}.out_proj.bias", "backbone.layers.0.norm.weight",
-                      "backbone.norm_f.weight"}
+    assert exempt == {
+        f"{mixer}.A_log",
+        f"{mixer}.D",
+        f"{mixer}.dt_proj.bias",
+        f"{mixer}.conv1d.bias",
+        f"{mixer}.in_proj.bias",
+        f"{mixer}.out_proj.bias",
+        "backbone.layers.0.norm.weight",
+        "backbone.norm_f.weight",
+    }
     # Embeddings decay (mamba-ssm's convention); the tied lm_head is the same tensor, listed once.
-    assert decayed == {"backbone.embedding.weight", f"{mixer}.in_proj.weight", f"{mixer}.conv1d.weight",
-                       f"{mixer}.x_proj.weight", f"{mixer}.dt_proj.weight", f"{mixer}.out_proj.weight"}
+    assert decayed == {
+        "backbone.embedding.weight",
+        f"{mixer}.in_proj.weight",
+        f"{mixer}.conv1d.weight",
+        f"{mixer}.x_proj.weight",
+        f"{mixer}.dt_proj.weight",
+        f"{mixer}.out_proj.weight",
+    }
 
 
 @pytest.mark.parametrize("warmup", [{"warmup_steps": 2}, {"warmup_ratio": 1 / 3}])
 def test_warmup_then_cosine_learning_rates(tmp_path, warmup):
-    config = TrainConfig(out_dir=tmp_path, max_steps=6, batch_size=4, lr=1e-2, min_lr_ratio=0.1, log_every=1,
-                         **warmup)
+    config = TrainConfig(out_dir=tmp_path, max_steps=6, batch_size=4, lr=1e-2, min_lr_ratio=0.1, log_every=1, **warmup)
     fit(_model(), Task(), _examples(24), config=config)
     lrs = [record["lr"] for record in _records(tmp_path)]
     # Warm-up (s + 1) / 2; then cosine over steps 2..5 from 1e-2 to 1e-3: progress 0, 1/3, 2/3, 1.
@@ -237,10 +283,13 @@ def test_warmup_then_cosine_learning_rates(tmp_path, warmup):
 
 def test_two_accumulated_half_batches_equal_one_full_batch(tmp_path):
     whole, halves = _model(), _model()
-    fit(whole, Task(), _examples(24), config=_config(tmp_path / "whole", batch_size=8, grad_accum_steps=1,
-                                                       max_steps=3))
-    fit(halves, Task(), _examples(24), config=_config(tmp_path / "halves", batch_size=4, grad_accum_steps=2,
-                                                        max_steps=3))
+    fit(whole, Task(), _examples(24), config=_config(tmp_path / "whole", batch_size=8, grad_accum_steps=1, max_steps=3))
+    fit(
+        halves,
+        Task(),
+        _examples(24),
+        config=_config(tmp_path / "halves", batch_size=4, grad_accum_steps=2, max_steps=3),
+    )
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(halves.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     whole_losses = [record["loss"] for record in _records(tmp_path / "whole") if "loss" in record]
@@ -261,8 +310,12 @@ def test_data_workers_give_the_same_run(tmp_path):
     models = []
     for workers in (0, 2):
         models.append(_model())
-        fit(models[-1], _RandomShift(), _examples(26), config=_config(tmp_path / str(workers), num_workers=workers,
-                                                                         max_steps=4))
+        fit(
+            models[-1],
+            _RandomShift(),
+            _examples(26),
+            config=_config(tmp_path / str(workers), num_workers=workers, max_steps=4),
+        )
     _assert_same_tensors(models[0].state_dict(), models[1].state_dict(), "parameters")
 
 
@@ -285,7 +338,10 @@ def test_sequence_length_warmup_crops_as_configured(tmp_path):
     batch = {"input_ids": torch.zeros(2, 12), "attention_mask": torch.ones(2, 12), "labels": torch.zeros(2)}
     cropped = Task().crop(batch, 5)
     assert {name: tuple(value.shape) for name, value in cropped.items()} == {
-        "input_ids": (2, 5), "attention_mask": (2, 5), "labels": (2,)}
+        "input_ids": (2, 5),
+        "attention_mask": (2, 5),
+        "labels": (2,),
+    }
 
 
 def test_evaluate_is_the_token_weighted_loss_and_keeps_the_mode(tmp_path):
@@ -361,8 +417,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_bf16_autocast_and_grad_checkpointing_train_fp32_parameters(tmp_path):
     model = _model()
-    result = fit(model, Task(), _examples(26), config=_config(tmp_path, precision="bf16", grad_checkpointing=True,
-                                                              max_steps=3))
+    result = fit(
+        model, Task(), _examples(26), config=_config(tmp_path, precision="bf16", grad_checkpointing=True, max_steps=3)
+    )
     assert result.status == "completed" and math.isfinite(result.train_loss)
     assert model.backbone.gradient_checkpointing
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}

@@ -32,8 +32,9 @@ def cast_inputs(inputs: dict, dtype: torch.dtype) -> dict:
     """The scan's inputs in `dtype` (u, delta, z, B, C; time-invariant B/C stay fp32 like A), others fp32."""
     time_invariant = inputs["B"].dim() == 2
     return {
-        k: None if v is None else v.to(dtype if k in LOW_PRECISION_INPUTS and not (time_invariant and k in ("B", "C"))
-                                       else torch.float32)
+        k: None
+        if v is None
+        else v.to(dtype if k in LOW_PRECISION_INPUTS and not (time_invariant and k in ("B", "C")) else torch.float32)
         for k, v in inputs.items()
     }
 
@@ -56,7 +57,8 @@ def errors_vs_reference(fn, inputs: dict, seed: int = 0) -> dict[str, float]:
     batch, dim, length = inputs["u"].shape
     grad_out = torch.randn(batch, dim, length, generator=generator, dtype=torch.float64).to(inputs["u"].device)
     grad_last = torch.randn(batch, dim, inputs["A"].shape[1], generator=generator, dtype=torch.float64).to(
-        inputs["u"].device)
+        inputs["u"].device
+    )
     ref_out, ref_last, ref_grads = scan_with_grads(selective_scan_ref, exact, grad_out, grad_last)
     out, last, grads = scan_with_grads(fn, inputs, grad_out, grad_last)
     assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
@@ -98,8 +100,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[4]}")
 def test_triton_matches_float64_reference(case, dtype):
     batch, dim, d_state, length, layout, options = case
-    inputs = cast_inputs(scan_inputs(batch, dim, d_state, length, layout, device="cuda", seed=length, **options),
-                         dtype)
+    inputs = cast_inputs(scan_inputs(batch, dim, d_state, length, layout, device="cuda", seed=length, **options), dtype)
     errors = errors_vs_reference(triton_scan(), inputs, seed=dim)
     bad = {k: v for k, v in errors.items() if not v < TOLERANCE[dtype]}
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad}"
@@ -107,11 +108,15 @@ def test_triton_matches_float64_reference(case, dtype):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("config", [
-    dict(fwd_block_d=4, fwd_block_l=8, fwd_warps=1, bwd_block_d=8, bwd_block_l=32, bwd_warps=2),
-    dict(fwd_block_d=32, fwd_block_l=64, fwd_warps=4, bwd_block_d=32, bwd_block_l=8, bwd_warps=1),
-    dict(fwd_block_d=8, fwd_block_l=32, fwd_unroll=1, bwd_block_d=8, bwd_block_l=32),  # default for many rows
-], ids=["save-every-4th-fwd-tile", "save-inside-fwd-tiles", "wide"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(fwd_block_d=4, fwd_block_l=8, fwd_warps=1, bwd_block_d=8, bwd_block_l=32, bwd_warps=2),
+        dict(fwd_block_d=32, fwd_block_l=64, fwd_warps=4, bwd_block_d=32, bwd_block_l=8, bwd_warps=1),
+        dict(fwd_block_d=8, fwd_block_l=32, fwd_unroll=1, bwd_block_d=8, bwd_block_l=32),  # default for many rows
+    ],
+    ids=["save-every-4th-fwd-tile", "save-inside-fwd-tiles", "wide"],
+)
 def test_triton_tile_shapes_do_not_change_results(config):
     from mambakit.ops.triton_scan import ScanConfig
 
@@ -143,8 +148,10 @@ def check_channel_major_layout(batch: int, dim: int, length: int, device: str) -
     from mambakit.ops.triton_scan import selective_scan_triton
 
     inputs = cast_inputs(scan_inputs(batch, dim, 4, length, "shared", device=device, seed=5), torch.float32)
-    channel_major = {k: v.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_() if k in ("u", "delta", "z")
-                     else v for k, v in inputs.items()}
+    channel_major = {
+        k: v.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_() if k in ("u", "delta", "z") else v
+        for k, v in inputs.items()
+    }
     errors = errors_vs_reference(triton_scan(), channel_major)
     assert max(errors.values()) < 1e-5, errors
     out = selective_scan_triton(**channel_major)
@@ -179,8 +186,7 @@ def test_triton_forward_at_a_million_steps():
     inputs = cast_inputs(scan_inputs(1, 8, 16, 1 << 20, "shared", device="cuda", seed=20), torch.float32)
     out, last = triton_scan()(**inputs, delta_softplus=True, return_last_state=True)
     exact = {k: None if v is None else v.double() for k, v in inputs.items()}
-    ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True,
-                                             chunk_size=1 << 20)
+    ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True, chunk_size=1 << 20)
     assert relative_error(out, ref_out) < 1e-5
     assert relative_error(last, ref_last) < 1e-5
 
@@ -253,8 +259,9 @@ def test_triton_state_update_matches_reference(shape, dtype):
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
-def add_rms_norm_errors(rows: int, width: int, weight_dtype: torch.dtype, first_block: bool, residual_in_fp32: bool,
-                        device: str) -> dict:
+def add_rms_norm_errors(
+    rows: int, width: int, weight_dtype: torch.dtype, first_block: bool, residual_in_fp32: bool, device: str
+) -> dict:
     """Relative errors of the Triton add + RMSNorm against the PyTorch form, on both outputs."""
     from mambakit.ops.reference import add_rms_norm_ref
     from mambakit.ops.triton_norm import add_rms_norm_triton
@@ -287,8 +294,9 @@ def interpreter_check() -> None:
     from mambakit.ops.triton_scan import ScanConfig
 
     save_at_tile_starts = ScanConfig(fwd_block_d=4, fwd_block_l=8, bwd_block_d=4, bwd_block_l=16)
-    save_inside_tiles = ScanConfig(fwd_block_d=2, fwd_block_l=64, fwd_unroll=4, bwd_block_d=4, bwd_block_l=16,
-                                   bwd_unroll=2)
+    save_inside_tiles = ScanConfig(
+        fwd_block_d=2, fwd_block_l=64, fwd_unroll=4, bwd_block_d=4, bwd_block_l=16, bwd_unroll=2
+    )
     cases = [
         (2, 6, 4, 37, "shared", {}, save_at_tile_starts),
         (1, 6, 3, 21, "grouped:3", {}, save_at_tile_starts),

@@ -42,8 +42,19 @@ def in_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
     return view.copy_(values)
 
 
-def conv_inputs(batch: int, dim: int, length: int, width: int, dtype: torch.dtype, layout: str, *, bias: bool = True,
-                initial: bool = True, device: str = "cpu", seed: int = 0) -> dict:
+def conv_inputs(
+    batch: int,
+    dim: int,
+    length: int,
+    width: int,
+    dtype: torch.dtype,
+    layout: str,
+    *,
+    bias: bool = True,
+    initial: bool = True,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """x and the initial states in `dtype`, weight and bias fp32 (as a module's parameters under autocast)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -151,8 +162,18 @@ def case_id(case: tuple) -> str:
 def test_triton_conv_edge_cases(case, layout):
     batch, dim, length, width, options = case
     activation = options.get("activation", "silu")
-    inputs = conv_inputs(batch, dim, length, width, torch.float32, layout, bias=options.get("bias", True),
-                         initial=options.get("initial", True), device="cuda", seed=length)
+    inputs = conv_inputs(
+        batch,
+        dim,
+        length,
+        width,
+        torch.float32,
+        layout,
+        bias=options.get("bias", True),
+        initial=options.get("initial", True),
+        device="cuda",
+        seed=length,
+    )
     errors = errors_vs_reference(through_ops, inputs, activation, seed=dim)
     assert max(errors.values()) < TOLERANCE[torch.float32], errors
 
@@ -188,8 +209,9 @@ def test_triton_conv_pieces_and_steps_equal_one_pass(width, dtype):
     inputs = conv_inputs(2, 96, 40, width, dtype, "channel_last", device="cuda", seed=width)
     x, weight, bias, initial = inputs.values()
     whole, whole_final = through_ops(**inputs, activation="silu", return_final_states=True)
-    first, carry = through_ops(x=x[..., :17], weight=weight, bias=bias, activation="silu", initial_states=initial,
-                               return_final_states=True)
+    first, carry = through_ops(
+        x=x[..., :17], weight=weight, bias=bias, activation="silu", initial_states=initial, return_final_states=True
+    )
     second = through_ops(x=x[..., 17:25], weight=weight, bias=bias, activation="silu", initial_states=carry)
     state = carry.clone()
     steps = [ops.causal_conv1d_update(x[..., t], state, weight, bias, "silu", backend="triton") for t in range(17, 40)]
@@ -211,8 +233,9 @@ def test_triton_conv_update_matches_reference(activation, width, dtype):
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
-def update_errors(batch: int, dim: int, width: int, dtype: torch.dtype, activation: str | None,
-                  device: str) -> dict[str, float]:
+def update_errors(
+    batch: int, dim: int, width: int, dtype: torch.dtype, activation: str | None, device: str
+) -> dict[str, float]:
     """Five decode steps (x a strided half of an in_proj output, as in the mixer) against the reference in float64:
     each output, then the state."""
     from mambakit.ops.triton_conv import causal_conv1d_update_triton

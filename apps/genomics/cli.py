@@ -32,10 +32,24 @@ PRESETS = {
     "small": {"d_model": 128, "n_layer": 6, "d_state": 16},
     "base": {"d_model": 256, "n_layer": 8, "d_state": 16},
 }
-CLASSIFY_DEFAULTS = {"epochs": 5, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05, "eval_every": 100,
-                     "save_every": 100, "log_every": 20}
-PRETRAIN_DEFAULTS = {"max_steps": 400, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.05, "eval_every": 100,
-                     "save_every": 100, "log_every": 20}
+CLASSIFY_DEFAULTS = {
+    "epochs": 5,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "warmup_ratio": 0.05,
+    "eval_every": 100,
+    "save_every": 100,
+    "log_every": 20,
+}
+PRETRAIN_DEFAULTS = {
+    "max_steps": 400,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "warmup_ratio": 0.05,
+    "eval_every": 100,
+    "save_every": 100,
+    "log_every": 20,
+}
 #: Pretraining window when --seq-len is not given.
 DEFAULT_WINDOW = 1024
 #: The run record of checkpoints written before run records existed (mambakit up to 85bf326).
@@ -56,8 +70,12 @@ class GenomicsOptions:
     genome: GenomeOption = field(default=None, metadata=EVAL_OPTION)
     seq_len: Annotated[
         int | None,
-        typer.Option("--seq-len", min=2, help=f"pretrain/mlm: bases per window (default {DEFAULT_WINDOW}); "
-                     "classify: keep the first N bases of each sequence (default: all)."),
+        typer.Option(
+            "--seq-len",
+            min=2,
+            help=f"pretrain/mlm: bases per window (default {DEFAULT_WINDOW}); "
+            "classify: keep the first N bases of each sequence (default: all).",
+        ),
     ] = None
     bidirectional: Annotated[bool, typer.Option(help="BiMamba: a forward and a flipped pass per layer.")] = False
     rc_equivariant: Annotated[
@@ -72,20 +90,30 @@ def _model(task: str, inputs: TaskInputs, splits: Splits) -> Any:
     options: GenomicsOptions = inputs.options
     tokenizer: DNATokenizer = inputs.featurizer
     config = inputs.model_config(
-        GenomicsMambaConfig, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
-        bidirectional=options.bidirectional, rc_equivariant=options.rc_equivariant,
+        GenomicsMambaConfig,
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
+        bidirectional=options.bidirectional,
+        rc_equivariant=options.rc_equivariant,
         complement_map=tokenizer.complement_map if options.rc_equivariant else None,
     )
-    return create_model(task, config, num_labels=max(len(splits.labels), 2), pooling=options.pooling,
-                        labels=splits.labels or None)
+    return create_model(
+        task, config, num_labels=max(len(splits.labels), 2), pooling=options.pooling, labels=splits.labels or None
+    )
 
 
 def _classification_data(inputs: TaskInputs) -> Splits:
     from .prepare import classification_splits
 
     options: GenomicsOptions = inputs.options
-    return classification_splits(inputs.run.data or None, inputs.featurizer, options.genome, inputs.run.seed,
-                                 max_length=options.seq_len, rc_augment=options.rc_aug)
+    return classification_splits(
+        inputs.run.data or None,
+        inputs.featurizer,
+        options.genome,
+        inputs.run.seed,
+        max_length=options.seq_len,
+        rc_augment=options.rc_aug,
+    )
 
 
 def _classification_eval_data(inputs: TaskInputs) -> Any:
@@ -104,8 +132,13 @@ def _genome_data(inputs: TaskInputs) -> Splits:
     data = inputs.run.data
     if len(data) > 1:
         raise UserError(f"--task {inputs.run.task} takes one genome FASTA as --data, got {len(data)} paths")
-    return pretraining_splits(data[0] if data else None, inputs.featurizer, window=inputs.options.seq_len or
-                              DEFAULT_WINDOW, seed=inputs.run.seed, rc_augment=inputs.options.rc_aug)
+    return pretraining_splits(
+        data[0] if data else None,
+        inputs.featurizer,
+        window=inputs.options.seq_len or DEFAULT_WINDOW,
+        seed=inputs.run.seed,
+        rc_augment=inputs.options.rc_aug,
+    )
 
 
 def read_inputs(paths: list[Path], genome: Path | None) -> list[Any]:
@@ -126,20 +159,29 @@ def read_inputs(paths: list[Path], genome: Path | None) -> list[Any]:
 
 TASKS = (
     DomainTask(
-        "classify", "accuracy, MCC, AUROC; default data: Oct4 vs Mafk ChIP-seq sites",
-        data=_classification_data, model=lambda inputs, splits: _model("classify", inputs, splits),
+        "classify",
+        "accuracy, MCC, AUROC; default data: Oct4 vs Mafk ChIP-seq sites",
+        data=_classification_data,
+        model=lambda inputs, splits: _model("classify", inputs, splits),
         task=lambda inputs: ClassifyTask(inputs.featurizer, conjoin=inputs.options.conjoin),
-        defaults=CLASSIFY_DEFAULTS, eval_data=_classification_eval_data,
+        defaults=CLASSIFY_DEFAULTS,
+        eval_data=_classification_eval_data,
     ),
     DomainTask(
-        "pretrain", "next base, bits per base; default data: the C. diphtheriae chromosome",
-        data=_genome_data, model=lambda inputs, splits: _model("pretrain", inputs, splits),
-        task=lambda inputs: PretrainTask(inputs.featurizer), defaults=PRETRAIN_DEFAULTS,
+        "pretrain",
+        "next base, bits per base; default data: the C. diphtheriae chromosome",
+        data=_genome_data,
+        model=lambda inputs, splits: _model("pretrain", inputs, splits),
+        task=lambda inputs: PretrainTask(inputs.featurizer),
+        defaults=PRETRAIN_DEFAULTS,
     ),
     DomainTask(
-        "mlm", "masked bases, for --bidirectional / --rc-equivariant models",
-        data=_genome_data, model=lambda inputs, splits: _model("mlm", inputs, splits),
-        task=lambda inputs: MlmTask(inputs.featurizer), defaults=PRETRAIN_DEFAULTS,
+        "mlm",
+        "masked bases, for --bidirectional / --rc-equivariant models",
+        data=_genome_data,
+        model=lambda inputs, splits: _model("mlm", inputs, splits),
+        task=lambda inputs: MlmTask(inputs.featurizer),
+        defaults=PRETRAIN_DEFAULTS,
     ),
 )
 
@@ -163,10 +205,12 @@ def read_legacy_record(checkpoint: Path, model: Any) -> RunRecord | None:
 def predict(
     checkpoint: CheckpointOption,
     data: DataOption = None,
-    out: Annotated[Path, typer.Option("--out", help="predictions.csv, or embeddings.npy / .parquet with --embed.")]
-    = Path("predictions.csv"),
-    embed: Annotated[bool, typer.Option("--embed", help="Export one embedding per sequence instead of labels.")]
-    = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="predictions.csv, or embeddings.npy / .parquet with --embed.")
+    ] = Path("predictions.csv"),
+    embed: Annotated[
+        bool, typer.Option("--embed", help="Export one embedding per sequence instead of labels.")
+    ] = False,
     conjoin: ConjoinOption = False,
     genome: GenomeOption = None,
     batch_size: BatchSizeOption = None,
@@ -194,8 +238,9 @@ def predict(
     labelled = embed is False and bool(classes) and all(r.label is not None for r in records)
     dataset = SequenceDataset(records, tokenizer, classes if labelled else None, options.seq_len)
     if embed:
-        written = save_embeddings(out, embed_sequences(model, dataset, batch_size or 64, conjoin=conjoin),
-                                  dataset.names)
+        written = save_embeddings(
+            out, embed_sequences(model, dataset, batch_size or 64, conjoin=conjoin), dataset.names
+        )
         print(f"wrote {len(dataset):,} embeddings to {written}")
         return
     if not isinstance(model, MambaForSequenceClassification):
@@ -205,8 +250,10 @@ def predict(
     written = write_predictions_csv(out, dataset.names, probabilities.argmax(-1), probabilities, classes)
     print(f"wrote {len(dataset):,} predictions to {written}")
     if labelled:
-        print_metrics(f"genomics: {checkpoint} on {', '.join(map(str, data))}",
-                      classification_metrics(torch.from_numpy(logits), torch.from_numpy(dataset.labels)))
+        print_metrics(
+            f"genomics: {checkpoint} on {', '.join(map(str, data))}",
+            classification_metrics(torch.from_numpy(logits), torch.from_numpy(dataset.labels)),
+        )
 
 
 DOMAIN = Domain(

@@ -29,9 +29,14 @@ class SequenceDataset(Dataset):
     """Tokenized sequences, with class ids when `classes` is given (labels outside it are an error naming the
     record's file and line). Sequences longer than `max_length` keep their first `max_length` bases."""
 
-    def __init__(self, records: Sequence[SequenceRecord], tokenizer: DNATokenizer,
-                 classes: Sequence[str] | None = None, max_length: int | None = None,
-                 rc_augment: bool = False) -> None:
+    def __init__(
+        self,
+        records: Sequence[SequenceRecord],
+        tokenizer: DNATokenizer,
+        classes: Sequence[str] | None = None,
+        max_length: int | None = None,
+        rc_augment: bool = False,
+    ) -> None:
         self.tokenizer, self.rc_augment = tokenizer, rc_augment
         self.names = [record.name for record in records]
         self.ids = [tokenizer.encode(record.sequence[:max_length]) for record in records]
@@ -58,8 +63,15 @@ class GenomeWindows(Dataset):
     the last window of a region may be shorter (at least 2 bases, so it predicts one). Each window is taken
     inside one region, so held-out regions never leak into training windows."""
 
-    def __init__(self, contigs: Mapping[str, np.ndarray], regions: Sequence[Region], window: int,
-                 stride: int | None = None, tokenizer: DNATokenizer | None = None, rc_augment: bool = False) -> None:
+    def __init__(
+        self,
+        contigs: Mapping[str, np.ndarray],
+        regions: Sequence[Region],
+        window: int,
+        stride: int | None = None,
+        tokenizer: DNATokenizer | None = None,
+        rc_augment: bool = False,
+    ) -> None:
         if window < 2:
             raise ValueError(f"window must be >= 2 bases, got {window}")
         stride = window if stride is None else stride
@@ -73,8 +85,9 @@ class GenomeWindows(Dataset):
             if region.contig not in contigs:
                 raise ValueError(f"region {region.contig}:{region.start}-{region.end}: no such contig")
             last = min(region.end, len(contigs[region.contig]))
-            starts += [(region.contig, start, min(start + window, last))
-                       for start in range(region.start, last - 1, stride)]
+            starts += [
+                (region.contig, start, min(start + window, last)) for start in range(region.start, last - 1, stride)
+            ]
         self.spans = starts
 
     def __len__(self) -> int:

@@ -63,11 +63,15 @@ class GenomicsMambaConfig(MambaConfig):
         if len(mapping) != self.vocab_size or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(mapping) for i in mapping
         ):
-            raise ValueError(f"config: complement_map must list one token id in [0, vocab_size) for each of the "
-                             f"{self.vocab_size} ids, got {list(mapping)}")
+            raise ValueError(
+                f"config: complement_map must list one token id in [0, vocab_size) for each of the "
+                f"{self.vocab_size} ids, got {list(mapping)}"
+            )
         if any(mapping[mapping[i]] != i for i in range(len(mapping))):
-            raise ValueError(f"config: complement_map must be its own inverse (the complement of a complement is "
-                             f"the token itself), got {list(mapping)}")
+            raise ValueError(
+                f"config: complement_map must be its own inverse (the complement of a complement is "
+                f"the token itself), got {list(mapping)}"
+            )
 
     @property
     def causal(self) -> bool:
@@ -104,36 +108,61 @@ class RCPSMambaModel(MambaModel):
 
 
 @register_backbone(GenomicsMambaConfig)
-def genomics_backbone(config: GenomicsMambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
-                      dtype: torch.dtype | None = None) -> MambaModel:
+def genomics_backbone(
+    config: GenomicsMambaConfig,
+    scan_backend: str = "auto",
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> MambaModel:
     """The backbone the core heads build over a genomics config: RC-equivariant when it says so."""
     backbone = RCPSMambaModel if config.rc_equivariant else MambaModel
     return backbone(config, scan_backend, device=device, dtype=dtype)
 
 
-def genomics_config(tokenizer: DNATokenizer, d_model: int = 128, n_layer: int = 6, d_state: int = 16,
-                    bidirectional: bool = False, bidirectional_strategy: str = "add",
-                    bidirectional_weight_tie: bool = True, rc_equivariant: bool = False) -> GenomicsMambaConfig:
+def genomics_config(
+    tokenizer: DNATokenizer,
+    d_model: int = 128,
+    n_layer: int = 6,
+    d_state: int = 16,
+    bidirectional: bool = False,
+    bidirectional_strategy: str = "add",
+    bidirectional_weight_tie: bool = True,
+    rc_equivariant: bool = False,
+) -> GenomicsMambaConfig:
     """The architecture over the tokenizer's vocabulary (default 6 layers x d_model 128, the Mamba paper's small
     DNA model); `rc_equivariant` takes the complement map from the tokenizer."""
     return GenomicsMambaConfig(
-        d_model=d_model, n_layer=n_layer, d_state=d_state, vocab_size=tokenizer.vocab_size,
-        pad_token_id=tokenizer.pad_token_id, bidirectional=bidirectional,
-        bidirectional_strategy=bidirectional_strategy, bidirectional_weight_tie=bidirectional_weight_tie,
-        rc_equivariant=rc_equivariant, complement_map=tokenizer.complement_map if rc_equivariant else None,
+        d_model=d_model,
+        n_layer=n_layer,
+        d_state=d_state,
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
+        bidirectional=bidirectional,
+        bidirectional_strategy=bidirectional_strategy,
+        bidirectional_weight_tie=bidirectional_weight_tie,
+        rc_equivariant=rc_equivariant,
+        complement_map=tokenizer.complement_map if rc_equivariant else None,
     )
 
 
-def create_model(task: str, config: MambaConfig, num_labels: int = 2, pooling: str = "mean",
-                 scan_backend: str = "auto", labels: Sequence[str] | None = None) -> MambaPreTrainedModel:
+def create_model(
+    task: str,
+    config: MambaConfig,
+    num_labels: int = 2,
+    pooling: str = "mean",
+    scan_backend: str = "auto",
+    labels: Sequence[str] | None = None,
+) -> MambaPreTrainedModel:
     """The model `task` trains: classify -> MambaForSequenceClassification (over `labels`, when named),
     pretrain -> MambaLMHeadModel (causal configs only), mlm -> MambaForMaskedLM."""
     if task == "classify":
         return MambaForSequenceClassification(config, num_labels, pooling, scan_backend, labels=labels)
     if task == "pretrain":
         if not config.causal:
-            raise ValueError("task pretrain trains a causal next-base model, which cannot be bidirectional or "
-                             "RC-equivariant (it would see the bases it predicts); use task mlm for those")
+            raise ValueError(
+                "task pretrain trains a causal next-base model, which cannot be bidirectional or "
+                "RC-equivariant (it would see the bases it predicts); use task mlm for those"
+            )
         return MambaLMHeadModel(config, scan_backend)
     if task == "mlm":
         return MambaForMaskedLM(config, scan_backend)

@@ -28,20 +28,28 @@ def _batches(model: MambaPreTrainedModel, dataset: SequenceDataset, batch_size: 
 
 
 @torch.no_grad()
-def predict_logits(model: MambaForSequenceClassification, dataset: SequenceDataset, batch_size: int = 64,
-                   conjoin: bool = False) -> np.ndarray:
+def predict_logits(
+    model: MambaForSequenceClassification, dataset: SequenceDataset, batch_size: int = 64, conjoin: bool = False
+) -> np.ndarray:
     """Class logits (n, num_labels) of every sequence, in dataset order; `conjoin` averages each sequence's
     logits with its reverse complement's."""
     model.eval()
     tokenizer = dataset.tokenizer if conjoin else None
-    outputs = [conjoined(lambda ids, mask: model(ids, attention_mask=mask).logits, batch, tokenizer).float().cpu()
-               for batch in _batches(model, dataset, batch_size)]
+    outputs = [
+        conjoined(lambda ids, mask: model(ids, attention_mask=mask).logits, batch, tokenizer).float().cpu()
+        for batch in _batches(model, dataset, batch_size)
+    ]
     return torch.cat(outputs).numpy()
 
 
 @torch.no_grad()
-def embed(model: MambaPreTrainedModel, dataset: SequenceDataset, batch_size: int = 64, pooling: str = "mean",
-          conjoin: bool = False) -> np.ndarray:
+def embed(
+    model: MambaPreTrainedModel,
+    dataset: SequenceDataset,
+    batch_size: int = 64,
+    pooling: str = "mean",
+    conjoin: bool = False,
+) -> np.ndarray:
     """One vector per sequence (n, d_model), in dataset order: a classifier's pooled features (its own pooling),
     else the backbone's hidden states, folded to d_model per base (an RC-equivariant backbone averages its two
     strands' readings), pooled over the real bases (`pooling`). `conjoin` averages with the reverse
@@ -64,8 +72,9 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[st
     `name` column and one float32 column per dimension (`e0`, `e1`, ...), and needs pyarrow."""
     path = Path(path)
     if path.suffix not in EMBEDDING_FORMATS:
-        raise ValueError(f"{path}: embeddings are written as {' or '.join(EMBEDDING_FORMATS)}; give one of those "
-                         f"endings")
+        raise ValueError(
+            f"{path}: embeddings are written as {' or '.join(EMBEDDING_FORMATS)}; give one of those endings"
+        )
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(names) != len(embeddings):
         raise ValueError(f"{len(names)} names for {len(embeddings)} embeddings")
@@ -82,4 +91,3 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[st
     columns.update({f"e{i}": pa.array(embeddings[:, i]) for i in range(embeddings.shape[1])})
     pq.write_table(pa.table(columns), path)
     return path
-

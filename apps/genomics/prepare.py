@@ -30,10 +30,16 @@ CLASSIFICATION_DATA = DATA_DIR / "oct4_vs_mafk"
 GENOME = DATA_DIR / "genome" / "c_diphtheriae_NCTC11397.fna.gz"
 
 
-def classification_splits(data: str | Path | Sequence[str | Path] | None = None, tokenizer: DNATokenizer | None = None,
-                          genome: str | Path | None = None, seed: int = 0, val_fraction: float = 0.1,
-                          test_fraction: float = 0.1, max_length: int | None = None,
-                          rc_augment: bool = False) -> Splits:
+def classification_splits(
+    data: str | Path | Sequence[str | Path] | None = None,
+    tokenizer: DNATokenizer | None = None,
+    genome: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_length: int | None = None,
+    rc_augment: bool = False,
+) -> Splits:
     """Datasets for sequence classification, with the class names (index = class id) as `labels`.
 
     `data` as `readers.load_labelled` takes it (None: the embedded Oct4 vs Mafk task). The user's split is used
@@ -41,8 +47,7 @@ def classification_splits(data: str | Path | Sequence[str | Path] | None = None,
     """
     tokenizer = tokenizer or DNATokenizer()
     labelled: LabelledData = load_labelled(CLASSIFICATION_DATA if data is None else data, genome)
-    splits = labelled.splits or stratified_split([r.label for r in labelled.records], val_fraction, test_fraction,
-                                                 seed)
+    splits = labelled.splits or stratified_split([r.label for r in labelled.records], val_fraction, test_fraction, seed)
 
     def dataset(split: str, augment: bool = False) -> SequenceDataset | None:
         indices = splits.get(split)
@@ -54,9 +59,16 @@ def classification_splits(data: str | Path | Sequence[str | Path] | None = None,
     return Splits(dataset("train", rc_augment), dataset("val"), dataset("test"), tuple(labelled.classes))
 
 
-def pretraining_splits(genome: str | Path | None = None, tokenizer: DNATokenizer | None = None, window: int = 1024,
-                       seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                       splits_bed: str | Path | None = None, rc_augment: bool = False) -> Splits:
+def pretraining_splits(
+    genome: str | Path | None = None,
+    tokenizer: DNATokenizer | None = None,
+    window: int = 1024,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    splits_bed: str | Path | None = None,
+    rc_augment: bool = False,
+) -> Splits:
     """Windows of `window` bases over a genome FASTA (None: the embedded C. diphtheriae chromosome) for causal
     or masked LM pretraining, split by contig (or by region within contigs, see `readers.split_genome`), or by
     a BED file whose 4th column names each interval's split. `rc_augment` applies to training only."""

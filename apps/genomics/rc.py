@@ -46,12 +46,17 @@ class RCPSEmbedding(nn.Embedding):
     """Token embedding whose output (b, l, 2d) is [E(x), flip_channels(E(complement(x)))]: the second half is the
     reverse-complement strand's embedding put back in forward order. The weight is (num_embeddings, d)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, complement_map: Sequence[int],
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        complement_map: Sequence[int],
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(num_embeddings, embedding_dim, device=device, dtype=dtype)
         # Derived from the config, so not saved with the weights.
-        self.register_buffer("complement", complement_table(complement_map, num_embeddings, device),
-                             persistent=False)
+        self.register_buffer("complement", complement_table(complement_map, num_embeddings, device), persistent=False)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids (b, l) -> (b, l, 2d)."""
@@ -118,8 +123,12 @@ def rc_pool(features: Tensor, attention_mask: Tensor | None, pooling: str) -> Te
     return (pool_sequence(fwd, attention_mask, pooling) + pool_sequence(rc_strand, attention_mask, pooling)) / 2
 
 
-def rc_conjoin(forward: Callable[[Tensor, Tensor | None], Tensor], input_ids: Tensor, complement: Tensor,
-               attention_mask: Tensor | None = None) -> Tensor:
+def rc_conjoin(
+    forward: Callable[[Tensor, Tensor | None], Tensor],
+    input_ids: Tensor,
+    complement: Tensor,
+    attention_mask: Tensor | None = None,
+) -> Tensor:
     """Post-hoc RC conjoining at inference: the average of `forward(input_ids, attention_mask)` and of the same
     on the reverse complements. For per-sequence outputs (b, ...) such as classification logits."""
     reverse = reverse_complement_ids(input_ids, complement, attention_mask)

@@ -104,11 +104,14 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except UnicodeDecodeError as error:
-        raise GenomicsDataError(f"{path}: not a text file (undecodable byte at offset {error.start}); expected "
-                                f"FASTA, FASTQ, BED or CSV/TSV text, plain or gzipped") from None
+        raise GenomicsDataError(
+            f"{path}: not a text file (undecodable byte at offset {error.start}); expected "
+            f"FASTA, FASTQ, BED or CSV/TSV text, plain or gzipped"
+        ) from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise GenomicsDataError(f"{path}: truncated or corrupt gzip data ({error}); copy or download the file "
-                                f"again") from None
+        raise GenomicsDataError(
+            f"{path}: truncated or corrupt gzip data ({error}); copy or download the file again"
+        ) from None
 
 
 def _strip_suffixes(path: Path) -> tuple[str, str]:
@@ -144,8 +147,10 @@ def _sniff(path: Path) -> tuple[str, int]:
             if line[0] == "@":
                 return "fastq", number
             shown = line.strip()[:30]
-            raise GenomicsDataError(f"{path}:{number}: not FASTA or FASTQ: a FASTA record starts with '>' and a "
-                                    f"FASTQ one with '@', got {shown!r}")
+            raise GenomicsDataError(
+                f"{path}:{number}: not FASTA or FASTQ: a FASTA record starts with '>' and a "
+                f"FASTQ one with '@', got {shown!r}"
+            )
     raise GenomicsDataError(f"{path}: empty file; expected FASTA or FASTQ records")
 
 
@@ -189,8 +194,10 @@ def iter_sequences(path: str | Path) -> Iterator[SequenceRecord]:
                 bad = _TOKENIZER.first_invalid(sequence)
                 if bad >= 0:
                     line = _locate(path, kind, index, bad)
-                    raise GenomicsDataError(f"{path}:{line}: record {name!r} holds {sequence[bad]!r}, which is "
-                                            f"neither a base (ACGTUN) nor an IUPAC code; fix or remove the record")
+                    raise GenomicsDataError(
+                        f"{path}:{line}: record {name!r} holds {sequence[bad]!r}, which is "
+                        f"neither a base (ACGTUN) nor an IUPAC code; fix or remove the record"
+                    )
                 yield SequenceRecord(name, sequence, source=f"{path} (record {name})")
         except ValueError as error:  # biopython's FASTQ checks
             if isinstance(error, GenomicsDataError):
@@ -254,8 +261,10 @@ class IndexedFasta:
             bad = _TOKENIZER.first_invalid(sequence)
             if bad >= 0:
                 line = _locate(self.path, "fasta", self.names.index(name), bad)
-                raise GenomicsDataError(f"{self.path}:{line}: contig {name!r} holds {sequence[bad]!r}, which is "
-                                        f"neither a base (ACGTUN) nor an IUPAC code")
+                raise GenomicsDataError(
+                    f"{self.path}:{line}: contig {name!r} holds {sequence[bad]!r}, which is "
+                    f"neither a base (ACGTUN) nor an IUPAC code"
+                )
         self._cache = (name, sequence)
         return sequence
 
@@ -263,9 +272,11 @@ class IndexedFasta:
         """The bases of `region`; an error when it runs past the contig's end."""
         sequence = self.contig(region.contig)
         if region.end > len(sequence):
-            raise GenomicsDataError(f"{self.path}: interval {region.contig}:{region.start}-{region.end} ends past "
-                                    f"the contig's length {len(sequence)}")
-        return sequence[region.start:region.end]
+            raise GenomicsDataError(
+                f"{self.path}: interval {region.contig}:{region.start}-{region.end} ends past "
+                f"the contig's length {len(sequence)}"
+            )
+        return sequence[region.start : region.end]
 
 
 # --- BED ----------------------------------------------------------------------------------------------------
@@ -279,13 +290,15 @@ def _bed_rows(path: Path) -> Iterator[tuple[int, Region, list[str]]]:
                 continue
             fields = line.rstrip("\n").split("\t") if "\t" in line else line.split()
             if len(fields) < 3:
-                raise GenomicsDataError(f"{path}:{number}: a BED line needs chrom, start and end, got {len(fields)} "
-                                        f"field(s)")
+                raise GenomicsDataError(
+                    f"{path}:{number}: a BED line needs chrom, start and end, got {len(fields)} field(s)"
+                )
             try:
                 start, end = int(fields[1]), int(fields[2])
             except ValueError:
-                raise GenomicsDataError(f"{path}:{number}: start and end must be integers, got {fields[1]!r} and "
-                                        f"{fields[2]!r}") from None
+                raise GenomicsDataError(
+                    f"{path}:{number}: start and end must be integers, got {fields[1]!r} and {fields[2]!r}"
+                ) from None
             if not 0 <= start < end:
                 raise GenomicsDataError(f"{path}:{number}: need 0 <= start < end, got {start} and {end}")
             yield number, Region(fields[0], start, end), fields
@@ -348,9 +361,11 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
         wanted = ("sequence", "label") if require_label else ("sequence",)
         missing = [name for name in wanted if name not in columns]
         if missing:
-            raise GenomicsDataError(f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
-                                    f"{header_line.strip()[:80]!r}); a table needs a header with sequence,label "
-                                    f"columns")
+            raise GenomicsDataError(
+                f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
+                f"{header_line.strip()[:80]!r}); a table needs a header with sequence,label "
+                f"columns"
+            )
         name_column = columns.get("name", columns.get("id"))
         for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 2):
             if not any(field.strip() for field in row):
@@ -362,8 +377,10 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
                 raise GenomicsDataError(f"{path}:{number}: empty sequence")
             bad = _TOKENIZER.first_invalid(sequence)
             if bad >= 0:
-                raise GenomicsDataError(f"{path}:{number}: sequence holds {sequence[bad]!r}, which is neither a base "
-                                        f"(ACGTUN) nor an IUPAC code")
+                raise GenomicsDataError(
+                    f"{path}:{number}: sequence holds {sequence[bad]!r}, which is neither a base "
+                    f"(ACGTUN) nor an IUPAC code"
+                )
             label = row[columns["label"]].strip() if "label" in columns else None
             if require_label and not label:
                 raise GenomicsDataError(f"{path}:{number}: empty label")
@@ -371,8 +388,9 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
             if "split" in columns:
                 split = SPLIT_NAMES.get(row[columns["split"]].strip().lower())
                 if split is None:
-                    raise GenomicsDataError(f"{path}:{number}: split must be train, val or test, got "
-                                            f"{row[columns['split']]!r}")
+                    raise GenomicsDataError(
+                        f"{path}:{number}: split must be train, val or test, got {row[columns['split']]!r}"
+                    )
             name = row[name_column].strip() if name_column is not None else f"row{number}"
             records.append(SequenceRecord(name, sequence, label, f"{path}:{number}", split))
     if not records:
@@ -400,8 +418,9 @@ def sequence_file_kind(path: str | Path) -> FileKind:
     return "sequences"  # FASTA_SUFFIXES, FASTQ_SUFFIXES, no suffix or an unknown one: sniffed by content
 
 
-def read_records(path: str | Path, genome: IndexedFasta | None = None,
-                 require_label: bool = False) -> list[SequenceRecord]:
+def read_records(
+    path: str | Path, genome: IndexedFasta | None = None, require_label: bool = False
+) -> list[SequenceRecord]:
     """The records of any supported file, by its name (see `sequence_file_kind`): FASTA/FASTQ, BED (needs
     `genome`) or CSV/TSV."""
     path = Path(path)
@@ -411,8 +430,9 @@ def read_records(path: str | Path, genome: IndexedFasta | None = None,
         return read_table(path, require_label)
     if kind == "bed":
         if genome is None:
-            raise GenomicsDataError(f"{path}: a BED file holds intervals, not bases; also give the genome FASTA "
-                                    f"they refer to")
+            raise GenomicsDataError(
+                f"{path}: a BED file holds intervals, not bases; also give the genome FASTA they refer to"
+            )
         return read_bed(path, genome)
     return read_sequences(path)
 
@@ -427,13 +447,17 @@ def _class_files(folder: Path) -> list[Path]:
 def _read_class_files(files: Sequence[Path], genome: IndexedFasta | None) -> list[SequenceRecord]:
     names = [class_name(path) for path in files]
     if len(set(names)) != len(names):
-        raise GenomicsDataError(f"{files[0].parent}: two files name the same class ({', '.join(map(str, files))}); "
-                                f"each class needs one file")
+        raise GenomicsDataError(
+            f"{files[0].parent}: two files name the same class ({', '.join(map(str, files))}); "
+            f"each class needs one file"
+        )
     records = []
     for path, name in zip(files, names, strict=True):
         if sequence_file_kind(path) == "table":
-            raise GenomicsDataError(f"{path}: a table among per-class files; give either one table with a label "
-                                    f"column or one FASTA file per class")
+            raise GenomicsDataError(
+                f"{path}: a table among per-class files; give either one table with a label "
+                f"column or one FASTA file per class"
+            )
         records += [SequenceRecord(r.name, r.sequence, name, r.source) for r in read_records(path, genome)]
     return records
 
@@ -454,8 +478,9 @@ def load_labelled(data: str | Path | Sequence[str | Path], genome: str | Path | 
     splits = None
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
-        subfolders = {SPLIT_NAMES[p.name.lower()]: p for p in folder.iterdir()
-                      if p.is_dir() and p.name.lower() in SPLIT_NAMES}
+        subfolders = {
+            SPLIT_NAMES[p.name.lower()]: p for p in folder.iterdir() if p.is_dir() and p.name.lower() in SPLIT_NAMES
+        }
         if subfolders:
             if "train" not in subfolders:
                 raise GenomicsDataError(f"{folder}: split subfolders {sorted(subfolders)} but no train/")
@@ -472,17 +497,20 @@ def load_labelled(data: str | Path | Sequence[str | Path], genome: str | Path | 
     elif len(paths) == 1:
         _check_file(paths[0])
         if sequence_file_kind(paths[0]) != "table":
-            raise GenomicsDataError(f"{paths[0]}: one sequence file holds no labels; give one FASTA file per class "
-                                    f"(the class is the file's name), a folder of them, or a CSV/TSV with "
-                                    f"sequence,label columns")
+            raise GenomicsDataError(
+                f"{paths[0]}: one sequence file holds no labels; give one FASTA file per class "
+                f"(the class is the file's name), a folder of them, or a CSV/TSV with "
+                f"sequence,label columns"
+            )
         records = read_table(paths[0])
         splits = _table_splits(paths[0], records)
     else:
         records = _read_class_files(paths, fasta)
     classes = sorted({record.label for record in records if record.label is not None})
     if len(classes) < 2:
-        raise GenomicsDataError(f"{paths[0]}: found {len(classes)} class(es) {classes}; classification needs at "
-                                f"least 2")
+        raise GenomicsDataError(
+            f"{paths[0]}: found {len(classes)} class(es) {classes}; classification needs at least 2"
+        )
     return LabelledData(records, classes, splits)
 
 
@@ -506,8 +534,9 @@ def encode_labels(records: Sequence[SequenceRecord], classes: Sequence[str]) -> 
     ids = np.empty(len(records), dtype=np.int64)
     for row, record in enumerate(records):
         if record.label not in index:
-            raise GenomicsDataError(f"{record.source}: label {record.label!r} is not one of the model's classes "
-                                    f"{list(classes)}")
+            raise GenomicsDataError(
+                f"{record.source}: label {record.label!r} is not one of the model's classes {list(classes)}"
+            )
         ids[row] = index[record.label]
     return ids
 
@@ -515,8 +544,9 @@ def encode_labels(records: Sequence[SequenceRecord], classes: Sequence[str]) -> 
 # --- splits -------------------------------------------------------------------------------------------------
 
 
-def stratified_split(labels: Sequence[str] | np.ndarray, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                     seed: int = 0) -> dict[str, list[int]]:
+def stratified_split(
+    labels: Sequence[str] | np.ndarray, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[int]]:
     """Seeded split of example indices into train/val/test with each class in the same proportions."""
     _check_fractions(val_fraction, test_fraction)
     labels = np.asarray(labels)
@@ -526,13 +556,14 @@ def stratified_split(labels: Sequence[str] | np.ndarray, val_fraction: float = 0
         members = rng.permutation(np.flatnonzero(labels == label))
         n_test, n_val = round(len(members) * test_fraction), round(len(members) * val_fraction)
         splits["test"] += members[:n_test].tolist()
-        splits["val"] += members[n_test:n_test + n_val].tolist()
-        splits["train"] += members[n_test + n_val:].tolist()
+        splits["val"] += members[n_test : n_test + n_val].tolist()
+        splits["train"] += members[n_test + n_val :].tolist()
     return {name: sorted(indices) for name, indices in splits.items()}
 
 
-def split_genome(lengths: Mapping[str, int], val_fraction: float = 0.05, test_fraction: float = 0.05,
-                 seed: int = 0) -> dict[str, list[Region]]:
+def split_genome(
+    lengths: Mapping[str, int], val_fraction: float = 0.05, test_fraction: float = 0.05, seed: int = 0
+) -> dict[str, list[Region]]:
     """Seeded train/val/test split of a genome for pretraining, so held-out bases are never trained on.
 
     By whole contigs (chromosomes) when there are enough: contigs in a seeded order fill test, then val, to at
@@ -548,8 +579,14 @@ def split_genome(lengths: Mapping[str, int], val_fraction: float = 0.05, test_fr
     filled = {"test": 0, "val": 0}
     for name in order:
         region = Region(name, 0, lengths[name])
-        target = next((split for split, fraction in (("test", test_fraction), ("val", val_fraction))
-                       if filled[split] < fraction * total), "train")
+        target = next(
+            (
+                split
+                for split, fraction in (("test", test_fraction), ("val", val_fraction))
+                if filled[split] < fraction * total
+            ),
+            "train",
+        )
         if target != "train":
             filled[target] += len(region)
         splits[target].append(region)
@@ -570,8 +607,10 @@ def split_genome(lengths: Mapping[str, int], val_fraction: float = 0.05, test_fr
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val and test fractions must be in [0, 1) and leave some training data, got "
-                         f"{val_fraction} and {test_fraction}")
+        raise ValueError(
+            f"val and test fractions must be in [0, 1) and leave some training data, got "
+            f"{val_fraction} and {test_fraction}"
+        )
 
 
 def _some(names: Sequence[str], shown: int = 5) -> str:

@@ -36,12 +36,16 @@ class ClassifyTask(ClassificationTask):
 
     def evaluate_logits(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Class logits (b, num_labels) of a batch, conjoined over both strands when the task says so."""
-        return conjoined(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, batch,
-                         self.tokenizer if self.conjoin else None)
+        return conjoined(
+            lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits,
+            batch,
+            self.tokenizer if self.conjoin else None,
+        )
 
 
-def conjoined(forward: Callable[[Tensor, Tensor], Tensor], batch: dict[str, Tensor],
-              tokenizer: DNATokenizer | None) -> Tensor:
+def conjoined(
+    forward: Callable[[Tensor, Tensor], Tensor], batch: dict[str, Tensor], tokenizer: DNATokenizer | None
+) -> Tensor:
     """forward(input_ids, attention_mask) of a padded batch; with a tokenizer, averaged with the same on the
     reverse complements (RC conjoining). For per-sequence outputs (logits, pooled embeddings)."""
     if tokenizer is None:

@@ -91,8 +91,13 @@ class DNATokenizer:
 
     def to_json(self) -> str:
         """The tokenizer as JSON text (saved in checkpoints as tokenizer.json)."""
-        data = {"type": TOKENIZER_TYPE, "vocab": list(VOCAB), "complement_map": list(self.complement_map),
-                "uppercase": True, "ambiguity_to": "N"}
+        data = {
+            "type": TOKENIZER_TYPE,
+            "vocab": list(VOCAB),
+            "complement_map": list(self.complement_map),
+            "uppercase": True,
+            "ambiguity_to": "N",
+        }
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -105,12 +110,15 @@ class DNATokenizer:
             raise ValueError(f"{source}: not valid JSON ({error})") from None
         kind = data.get("type") if isinstance(data, dict) else None
         if kind != TOKENIZER_TYPE:
-            raise ValueError(f"{source}: tokenizer type {kind!r} is not {TOKENIZER_TYPE!r}; is this a genomics "
-                             f"checkpoint?")
+            raise ValueError(
+                f"{source}: tokenizer type {kind!r} is not {TOKENIZER_TYPE!r}; is this a genomics checkpoint?"
+            )
         tokenizer = cls()
         if data.get("vocab") != list(VOCAB) or data.get("complement_map") != list(tokenizer.complement_map):
-            raise ValueError(f"{source}: the vocabulary or complement map differs from this version's "
-                             f"{list(VOCAB)}; the checkpoint's ids would be misread")
+            raise ValueError(
+                f"{source}: the vocabulary or complement map differs from this version's "
+                f"{list(VOCAB)}; the checkpoint's ids would be misread"
+            )
         return tokenizer
 
     def pad(self, sequences: Sequence[np.ndarray], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -21,8 +21,15 @@ PRESETS = {
     "small": {"d_model": 384, "n_layer": 8, "d_state": 16},
     "base": {"d_model": 768, "n_layer": 24, "d_state": 16},
 }
-TRAIN_DEFAULTS = {"max_steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30, "eval_every": 100,
-                  "save_every": 100, "log_every": 10}
+TRAIN_DEFAULTS = {
+    "max_steps": 300,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "warmup_steps": 30,
+    "eval_every": 100,
+    "save_every": 100,
+    "log_every": 10,
+}
 DOMAIN_NAME = "text"
 
 
@@ -31,7 +38,8 @@ class TextOptions:
     """The text app's own options (saved in each checkpoint's run record)."""
 
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Bytes per window (default 256).")] = field(
-        default=256, metadata=EVAL_OPTION)
+        default=256, metadata=EVAL_OPTION
+    )
 
 
 def _token_streams(data: list[Path]) -> tuple[Any, Any]:
@@ -47,8 +55,10 @@ def _windows(tokens: Any, seq_len: int, what: str) -> Any:
 
     windows = TokenWindows(tokens, seq_len)
     if len(windows) == 0:
-        raise UserError(f"the text is too short for --seq-len {seq_len}: {len(tokens)} {what} bytes; give more "
-                        f"text or a smaller --seq-len")
+        raise UserError(
+            f"the text is too short for --seq-len {seq_len}: {len(tokens)} {what} bytes; give more "
+            f"text or a smaller --seq-len"
+        )
     return windows
 
 
@@ -67,10 +77,15 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
     from mambakit.models import MambaConfig, MambaLMHeadModel
 
     tokenizer: ByteTokenizer = inputs.featurizer
-    return MambaLMHeadModel(inputs.model_config(
-        MambaConfig, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    return MambaLMHeadModel(
+        inputs.model_config(
+            MambaConfig,
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
 
 
 def _lm_task(inputs: TaskInputs) -> Any:
@@ -121,8 +136,9 @@ def generate(
     ids = tokenizer.encode(prompt) or [tokenizer.bos_token_id]
     device_of_model = next(model.parameters()).device
     if cuda_graph and device_of_model.type != "cuda":
-        raise UserError(f"--cuda-graph needs the model on CUDA, it is on {device_of_model}; use --device cuda or "
-                        "drop --cuda-graph")
+        raise UserError(
+            f"--cuda-graph needs the model on CUDA, it is on {device_of_model}; use --device cuda or drop --cuda-graph"
+        )
     try:
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as error:
@@ -144,17 +160,33 @@ def generate(
             sys.stdout.flush()
 
     sys.stdout.write(prompt)
-    generate_ids(model, torch.tensor([ids], device=device_of_model), max_new_tokens, sampling,
-                 eos_token_id=tokenizer.eos_token_id, seed=seed, streamer=stream, cuda_graph=cuda_graph)
+    generate_ids(
+        model,
+        torch.tensor([ids], device=device_of_model),
+        max_new_tokens,
+        sampling,
+        eos_token_id=tokenizer.eos_token_id,
+        seed=seed,
+        streamer=stream,
+        cuda_graph=cuda_graph,
+    )
     sys.stdout.write("\n")
 
 
 DOMAIN = Domain(
     name=DOMAIN_NAME,
     help="byte-level language models on text",
-    tasks=[DomainTask("lm", "next byte, bits per byte; default data: Python's standard library sources",
-                      data=_lm_data, model=_lm_model, task=_lm_task, defaults=TRAIN_DEFAULTS,
-                      eval_data=_lm_eval_data)],
+    tasks=[
+        DomainTask(
+            "lm",
+            "next byte, bits per byte; default data: Python's standard library sources",
+            data=_lm_data,
+            model=_lm_model,
+            task=_lm_task,
+            defaults=TRAIN_DEFAULTS,
+            eval_data=_lm_eval_data,
+        )
+    ],
     options=TextOptions,
     featurizer=lambda options: ByteTokenizer(),
     load_featurizer=lambda text, source: ByteTokenizer.from_json(text),

@@ -56,8 +56,9 @@ def read_documents(files: list[Path]) -> list[str]:
         try:
             documents.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {error.start}); "
-                            "convert it or leave it out") from None
+            raise UserError(
+                f"{path}: not UTF-8 text (invalid byte at offset {error.start}); convert it or leave it out"
+            ) from None
     return documents
 
 

@@ -47,16 +47,24 @@ class MambaModel(nn.Module):
     the features, `vocabulary_logits`, `fold` and `pool`.
     """
 
-    def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         factory = {"device": device, "dtype": dtype}
         self.embedding = None if config.vocab_size == 0 else self._make_embedding(config, factory)
         block = Block if config.causal else NonCausalBlock
         self.layers: nn.ModuleList = nn.ModuleList(
-            block(self._make_mixer(config, scan_backend, factory), self._make_norm(config, factory),
-                  config.residual_in_fp32)
+            block(
+                self._make_mixer(config, scan_backend, factory),
+                self._make_norm(config, factory),
+                config.residual_in_fp32,
+            )
             for _ in range(config.n_layer)
         )
         self.norm_f: nn.Module = self._make_norm(config, factory)
@@ -69,9 +77,21 @@ class MambaModel(nn.Module):
     def _make_mixer(self, config: MambaConfig, scan_backend: str, factory: dict) -> nn.Module:
         def mamba() -> Mamba:
             return Mamba(
-                config.d_model, config.d_state, config.d_conv, config.expand, config.dt_rank, config.dt_min,
-                config.dt_max, config.dt_init, config.dt_scale, config.dt_init_floor, config.conv_bias,
-                config.bias, config.selective, scan_backend, **factory,
+                config.d_model,
+                config.d_state,
+                config.d_conv,
+                config.expand,
+                config.dt_rank,
+                config.dt_min,
+                config.dt_max,
+                config.dt_init,
+                config.dt_scale,
+                config.dt_init_floor,
+                config.conv_bias,
+                config.bias,
+                config.selective,
+                scan_backend,
+                **factory,
             )
 
         if config.bidirectional:
@@ -109,8 +129,9 @@ class MambaModel(nn.Module):
         """Recompute each block in the backward instead of storing its activations (long sequences)."""
         self.gradient_checkpointing = enable
 
-    def allocate_state(self, batch: int, device: torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> MambaState:
+    def allocate_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> MambaState:
         """Zero recurrent state for `batch` sequences."""
         self._check_recurrent()
         return MambaState([self._block(i).mixer.allocate_state(batch, device, dtype) for i in range(len(self.layers))])
@@ -128,8 +149,13 @@ class MambaModel(nn.Module):
             raise ValueError("this backbone has no embedding (vocab_size = 0): pass inputs_embeds")
         return self.embedding(input_ids)
 
-    def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-                state: MambaState | None = None, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        state: MambaState | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """input_ids (b, l) or inputs_embeds (b, l, d_model) -> hidden states (b, l, d_model) (a subclass may
         widen them; the hooks above bring them back to d_model).
         With `state`, continue from it and leave the final state in it.
@@ -155,8 +181,9 @@ class MambaModel(nn.Module):
                 hidden, residual = layer(hidden, residual, extra)
         return self._final_norm(hidden, residual)
 
-    def step(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, *,
-             state: MambaState) -> Tensor:
+    def step(
+        self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, *, state: MambaState
+    ) -> Tensor:
         """One position: input_ids (b,) or inputs_embeds (b, d_model) -> (b, d_model); `state` updated."""
         self._check_recurrent()
         hidden, residual = self._embed(input_ids, inputs_embeds), None
@@ -166,8 +193,10 @@ class MambaModel(nn.Module):
 
     def _check_recurrent(self) -> None:
         if not self.config.causal:
-            raise ValueError("non-causal (bidirectional, RC-equivariant) models read the whole sequence at once: they "
-                             "have no recurrent state or step; run forward on the full sequence")
+            raise ValueError(
+                "non-causal (bidirectional, RC-equivariant) models read the whole sequence at once: they "
+                "have no recurrent state or step; run forward on the full sequence"
+            )
 
     def _final_norm(self, hidden: Tensor, residual: Tensor | None) -> Tensor:
         residual = hidden if residual is None else residual + hidden

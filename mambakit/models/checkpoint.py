@@ -63,8 +63,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory or file that cannot be loaded; the message is one line naming the file."""
 
 
-def save_pretrained(model: TrainableModel, path: str | Path,
-                    extra_files: dict[str, bytes | str] | None = None) -> Path:
+def save_pretrained(model: TrainableModel, path: str | Path, extra_files: dict[str, bytes | str] | None = None) -> Path:
     """Write `model` as a mambakit checkpoint directory (created if needed) and return its path.
 
     `extra_files` maps plain file names to contents (str is written as UTF-8), e.g. {"tokenizer.json": ...}.
@@ -75,36 +74,47 @@ def save_pretrained(model: TrainableModel, path: str | Path,
     from .. import __version__
 
     if not isinstance(model, torch.nn.Module) or not is_trainable(model):
-        raise TypeError(f"save_pretrained: {type(model).__name__} does not meet mambakit's TrainableModel contract "
-                        f"(config, architecture, from_config, head_config, shard_units, no_weight_decay)")
+        raise TypeError(
+            f"save_pretrained: {type(model).__name__} does not meet mambakit's TrainableModel contract "
+            f"(config, architecture, from_config, head_config, shard_units, no_weight_decay)"
+        )
     directory = Path(path)
     extra_files = dict(extra_files or {})
     for name in extra_files:
         if Path(name).name != name or name in (CONFIG_NAME, SAFETENSORS_NAME):
-            raise ValueError(f"extra_files: {name!r} must be a plain file name other than {CONFIG_NAME} "
-                             f"and {SAFETENSORS_NAME}")
+            raise ValueError(
+                f"extra_files: {name!r} must be a plain file name other than {CONFIG_NAME} and {SAFETENSORS_NAME}"
+            )
     directory.mkdir(parents=True, exist_ok=True)
 
     # safetensors refuses tensors that share memory: store each tied parameter once; loading re-ties them.
     aliases = _tied_aliases(model)
-    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-               if name not in aliases}
+    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if name not in aliases}
     with _atomic_path(directory / SAFETENSORS_NAME) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
     for name, content in extra_files.items():
         with _atomic_path(directory / name) as tmp:
             tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    meta = {"model_type": model.config.model_type, "config_version": CONFIG_VERSION,
-            "architecture": model.architecture, "head": model.head_config(), "domain": owner_domain(model),
-            "mambakit_version": __version__}
+    meta = {
+        "model_type": model.config.model_type,
+        "config_version": CONFIG_VERSION,
+        "architecture": model.architecture,
+        "head": model.head_config(),
+        "domain": owner_domain(model),
+        "mambakit_version": __version__,
+    }
     with _atomic_path(directory / CONFIG_NAME) as tmp:
         tmp.write_text(json.dumps({**model.config.to_dict(), **meta}, indent=2) + "\n")
     fsync_directory(directory)
     return directory
 
 
-def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               scan_backend: str = "auto") -> Any:
+def load_model(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    scan_backend: str = "auto",
+) -> Any:
     """Load a mambakit, state-spaces or Hugging Face Mamba checkpoint directory; returns the model in eval mode.
 
     state-spaces and Hugging Face checkpoints become a `MambaLMHeadModel`; a mambakit checkpoint becomes the
@@ -113,15 +123,17 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     """
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory; pass a directory holding {CONFIG_NAME} "
-                              f"and the weights")
+        raise CheckpointError(
+            f"{directory}: no such checkpoint directory; pass a directory holding {CONFIG_NAME} and the weights"
+        )
     config_path = directory / CONFIG_NAME
     data = _read_json(config_path, what="config")
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object of config keys")
     config, architecture, head, domain = _read_config(config_path, data)
-    model = cast(torch.nn.Module, _build_model(config_path, architecture, head, domain, config, scan_backend,
-                                               device, dtype))
+    model = cast(
+        torch.nn.Module, _build_model(config_path, architecture, head, domain, config, scan_backend, device, dtype)
+    )
 
     tensors, weights_path = _read_weights(directory)
     # Renaming every format is safe: no mambakit or state-spaces name has a Hugging Face-only prefix.
@@ -139,21 +151,29 @@ def _read_config(config_path: Path, data: dict[str, Any]) -> tuple[Any, Any, Any
         raise CheckpointError(f"{config_path}: model_type must be a string, got {model_type!r}")
     version = data.get("config_version", 1)
     if version not in (1, CONFIG_VERSION):
-        raise CheckpointError(f"{config_path}: config_version {version!r} is not one this mambakit reads (1 to "
-                              f"{CONFIG_VERSION}); upgrade mambakit")
+        raise CheckpointError(
+            f"{config_path}: config_version {version!r} is not one this mambakit reads (1 to "
+            f"{CONFIG_VERSION}); upgrade mambakit"
+        )
     domain = data.get("domain")
     if version == 1:
         model_type = _v1_model_type(config_path, data)
     try:
         registration = config_class(model_type, domain)
     except UnknownNameError as error:
-        raise CheckpointError(f"{config_path}: {error}; mambakit loads its own checkpoints, state-spaces Mamba-1 "
-                              f"and Hugging Face 'mamba' (MambaForCausalLM)") from None
+        raise CheckpointError(
+            f"{config_path}: {error}; mambakit loads its own checkpoints, state-spaces Mamba-1 "
+            f"and Hugging Face 'mamba' (MambaForCausalLM)"
+        ) from None
     fields = {key: value for key, value in data.items() if key not in META_KEYS}
     if version == 1 and model_type == MambaConfig.model_type:
         fields = {key: value for key, value in fields.items() if key not in V1_MOVED_FIELDS}
-    return (_build_config(config_path, registration.cls, fields), data.get("architecture"),
-            data.get("head") or {}, domain or registration.domain)
+    return (
+        _build_config(config_path, registration.cls, fields),
+        data.get("architecture"),
+        data.get("head") or {},
+        domain or registration.domain,
+    )
 
 
 def _v1_model_type(config_path: Path, data: dict[str, Any]) -> str:
@@ -169,8 +189,10 @@ def _v1_model_type(config_path: Path, data: dict[str, Any]) -> str:
         names = {field.name for field in dataclasses.fields(registration.cls)}
         if set(V1_MOVED_FIELDS) <= names:
             return model_type
-    raise CheckpointError(f"{config_path}: a version-1 config with {', '.join(sorted(moved))}, which no installed "
-                          f"app's config has; install the genomics app")
+    raise CheckpointError(
+        f"{config_path}: a version-1 config with {', '.join(sorted(moved))}, which no installed "
+        f"app's config has; install the genomics app"
+    )
 
 
 def _build_config(config_path: Path, cls: Any, data: dict[str, Any]) -> Any:
@@ -180,8 +202,16 @@ def _build_config(config_path: Path, cls: Any, data: dict[str, Any]) -> Any:
         raise CheckpointError(f"{config_path}: {str(error).removeprefix('config: ')}") from None
 
 
-def _build_model(config_path: Path, architecture: Any, head: Any, domain: str | None, config: Any,
-                 scan_backend: str, device: torch.device | str | None, dtype: torch.dtype | None) -> TrainableModel:
+def _build_model(
+    config_path: Path,
+    architecture: Any,
+    head: Any,
+    domain: str | None,
+    config: Any,
+    scan_backend: str,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> TrainableModel:
     if not isinstance(architecture, str):
         raise CheckpointError(f"{config_path}: 'architecture' must name the model class, got {architecture!r}")
     try:
@@ -210,7 +240,7 @@ def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:
 def _hf_to_ours(name: str) -> str:
     for theirs, ours in _HF_RENAMES.items():
         if name.startswith(theirs):
-            return ours + name[len(theirs):]
+            return ours + name[len(theirs) :]
     return name
 
 
@@ -237,8 +267,9 @@ def _read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
         for shard in sorted(set(weight_map.values())):
             tensors.update(_read_weights_file(directory / shard))
         return tensors, path
-    raise CheckpointError(f"{directory}: no weights file (looked for {', '.join(WEIGHTS_NAMES)}); "
-                          f"copy the weights beside {CONFIG_NAME}")
+    raise CheckpointError(
+        f"{directory}: no weights file (looked for {', '.join(WEIGHTS_NAMES)}); copy the weights beside {CONFIG_NAME}"
+    )
 
 
 def _read_weights_file(path: Path) -> dict[str, Tensor]:
@@ -248,18 +279,23 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(error)}); it may be "
-                                  f"truncated or corrupt: copy or download it again") from None
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({_one_line(error)}); it may be "
+                f"truncated or corrupt: copy or download it again"
+            ) from None
     try:
         # weights_only: a checkpoint is data, and a pickle could run any code on this machine.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler fails on bad bytes with many exception types
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}); it may be "
-                              f"truncated or corrupt, or hold objects besides tensors, which are not loaded for "
-                              f"safety: copy it again or convert it to safetensors") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file ({type(error).__name__}); it may be "
+            f"truncated or corrupt, or hold objects besides tensors, which are not loaded for "
+            f"safety: copy it again or convert it to safetensors"
+        ) from None
     if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
-        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}; save "
-                              f"model.state_dict() instead")
+        raise CheckpointError(
+            f"{path}: expected a state dict of tensors, got {type(state).__name__}; save model.state_dict() instead"
+        )
     return state
 
 
@@ -271,18 +307,31 @@ def _load_state(model: torch.nn.Module, tensors: dict[str, Tensor], source: Path
         # state-spaces stores a tied lm_head under both names; mambakit and Hugging Face store it once.
         stored = tensors.pop(alias, None)
         if stored is not None and canonical in tensors and not torch.equal(stored, tensors[canonical]):
-            raise CheckpointError(f"{source}: {alias} differs from {canonical}, but the config ties them; set "
-                                  f"tie_embeddings (tie_word_embeddings) to false in {CONFIG_NAME}")
+            raise CheckpointError(
+                f"{source}: {alias} differs from {canonical}, but the config ties them; set "
+                f"tie_embeddings (tie_word_embeddings) to false in {CONFIG_NAME}"
+            )
     missing = sorted(set(expected) - set(aliases) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    misshaped = sorted(f"{name} {tuple(tensor.shape)} (expected {tuple(expected[name].shape)})"
-                       for name, tensor in tensors.items() if name in expected and tensor.shape != expected[name].shape)
-    problems = [f"{label} {_some(names)}" for label, names in
-                (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", misshaped))
-                if names]
+    misshaped = sorted(
+        f"{name} {tuple(tensor.shape)} (expected {tuple(expected[name].shape)})"
+        for name, tensor in tensors.items()
+        if name in expected and tensor.shape != expected[name].shape
+    )
+    problems = [
+        f"{label} {_some(names)}"
+        for label, names in (
+            ("missing tensors", missing),
+            ("unexpected tensors", unexpected),
+            ("wrong shapes", misshaped),
+        )
+        if names
+    ]
     if problems:
-        raise CheckpointError(f"{source}: weights do not match {CONFIG_NAME}: {'; '.join(problems)}; check that "
-                              f"the config and the weights come from the same model")
+        raise CheckpointError(
+            f"{source}: weights do not match {CONFIG_NAME}: {'; '.join(problems)}; check that "
+            f"the config and the weights come from the same model"
+        )
     model.load_state_dict({**tensors, **{alias: tensors[canonical] for alias, canonical in aliases.items()}})
 
 

@@ -53,8 +53,19 @@ _HF_KEYS = {
 BIDIRECTIONAL_STRATEGIES = ("add", "ew_multiply")
 
 #: state-spaces ssm_cfg keys that are mambakit keys of the same meaning.
-_SSM_CFG_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
-                 "dt_init_floor", "conv_bias", "bias"}
+_SSM_CFG_KEYS = {
+    "d_state",
+    "d_conv",
+    "expand",
+    "dt_rank",
+    "dt_min",
+    "dt_max",
+    "dt_init",
+    "dt_scale",
+    "dt_init_floor",
+    "conv_bias",
+    "bias",
+}
 
 
 @register_config("mambakit")
@@ -114,8 +125,10 @@ class MambaConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
         if self.bidirectional_strategy not in BIDIRECTIONAL_STRATEGIES:
-            raise ValueError(f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
-                             f"got {self.bidirectional_strategy!r}")
+            raise ValueError(
+                f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
+                f"got {self.bidirectional_strategy!r}"
+            )
 
     @property
     def causal(self) -> bool:

@@ -80,8 +80,9 @@ def filter_logits(logits: Tensor, config: SamplingConfig) -> Tensor:
     return logits
 
 
-def choose_next_token(logits: Tensor, sequences: Tensor, config: SamplingConfig,
-                      generator: torch.Generator | None = None) -> Tensor:
+def choose_next_token(
+    logits: Tensor, sequences: Tensor, config: SamplingConfig, generator: torch.Generator | None = None
+) -> Tensor:
     """logits (b, v) for the next position, sequences (b, l) so far -> token ids (b,)."""
     logits = apply_repetition_penalty(logits.float(), sequences, config.repetition_penalty)
     if config.temperature == 0:
@@ -184,8 +185,13 @@ def _decode_graph(model: Any, state: Any, batch: int, device: torch.device) -> _
     if not isinstance(cache, _GraphCache) or cache.weights != weights:
         cache = _GraphCache(weights)
         model._decode_graphs = cache
-    key = (device, batch, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
-           tuple((tuple(t.shape), t.dtype) for t in _state_tensors(state)))
+    key = (
+        device,
+        batch,
+        torch.is_autocast_enabled("cuda"),
+        torch.get_autocast_dtype("cuda"),
+        tuple((tuple(t.shape), t.dtype) for t in _state_tensors(state)),
+    )
     graph = cache.pop(key, None) or _DecodeGraph(model, state, batch, device)
     cache[key] = graph
     while len(cache) > cache.max_graphs:
@@ -220,8 +226,10 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     on_cuda = input_ids.device.type == "cuda"
     if cuda_graph and not on_cuda:
-        raise ValueError(f"cuda_graph=True needs the model and input_ids on a CUDA device, they are on "
-                         f"{input_ids.device}; leave cuda_graph unset to decode without graphs")
+        raise ValueError(
+            f"cuda_graph=True needs the model and input_ids on a CUDA device, they are on "
+            f"{input_ids.device}; leave cuda_graph unset to decode without graphs"
+        )
     sampling = sampling or SamplingConfig()
     generator = None
     if seed is not None:

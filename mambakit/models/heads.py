@@ -43,8 +43,13 @@ class MambaPreTrainedModel(nn.Module):
     architecture: ClassVar[str] = ""
     backbone: MambaModel
 
-    def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone_factory(config)(config, scan_backend=scan_backend, device=device, dtype=dtype)
@@ -66,8 +71,9 @@ class MambaPreTrainedModel(nn.Module):
         """Parameters tagged by `mambakit.nn.no_weight_decay` (A_log, D, the dt bias of LTI layers)."""
         return {name for name, parameter in self.named_parameters() if getattr(parameter, "_no_weight_decay", False)}
 
-    def allocate_state(self, batch: int, device: torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> MambaState:
+    def allocate_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> MambaState:
         """Zero recurrent state for `batch` sequences."""
         return self.backbone.allocate_state(batch, device, dtype)
 
@@ -75,8 +81,13 @@ class MambaPreTrainedModel(nn.Module):
         """Trade compute for memory: recompute each block in the backward."""
         self.backbone.set_grad_checkpointing(enable)
 
-    def forward_features(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-                         state: MambaState | None = None, attention_mask: Tensor | None = None) -> Tensor:
+    def forward_features(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        state: MambaState | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """Backbone hidden states (b, l, d_model), (b, l, 2 * d_model) for an RC-equivariant backbone.
         attention_mask (b, l): right padding, needed by non-causal backbones when the batch is padded."""
         return self.backbone(input_ids, inputs_embeds, state, attention_mask)
@@ -85,8 +96,13 @@ class MambaPreTrainedModel(nn.Module):
 class _VocabularyHeadModel(MambaPreTrainedModel):
     """A backbone and a (tied) linear head over the vocabulary: what the causal and the masked LM share."""
 
-    def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if config.vocab_size < 1:
             raise ValueError("a language model needs vocab_size >= 1")
         super().__init__(config, scan_backend, device, dtype)
@@ -104,15 +120,27 @@ class _VocabularyHeadModel(MambaPreTrainedModel):
 class MambaLMHeadModel(_VocabularyHeadModel):
     """Causal language model: backbone + (tied) linear head over the vocabulary."""
 
-    def __init__(self, config: MambaConfig, scan_backend: str = "auto", device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if not config.causal:
-            raise ValueError("a causal language model needs a causal backbone: bidirectional and RC-equivariant "
-                             "models would see the tokens they predict; use MambaForMaskedLM")
+            raise ValueError(
+                "a causal language model needs a causal backbone: bidirectional and RC-equivariant "
+                "models would see the tokens they predict; use MambaForMaskedLM"
+            )
         super().__init__(config, scan_backend, device, dtype)
 
-    def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
-                inputs_embeds: Tensor | None = None, state: MambaState | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        state: MambaState | None = None,
+    ) -> ModelOutput:
         """input_ids (b, l) -> logits (b, l, vocab_size). `labels` (b, l), usually input_ids, are shifted inside:
         position t predicts labels[t+1]; IGNORE_INDEX (-100) positions are skipped."""
         logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, state))
@@ -120,8 +148,9 @@ class MambaLMHeadModel(_VocabularyHeadModel):
         if labels is not None:
             # Shifting the labels rather than slicing the logits spares a copy of the largest tensor of the step.
             next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return ModelOutput(logits, loss)
 
     def step(self, input_ids: Tensor, state: MambaState) -> Tensor:
@@ -134,15 +163,21 @@ class MambaForMaskedLM(_VocabularyHeadModel):
     """Masked language model (BERT-style, for bidirectional and RC-equivariant backbones): the same head as the
     causal LM, but position t predicts labels[t] itself, unshifted."""
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> ModelOutput:
         """input_ids (b, l) -> logits (b, l, vocab_size). `labels` (b, l) hold the original token at masked
         positions and IGNORE_INDEX (-100) elsewhere."""
         logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return ModelOutput(logits, loss)
 
 
@@ -161,9 +196,16 @@ class _ClassifierModel(MambaPreTrainedModel):
     """A backbone and a linear classifier over `num_labels` classes, optionally named (as transformers'
     id2label): label names are part of the head config, so a checkpoint says what its classes are."""
 
-    def __init__(self, config: MambaConfig, num_labels: int = 2, scan_backend: str = "auto",
-                 device: torch.device | None = None, dtype: torch.dtype | None = None, *,
-                 labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        num_labels: int = 2,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         checked = _check_labels(num_labels, labels)
         super().__init__(config, scan_backend, device, dtype)
         self.num_labels, self.labels = num_labels, checked
@@ -180,9 +222,17 @@ class _ClassifierModel(MambaPreTrainedModel):
 class MambaForSequenceClassification(_ClassifierModel):
     """Backbone, padding-aware pooling, linear classifier. num_labels == 1 makes it a regressor (MSE)."""
 
-    def __init__(self, config: MambaConfig, num_labels: int = 2, pooling: str = "mean", scan_backend: str = "auto",
-                 device: torch.device | None = None, dtype: torch.dtype | None = None, *,
-                 labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: MambaConfig,
+        num_labels: int = 2,
+        pooling: str = "mean",
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         super().__init__(config, num_labels, scan_backend, device, dtype, labels=labels)
@@ -191,14 +241,18 @@ class MambaForSequenceClassification(_ClassifierModel):
     def head_config(self) -> dict[str, Any]:
         return {**super().head_config(), "pooling": self.pooling}
 
-    def forward_head(self, features: Tensor, attention_mask: Tensor | None = None,
-                     pre_logits: bool = False) -> Tensor:
+    def forward_head(self, features: Tensor, attention_mask: Tensor | None = None, pre_logits: bool = False) -> Tensor:
         """Backbone features (b, l, …) -> logits (b, num_labels), or the pooled (b, d_model) when pre_logits."""
         pooled = self.backbone.pool(features, attention_mask, self.pooling)
         return pooled if pre_logits else self.classifier(pooled)
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> ModelOutput:
         """input_ids (b, l) with attention_mask (b, l) (1 = real token, right padding) -> logits (b, num_labels)."""
         features = self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask)
         logits = self.forward_head(features, attention_mask)
@@ -220,14 +274,20 @@ class MambaForTokenClassification(_ClassifierModel):
         """Backbone features (b, l, …) -> logits (b, l, num_labels)."""
         return self.classifier(self.backbone.fold(features))
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, inputs_embeds: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> ModelOutput:
         """labels (b, l); positions with IGNORE_INDEX or attention_mask 0 do not count in the loss."""
         logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, attention_mask=attention_mask))
         loss = None
         if labels is not None:
             if attention_mask is not None:
                 labels = labels.masked_fill(~attention_mask.to(torch.bool), IGNORE_INDEX)
-            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return ModelOutput(logits, loss)

@@ -66,5 +66,8 @@ class TrainableModel(Protocol):
 
 def is_trainable(model: Any) -> bool:
     """Whether `model` is an nn.Module that meets the `TrainableModel` contract, with a registered config."""
-    return (isinstance(model, nn.Module) and isinstance(model, TrainableModel)
-            and isinstance(getattr(model, "config", None), ModelConfig))
+    return (
+        isinstance(model, nn.Module)
+        and isinstance(model, TrainableModel)
+        and isinstance(getattr(model, "config", None), ModelConfig)
+    )

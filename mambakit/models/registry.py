@@ -51,8 +51,11 @@ class UnknownNameError(KeyError):
 def _register(table: dict[str, Registration], kind: str, name: str, cls: type, domain: str | None) -> None:
     previous = table.get(name)
     if previous is not None and previous.cls is not cls:
-        warnings.warn(f"{kind} {name!r} registered again by {cls.__module__}.{cls.__qualname__}; it replaces "
-                      f"{previous.cls.__module__}.{previous.cls.__qualname__}", stacklevel=3)
+        warnings.warn(
+            f"{kind} {name!r} registered again by {cls.__module__}.{cls.__qualname__}; it replaces "
+            f"{previous.cls.__module__}.{previous.cls.__qualname__}",
+            stacklevel=3,
+        )
     table[name] = Registration(cls, domain)
 
 
@@ -104,8 +107,10 @@ def _lookup(table: dict[str, Registration], kind: str, name: str, domain: str | 
         if name not in table and domain is not None:
             load_domains()
     if name not in table:
-        raise UnknownNameError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'} "
-                               f"(install the app that provides it)")
+        raise UnknownNameError(
+            f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'} "
+            f"(install the app that provides it)"
+        )
     return table[name]
 
 
@@ -142,8 +147,10 @@ def backbone_factory(config: Any) -> Callable[..., Any]:
 
 def owner_domain(model: Any) -> str | None:
     """The domain that registered `model`'s architecture or its config's type, if any."""
-    for table, name in ((_ARCHITECTURES, getattr(model, "architecture", None)),
-                        (_CONFIGS, getattr(model.config, "model_type", None))):
+    for table, name in (
+        (_ARCHITECTURES, getattr(model, "architecture", None)),
+        (_CONFIGS, getattr(model.config, "model_type", None)),
+    ):
         registration = table.get(name) if isinstance(name, str) else None
         if registration is not None and registration.domain is not None:
             return registration.domain

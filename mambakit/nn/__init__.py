@@ -8,6 +8,17 @@ from .norm import RMSNorm, create_norm
 from .pooling import POOLINGS, pool_sequence
 
 __all__ = [
-    "POOLINGS", "BiMamba", "Block", "Mamba", "MambaLayerState", "NonCausalBlock", "RMSNorm", "ResidualBlock",
-    "create_norm", "no_weight_decay", "padded_reverse_index", "pool_sequence", "reverse_padded",
+    "POOLINGS",
+    "BiMamba",
+    "Block",
+    "Mamba",
+    "MambaLayerState",
+    "NonCausalBlock",
+    "RMSNorm",
+    "ResidualBlock",
+    "create_norm",
+    "no_weight_decay",
+    "padded_reverse_index",
+    "pool_sequence",
+    "reverse_padded",
 ]

@@ -73,8 +73,9 @@ class NonCausalBlock(ResidualBlock):
     """The pre-norm residual block for mixers that read the whole sequence (BiMamba, RC-equivariant ones): the
     mixer gets the padding-aware `reverse_index` instead of a recurrent state, which such mixers do not have."""
 
-    def forward(self, hidden_states: Tensor, residual: Tensor | None = None,
-                reverse_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, residual: Tensor | None = None, reverse_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """hidden_states, residual: (b, l, d); reverse_index from `padded_reverse_index`."""
         normed, residual = self._pre_norm(hidden_states, residual)
         return self.mixer(normed, reverse_index), residual

@@ -26,8 +26,14 @@ class ResidualBlock(nn.Module):
 
     def _pre_norm(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
         if isinstance(self.norm, RMSNorm):  # one kernel when decoding on the GPU
-            return add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
-                                backend=getattr(self.mixer, "scan_backend", "auto"))
+            return add_rms_norm(
+                hidden_states,
+                residual,
+                self.norm.weight,
+                self.norm.eps,
+                self.residual_in_fp32,
+                backend=getattr(self.mixer, "scan_backend", "auto"),
+            )
         residual = hidden_states if residual is None else residual + hidden_states
         normed = self.norm(residual.to(cast(Tensor, self.norm.weight).dtype))
         if self.residual_in_fp32:
@@ -38,8 +44,9 @@ class ResidualBlock(nn.Module):
 class Block(ResidualBlock):
     """The causal block: its mixer takes a recurrent state and has a one-position `step`."""
 
-    def forward(self, hidden_states: Tensor, residual: Tensor | None = None,
-                state: MambaLayerState | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, residual: Tensor | None = None, state: MambaLayerState | None = None
+    ) -> tuple[Tensor, Tensor]:
         """hidden_states, residual: (b, l, d_model)."""
         normed, residual = self._pre_norm(hidden_states, residual)
         return self.mixer(normed, state), residual

@@ -92,8 +92,9 @@ class Mamba(nn.Module):
         self.scan_backend = scan_backend
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
-                                bias=conv_bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias, **factory
+        )
         dt = torch.exp(
             torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         ).clamp(min=dt_init_floor)
@@ -119,8 +120,9 @@ class Mamba(nn.Module):
         self.D = no_weight_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
-    def allocate_state(self, batch: int, device: torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> MambaLayerState:
+    def allocate_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> MambaLayerState:
         """Zero state for `batch` sequences (conv inputs in `dtype`, scan state in fp32)."""
         weight = self.in_proj.weight
         device = device or weight.device
@@ -153,9 +155,18 @@ class Mamba(nn.Module):
         if state is None:
             x = cast(Tensor, causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend))
         else:
-            x, state.conv = cast(tuple[Tensor, Tensor], causal_conv1d(
-                x, conv_weight, self.conv1d.bias, "silu", initial_states=state.conv, return_final_states=True,
-                backend=self.scan_backend))
+            x, state.conv = cast(
+                tuple[Tensor, Tensor],
+                causal_conv1d(
+                    x,
+                    conv_weight,
+                    self.conv1d.bias,
+                    "silu",
+                    initial_states=state.conv,
+                    return_final_states=True,
+                    backend=self.scan_backend,
+                ),
+            )
         if self.selective:
             x_dbl = self.x_proj.weight @ _as_columns(x)
             dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state])
@@ -165,9 +176,18 @@ class Mamba(nn.Module):
         else:
             delta, B, C, delta_bias = torch.zeros_like(x), self.B, self.C, self.dt_bias
         scan = selective_scan(
-            x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), z, delta_bias.float(),
-            delta_softplus=True, initial_state=None if state is None else state.ssm,
-            return_last_state=state is not None, backend=self.scan_backend,
+            x,
+            delta,
+            -torch.exp(self.A_log.float()),
+            B,
+            C,
+            self.D.float(),
+            z,
+            delta_bias.float(),
+            delta_softplus=True,
+            initial_state=None if state is None else state.ssm,
+            return_last_state=state is not None,
+            backend=self.scan_backend,
         )
         if state is not None:
             y, state.ssm = scan
@@ -178,8 +198,9 @@ class Mamba(nn.Module):
     def step(self, hidden_states: Tensor, state: MambaLayerState) -> Tensor:
         """One position: hidden_states (b, d_model) -> (b, d_model); `state` is updated in place."""
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        x = causal_conv1d_update(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
-                                 backend=self.scan_backend)
+        x = causal_conv1d_update(
+            x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", backend=self.scan_backend
+        )
         delta, B, C, delta_bias = self._ssm_inputs(x)
         if not self.selective:
             B, C = B.expand(x.shape[0], -1, -1), C.expand(x.shape[0], -1, -1)
@@ -187,6 +208,7 @@ class Mamba(nn.Module):
         A = state.decay_rates
         if A is None or (torch.is_grad_enabled() and self.A_log.requires_grad):
             A = -torch.exp(self.A_log.float())
-        y = selective_state_update(state.ssm, x, delta, A, B, C, self.D, z, delta_bias, dt_softplus=True,
-                                   backend=self.scan_backend)
+        y = selective_state_update(
+            state.ssm, x, delta, A, B, C, self.D, z, delta_bias, dt_softplus=True, backend=self.scan_backend
+        )
         return self.out_proj(y)

@@ -44,9 +44,7 @@ def selective_scan(
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs = frozenset({"initial_state"}) if initial_state is not None else frozenset()
     implementation = resolve_backend(backend, u.device, "selective_scan", needs).load("selective_scan")
-    return implementation(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
-    )
+    return implementation(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
 
 
 def selective_state_update(

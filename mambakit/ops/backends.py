@@ -68,8 +68,9 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, st
     return {name: backend.probe(device) for name, backend in _REGISTRY.items()}
 
 
-def resolve_backend(name: str, device: torch.device, op: str = "selective_scan",
-                    needs: frozenset[str] = frozenset()) -> Backend:
+def resolve_backend(
+    name: str, device: torch.device, op: str = "selective_scan", needs: frozenset[str] = frozenset()
+) -> Backend:
     """The backend that runs `op` for tensors on `device`: `name`, or for "auto" the first usable one that has
     every feature in `needs`."""
     if name == "auto":
@@ -87,8 +88,10 @@ def resolve_backend(name: str, device: torch.device, op: str = "selective_scan",
     if reason is not None:
         raise BackendUnavailableError(f"scan backend {name!r} cannot run on {device}: {reason}")
     if needs & backend.lacks:
-        raise BackendUnavailableError(f"scan backend {name!r} has no {', '.join(sorted(needs & backend.lacks))}; "
-                                      "use backend='triton' or backend='torch'")
+        raise BackendUnavailableError(
+            f"scan backend {name!r} has no {', '.join(sorted(needs & backend.lacks))}; "
+            "use backend='triton' or backend='torch'"
+        )
     if op not in backend.ops:
         return _REGISTRY["torch"]
     return backend
@@ -111,8 +114,10 @@ def _probe_import(module: str, extra_hint: str) -> str | None:
 
 
 def _probe_triton(device: torch.device) -> str | None:
-    return _needs_cuda(device) or _probe_import("triton", "install triton (it ships with CUDA builds of torch)") or (
-        _probe_import(f"{__package__}.triton_scan", "this mambakit version has no Triton kernels")
+    return (
+        _needs_cuda(device)
+        or _probe_import("triton", "install triton (it ships with CUDA builds of torch)")
+        or (_probe_import(f"{__package__}.triton_scan", "this mambakit version has no Triton kernels"))
     )
 
 

@@ -77,8 +77,7 @@ def check_scan_args(
         _expect("C", C, (batch, groups, d_state, length), "(batch, groups, N, L)")
     else:
         raise ValueError(
-            "B and C must have shape (batch, N, L), (batch, groups, N, L) or (dim, N); "
-            f"got B {tuple(B.shape)}"
+            f"B and C must have shape (batch, N, L), (batch, groups, N, L) or (dim, N); got B {tuple(B.shape)}"
         )
     for name, optional in (("D", D), ("delta_bias", delta_bias)):
         if optional is not None:

@@ -54,8 +54,16 @@ def selective_scan_mamba_ssm(
     if B.dim() == 2:
         B, C = B.float().contiguous(), C.float().contiguous()
     result = selective_scan_fn(
-        u, delta, A.float().contiguous(), B, C, None if D is None else D.float(), z,
-        None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state,
+        u,
+        delta,
+        A.float().contiguous(),
+        B,
+        C,
+        None if D is None else D.float(),
+        z,
+        None if delta_bias is None else delta_bias.float(),
+        delta_softplus,
+        return_last_state,
     )
     if not return_last_state:
         return result

@@ -54,11 +54,7 @@ def selective_scan_ref(
     B_f, C_f = per_channel(B.to(compute), dim), per_channel(C.to(compute), dim)
     time_invariant = B.dim() == 2
     batch, _, length = u.shape
-    h = (
-        initial_state.to(compute)
-        if initial_state is not None
-        else u_f.new_zeros(batch, dim, A.shape[1])
-    )
+    h = initial_state.to(compute) if initial_state is not None else u_f.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(length):
         dt = delta_f[:, :, t, None]
@@ -129,11 +125,12 @@ def causal_conv1d_ref(
     if initial_states is None:
         initial_states = x.new_zeros(x.shape[0], x.shape[1], width - 1)
     padded = torch.cat([initial_states.to(x.dtype), x], dim=-1)
-    out = F.conv1d(padded, weight.unsqueeze(1).to(x.dtype), bias.to(x.dtype) if bias is not None else None,
-                   groups=x.shape[1])
+    out = F.conv1d(
+        padded, weight.unsqueeze(1).to(x.dtype), bias.to(x.dtype) if bias is not None else None, groups=x.shape[1]
+    )
     if activation in ("silu", "swish"):
         out = F.silu(out)
-    final = padded[..., padded.shape[-1] - (width - 1):]
+    final = padded[..., padded.shape[-1] - (width - 1) :]
     return (out, final) if return_final_states else out
 
 
@@ -166,8 +163,9 @@ def rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * normed.to(x.dtype)
 
 
-def add_rms_norm_ref(hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float,
-                     residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+def add_rms_norm_ref(
+    hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float, residual_in_fp32: bool
+) -> tuple[Tensor, Tensor]:
     """A pre-norm block's entry: residual = hidden + residual (hidden alone for the first block), then
     (rms_norm(residual in weight's dtype), residual [in fp32 when residual_in_fp32])."""
     residual = hidden if residual is None else residual + hidden

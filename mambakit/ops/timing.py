@@ -14,10 +14,22 @@ from torch import Tensor
 from . import selective_scan
 
 
-def scan_inputs(batch: int, dim: int, d_state: int, length: int, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, *, seed: int = 0, requires_grad: bool = False,
-                layout: str = "shared", gated: bool = True, skip: bool = True, bias: bool = True,
-                initial: bool = False) -> dict[str, Tensor]:
+def scan_inputs(
+    batch: int,
+    dim: int,
+    d_state: int,
+    length: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    seed: int = 0,
+    requires_grad: bool = False,
+    layout: str = "shared",
+    gated: bool = True,
+    skip: bool = True,
+    bias: bool = True,
+    initial: bool = False,
+) -> dict[str, Tensor]:
     """Random inputs as a Mamba layer feeds the scan, the keyword arguments of `selective_scan` in its order:
     u, delta (scaled by 0.5), A in [-2.05, -0.05], B, C, and unless switched off D (`skip`), z (`gated`),
     delta_bias (scaled by 0.3, `bias`), and with `initial` an initial state. Inputs switched off are left out.
@@ -48,8 +60,9 @@ def scan_inputs(batch: int, dim: int, d_state: int, length: int, device: str | t
     inputs = {
         "u": rand(batch, dim, length),
         "delta": rand(batch, dim, length, scale=0.5),
-        "A": leaf(-torch.rand(dim, d_state, generator=generator, device=device, dtype=torch.float64) * 2 - 0.05,
-                  param_dtype),
+        "A": leaf(
+            -torch.rand(dim, d_state, generator=generator, device=device, dtype=torch.float64) * 2 - 0.05, param_dtype
+        ),
         "B": rand(*bc_shape, kind=bc_dtype),
         "C": rand(*bc_shape, kind=bc_dtype),
     }
@@ -69,8 +82,17 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30)).item()
 
 
-def time_scan(backend: str, batch: int, dim: int, d_state: int, length: int, device: str | torch.device,
-              backward: bool = True, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+def time_scan(
+    backend: str,
+    batch: int,
+    dim: int,
+    d_state: int,
+    length: int,
+    device: str | torch.device,
+    backward: bool = True,
+    repeats: int = 5,
+    dtype: torch.dtype = torch.float32,
+) -> float:
     """Median milliseconds of selective_scan (forward, or forward+backward) after one warm-up call."""
     inputs = scan_inputs(batch, dim, d_state, length, device, dtype, requires_grad=backward)
 

@@ -101,8 +101,9 @@ class _ChunkedScan(torch.autograd.Function):
     B and C come as (b, g, n, l) or, time-invariant, already in the chunk layout (g, n, k)."""
 
     @staticmethod
-    def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, groups: int,
-                chunk: int) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, groups: int, chunk: int
+    ) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         g, n = groups, A.shape[1]
         k = dim // g

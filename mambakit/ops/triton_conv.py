@@ -80,10 +80,12 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
     """1 / (1 + exp(-x)). FAST_MATH takes the hardware exp2 and reciprocal without their subnormal handling
     (4 instructions instead of ~10, error ~2 ulp; exp(-x) = inf gives 0); the interpreter has neither."""
     if FAST_MATH:
-        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [-x * LOG2E], dtype=tl.float32,
-                                      is_pure=True, pack=1)
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        e = tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [-x * LOG2E], dtype=tl.float32, is_pure=True, pack=1
+        )
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e], dtype=tl.float32, is_pure=True, pack=1
+        )
     return 1.0 / (1.0 + tl.exp(-x))
 
 
@@ -97,8 +99,12 @@ def _tap(w_rows, stride_w_k, chan_mask, j: tl.constexpr, W: tl.constexpr, BY_LAG
 def _taps(w_rows, stride_w_k, chan_mask, W: tl.constexpr, BY_LAG: tl.constexpr):
     """The weights as four (channels, 1) fp32 columns, by lag (tap j multiplies the input j steps back, i.e.
     weight[:, W-1-j]) or, with BY_LAG off, in weight order. Taps past W are zero and never used (W <= 4)."""
-    return (_tap(w_rows, stride_w_k, chan_mask, 0, W, BY_LAG), _tap(w_rows, stride_w_k, chan_mask, 1, W, BY_LAG),
-            _tap(w_rows, stride_w_k, chan_mask, 2, W, BY_LAG), _tap(w_rows, stride_w_k, chan_mask, 3, W, BY_LAG))
+    return (
+        _tap(w_rows, stride_w_k, chan_mask, 0, W, BY_LAG),
+        _tap(w_rows, stride_w_k, chan_mask, 1, W, BY_LAG),
+        _tap(w_rows, stride_w_k, chan_mask, 2, W, BY_LAG),
+        _tap(w_rows, stride_w_k, chan_mask, 3, W, BY_LAG),
+    )
 
 
 @triton.jit
@@ -144,12 +150,32 @@ def _column(tile, steps, v):
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr,
-    dim, length,
-    stride_x_b, stride_x_d, stride_x_l, stride_o_b, stride_o_d, stride_o_l,
-    stride_w_d, stride_w_k, stride_i_b, stride_i_d, stride_i_k,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr,
-    CHANNEL_LAST: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    out_ptr,
+    dim,
+    length,
+    stride_x_b,
+    stride_x_d,
+    stride_x_l,
+    stride_o_b,
+    stride_o_d,
+    stride_o_l,
+    stride_w_d,
+    stride_w_k,
+    stride_i_b,
+    stride_i_d,
+    stride_i_k,
+    W: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    LANES: tl.constexpr,
+    STEPS: tl.constexpr,
+    CHANNEL_LAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    SILU: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):
     """CHANNEL_LAST: x and out have channel stride 1 (their step strides are arguments); otherwise step stride 1."""
@@ -170,8 +196,16 @@ def _conv_fwd_kernel(
         mask3 = mask[:, :, None]
         x_rows = x_ptr + batch * stride_x_b + chans.to(tl.int64)[:, None, None] * stride_x_d
         tile = _load_x(x_rows + pos, x_rows, pos, mask3, length, False, HAS_INIT, W)
-        before = _load_x(x_rows + pos - STEPS, init_rows[:, :, None] + (pos - STEPS + W - 1) * stride_i_k,
-                         pos - STEPS, mask3, length, True, HAS_INIT, W)
+        before = _load_x(
+            x_rows + pos - STEPS,
+            init_rows[:, :, None] + (pos - STEPS + W - 1) * stride_i_k,
+            pos - STEPS,
+            mask3,
+            length,
+            True,
+            HAS_INIT,
+            W,
+        )
         out_tile = tl.zeros((BLOCK_D, LANES, STEPS), dtype=tl.float32)
     # x1, x2, x3: the input 1, 2, 3 steps back, filled by the W-1 halo steps before the first output.
     x1 = tl.zeros((BLOCK_D, LANES), dtype=tl.float32)
@@ -180,8 +214,16 @@ def _conv_fwd_kernel(
     for v in tl.static_range(1 - W, STEPS):
         if CHANNEL_LAST:
             pos_v = (starts + v)[None, :]
-            xv = _load_x(x_runs + v * stride_x_l, init_rows + (pos_v + W - 1) * stride_i_k, pos_v, mask, length,
-                         v < 0, HAS_INIT, W)
+            xv = _load_x(
+                x_runs + v * stride_x_l,
+                init_rows + (pos_v + W - 1) * stride_i_k,
+                pos_v,
+                mask,
+                length,
+                v < 0,
+                HAS_INIT,
+                W,
+            )
         elif v < 0:
             xv = _column(before, steps, STEPS + v)
         else:
@@ -204,13 +246,41 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dw_ptr, dinit_ptr,
-    dim, length,
-    stride_x_b, stride_x_d, stride_x_l, stride_g_b, stride_g_d, stride_g_l, stride_dx_b, stride_dx_d, stride_dx_l,
-    stride_w_d, stride_w_k, stride_i_b, stride_i_d, stride_i_k,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, TILES: tl.constexpr,
-    CHANNEL_LAST: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, WANT_DINIT: tl.constexpr,
-    SILU: tl.constexpr, FAST_MATH: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    dout_ptr,
+    dx_ptr,
+    dw_ptr,
+    dinit_ptr,
+    dim,
+    length,
+    stride_x_b,
+    stride_x_d,
+    stride_x_l,
+    stride_g_b,
+    stride_g_d,
+    stride_g_l,
+    stride_dx_b,
+    stride_dx_d,
+    stride_dx_l,
+    stride_w_d,
+    stride_w_k,
+    stride_i_b,
+    stride_i_d,
+    stride_i_k,
+    W: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    LANES: tl.constexpr,
+    STEPS: tl.constexpr,
+    TILES: tl.constexpr,
+    CHANNEL_LAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    WANT_DINIT: tl.constexpr,
+    SILU: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     """x, dout and dx share a layout as in the forward. A program walks TILES consecutive tiles of
     LANES x STEPS steps, so that its set-up and its weight-gradient sums are shared by more steps. dw_ptr, a
@@ -241,8 +311,16 @@ def _conv_bwd_kernel(
             x_rows = x_ptr + batch * stride_x_b + chans.to(tl.int64)[:, None, None] * stride_x_d
             g_rows = dout_ptr + batch * stride_g_b + chans.to(tl.int64)[:, None, None] * stride_g_d
             x_tile = _load_x(x_rows + pos, x_rows, pos, mask3, length, False, HAS_INIT, W)
-            x_before = _load_x(x_rows + pos - STEPS, init_rows[:, :, None] + (pos - STEPS + W - 1) * stride_i_k,
-                               pos - STEPS, mask3, length, True, HAS_INIT, W)
+            x_before = _load_x(
+                x_rows + pos - STEPS,
+                init_rows[:, :, None] + (pos - STEPS + W - 1) * stride_i_k,
+                pos - STEPS,
+                mask3,
+                length,
+                True,
+                HAS_INIT,
+                W,
+            )
             g_tile = tl.load(g_rows + pos, mask=mask3 & (pos < length), other=0.0).to(tl.float32)
             g_after = tl.load(g_rows + pos + STEPS, mask=mask3 & (pos + STEPS < length), other=0.0).to(tl.float32)
             if SILU:  # inputs after the run enter the pre-activations of the steps whose g the run's dx needs
@@ -257,8 +335,16 @@ def _conv_bwd_kernel(
                 pos_v = (starts + v)[None, :]
             if SILU or v < STEPS:
                 if CHANNEL_LAST:
-                    xv = _load_x(x_runs + v * stride_x_l, init_rows + (pos_v + W - 1) * stride_i_k, pos_v, mask,
-                                 length, v < 0, HAS_INIT, W)
+                    xv = _load_x(
+                        x_runs + v * stride_x_l,
+                        init_rows + (pos_v + W - 1) * stride_i_k,
+                        pos_v,
+                        mask,
+                        length,
+                        v < 0,
+                        HAS_INIT,
+                        W,
+                    )
                 elif v < 0:
                     xv = _column(x_before, steps, STEPS + v)
                 elif v < STEPS:
@@ -289,8 +375,11 @@ def _conv_bwd_kernel(
                 if u >= 0:
                     dxu = _dot_lags(0.0, c0, c1, c2, c3, gv, g1, g2, g3, W)
                     if CHANNEL_LAST:
-                        tl.store(dx_runs + u * stride_dx_l, dxu.to(dx_ptr.dtype.element_ty),
-                                 mask=mask & ((starts + u) < length)[None, :])
+                        tl.store(
+                            dx_runs + u * stride_dx_l,
+                            dxu.to(dx_ptr.dtype.element_ty),
+                            mask=mask & ((starts + u) < length)[None, :],
+                        )
                     else:
                         dx_tile = tl.where(steps == u, dxu[:, :, None], dx_tile)
                 elif WANT_DINIT:  # step u < 0 is initial state u + W-1, for the run that starts at step 0
@@ -323,10 +412,24 @@ def _conv_bwd_kernel(
 
 @triton.jit
 def _conv_update_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr,
+    x_ptr,
+    state_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
     dim,
-    stride_x_b, stride_x_d, stride_s_b, stride_s_d, stride_s_k, stride_w_d, stride_w_k,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, FAST_MATH: tl.constexpr,
+    stride_x_b,
+    stride_x_d,
+    stride_s_b,
+    stride_s_d,
+    stride_s_k,
+    stride_w_d,
+    stride_w_k,
+    W: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     """out = act(bias + weight . [state, x]); the state (batch, dim, W-1) shifts one step to end with x."""
     batch = tl.program_id(1).to(tl.int64)
@@ -382,17 +485,24 @@ def _empty(x: Tensor, channel_last: bool) -> Tensor:
     return _like_steps(x)
 
 
-def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None,
-            config: ConvConfig) -> tuple[tuple[int, int, int], tuple[int, ...], dict]:
+def _launch(
+    x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None, config: ConvConfig
+) -> tuple[tuple[int, int, int], tuple[int, ...], dict]:
     """What the forward and backward kernels share: the grid, the weight and initial-state strides, and the
     compile-time arguments."""
     batch, dim, length = x.shape
     grid = (triton.cdiv(length, config.lanes * config.steps), triton.cdiv(dim, config.block_d), batch)
     strides = (*weight.stride(), *(initial_states.stride() if initial_states is not None else (0, 0, 0)))
     meta = dict(
-        W=weight.shape[1], BLOCK_D=config.block_d, LANES=config.lanes, STEPS=config.steps,
-        CHANNEL_LAST=_channel_last(x), HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None,
-        FAST_MATH=_FAST_LOG, num_warps=config.warps,
+        W=weight.shape[1],
+        BLOCK_D=config.block_d,
+        LANES=config.lanes,
+        STEPS=config.steps,
+        CHANNEL_LAST=_channel_last(x),
+        HAS_BIAS=bias is not None,
+        HAS_INIT=initial_states is not None,
+        FAST_MATH=_FAST_LOG,
+        num_warps=config.warps,
     )
     return grid, strides, meta
 
@@ -401,16 +511,32 @@ class _TritonConv(torch.autograd.Function):
     """(x, weight, bias, initial_states) -> out, with the backward recomputing the pre-activation."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, initial_states: Tensor | None, silu: bool,
-                config: ConvConfig) -> Tensor:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        initial_states: Tensor | None,
+        silu: bool,
+        config: ConvConfig,
+    ) -> Tensor:
         # Width 1 has no initial states to read; the kernels never see the empty tensor (it may have no storage).
         init = initial_states if weight.shape[1] > 1 else None
         grid, strides, meta = _launch(x, weight, bias, init, config)
         out = _empty(x, meta["CHANNEL_LAST"])
         _conv_fwd_kernel[grid](
-            x, weight, _or(bias, weight), _or(init, x), out,
-            x.shape[1], x.shape[2], *x.stride(), *out.stride(), *strides,
-            SILU=silu, **meta,
+            x,
+            weight,
+            _or(bias, weight),
+            _or(init, x),
+            out,
+            x.shape[1],
+            x.shape[2],
+            *x.stride(),
+            *out.stride(),
+            *strides,
+            SILU=silu,
+            **meta,
         )
         ctx.save_for_backward(x, weight, bias, init)
         ctx.silu, ctx.config = silu, config
@@ -430,9 +556,24 @@ class _TritonConv(torch.autograd.Function):
         dinit = x.new_zeros(batch, dim, width - 1, dtype=torch.float32) if ctx.needs_input_grad[3] else None
         want_dinit = dinit is not None and init is not None
         _conv_bwd_kernel[grid](
-            x, weight, _or(bias, weight), _or(init, x), dout, dx, dw_dbias, dinit if want_dinit else dw_dbias,
-            dim, length, *x.stride(), *dout.stride(), *dx.stride(), *strides,
-            TILES=ctx.config.bwd_tiles, WANT_DINIT=want_dinit, SILU=ctx.silu, **meta,
+            x,
+            weight,
+            _or(bias, weight),
+            _or(init, x),
+            dout,
+            dx,
+            dw_dbias,
+            dinit if want_dinit else dw_dbias,
+            dim,
+            length,
+            *x.stride(),
+            *dout.stride(),
+            *dx.stride(),
+            *strides,
+            TILES=ctx.config.bwd_tiles,
+            WANT_DINIT=want_dinit,
+            SILU=ctx.silu,
+            **meta,
         )
         return (
             dx,
@@ -473,8 +614,9 @@ def causal_conv1d_triton(
     config = config or default_config(x)
     if not channel_last and config.steps < width - 1:
         raise ValueError(f"config.steps must be at least width - 1 = {width - 1} for this layout, got {config.steps}")
-    out = _TritonConv.apply(_in_layout(x, channel_last), weight, bias, initial_states,
-                            activation in ("silu", "swish"), config)
+    out = _TritonConv.apply(
+        _in_layout(x, channel_last), weight, bias, initial_states, activation in ("silu", "swish"), config
+    )
     if not return_final_states:
         return out
     # The last W-1 inputs, a new tensor (a decode step updates it in place): from x, and from the initial states
@@ -484,7 +626,7 @@ def causal_conv1d_triton(
         before = initial_states.to(x.dtype)
     else:
         before = x.new_zeros(x.shape[0], x.shape[1], width - 1)
-    final = torch.cat([before[..., length:], x[..., max(0, length - (width - 1)):]], dim=-1)
+    final = torch.cat([before[..., length:], x[..., max(0, length - (width - 1)) :]], dim=-1)
     return out, final
 
 
@@ -510,9 +652,20 @@ def causal_conv1d_update_triton(
     # Width 1 has no state; the kernel never sees the empty tensor (it may have no storage).
     state, state_strides = (conv_state, conv_state.stride()) if width > 1 else (x, (0, 0, 0))
     _conv_update_kernel[(triton.cdiv(dim, block_d), batch)](
-        x, state, weight, _or(bias, weight), out,
-        dim, *x.stride(), *state_strides, *weight.stride(),
-        W=width, BLOCK_D=block_d, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
-        FAST_MATH=_FAST_LOG, num_warps=4,
+        x,
+        state,
+        weight,
+        _or(bias, weight),
+        out,
+        dim,
+        *x.stride(),
+        *state_strides,
+        *weight.stride(),
+        W=width,
+        BLOCK_D=block_d,
+        HAS_BIAS=bias is not None,
+        SILU=activation in ("silu", "swish"),
+        FAST_MATH=_FAST_LOG,
+        num_warps=4,
     )
     return out

@@ -17,9 +17,17 @@ from .reference import add_rms_norm_ref
 
 @triton.jit
 def _add_rms_norm_kernel(
-    hidden_ptr, residual_ptr, weight_ptr, normed_ptr, residual_out_ptr,
-    width, eps, stride_hidden, stride_residual,
-    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    hidden_ptr,
+    residual_ptr,
+    weight_ptr,
+    normed_ptr,
+    residual_out_ptr,
+    width,
+    eps,
+    stride_hidden,
+    stride_residual,
+    BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):
     """Rounds as the PyTorch form does: the sum to the residual's dtype, that to the weight's dtype before the
     statistics (fp32), the normalised row to the weight's dtype before the weight multiplies it."""
@@ -38,13 +46,17 @@ def _add_rms_norm_kernel(
     tl.store(normed_ptr + row * width + cols, normed.to(normed_ptr.dtype.element_ty), mask=mask)
 
 
-def add_rms_norm_triton(hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float,
-                        residual_in_fp32: bool) -> tuple[Tensor, Tensor]:
+def add_rms_norm_triton(
+    hidden: Tensor, residual: Tensor | None, weight: Tensor, eps: float, residual_in_fp32: bool
+) -> tuple[Tensor, Tensor]:
     """Same contract as `reference.add_rms_norm_ref`; one kernel when no gradient is needed."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, residual, weight))
-    if needs_grad or hidden.dtype == torch.float64 or hidden.stride(-1) != 1 or (
-            residual is not None and residual.stride(-1) != 1):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, residual, weight))
+    if (
+        needs_grad
+        or hidden.dtype == torch.float64
+        or hidden.stride(-1) != 1
+        or (residual is not None and residual.stride(-1) != 1)
+    ):
         return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)
     width = hidden.shape[-1]
     rows = hidden.numel() // width
@@ -57,7 +69,17 @@ def add_rms_norm_triton(hidden: Tensor, residual: Tensor | None, weight: Tensor,
     residual2d = residual.reshape(rows, width) if residual is not None else hidden2d
     block = triton.next_power_of_2(width)
     _add_rms_norm_kernel[(rows,)](
-        hidden2d, residual2d, weight, normed, residual_out, width, eps, hidden2d.stride(0), residual2d.stride(0),
-        BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=min(16, max(1, block // 256)),
+        hidden2d,
+        residual2d,
+        weight,
+        normed,
+        residual_out,
+        width,
+        eps,
+        hidden2d.stride(0),
+        residual2d.stride(0),
+        BLOCK=block,
+        HAS_RESIDUAL=residual is not None,
+        num_warps=min(16, max(1, block // 256)),
     )
     return normed, residual_out

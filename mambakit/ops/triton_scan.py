@@ -161,8 +161,11 @@ def _load_bc(base, n, stride_n, t, tmask, chans, chan_mask, stride_chan, VARIABL
     tiles with no conversion (the repeated rows hit L1); time-invariant ones are a (channels, 1) column."""
     if VARIABLE_BC:
         ptrs = base + n * stride_n + t
-        values = tl.load(tl.broadcast_to(ptrs[None, :], (chans.shape[0], t.shape[0])),
-                         mask=tl.broadcast_to(tmask[None, :], (chans.shape[0], t.shape[0])), other=0.0)
+        values = tl.load(
+            tl.broadcast_to(ptrs[None, :], (chans.shape[0], t.shape[0])),
+            mask=tl.broadcast_to(tmask[None, :], (chans.shape[0], t.shape[0])),
+            other=0.0,
+        )
     else:
         values = tl.load(base + chans * stride_chan + n * stride_n, mask=chan_mask, other=0.0)[:, None]
     return values
@@ -185,16 +188,50 @@ def _store_per_state(row_ptrs, tile, offs_l, chan_mask, N: tl.constexpr):
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, state_ptr, saved_ptr,
-    length, group_dim,
-    stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d, stride_out_b, stride_out_d,
-    stride_A_d, stride_A_n,
-    stride_B_b, stride_B_g, stride_B_d, stride_B_n,
-    stride_C_b, stride_C_g, stride_C_d, stride_C_n,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
-    VARIABLE_BC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, FAST_LOG: tl.constexpr, UNROLL: tl.constexpr,
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    out_ptr,
+    state_ptr,
+    saved_ptr,
+    length,
+    group_dim,
+    stride_u_b,
+    stride_u_d,
+    stride_dt_b,
+    stride_dt_d,
+    stride_z_b,
+    stride_z_d,
+    stride_out_b,
+    stride_out_d,
+    stride_A_d,
+    stride_A_n,
+    stride_B_b,
+    stride_B_g,
+    stride_B_d,
+    stride_B_n,
+    stride_C_b,
+    stride_C_g,
+    stride_C_d,
+    stride_C_n,
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
+    VARIABLE_BC: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr,
+    FAST_LOG: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """state_ptr (batch, dim, N) fp32 holds the initial state on entry and the last state on exit; in between
     it carries the state from tile to tile, one load and one store per state and tile. (Carrying the states
@@ -226,8 +263,11 @@ def _scan_fwd_kernel(
     for t0 in range(0, length, BLOCK_L):
         if SAVE_STATES and t0 % SAVE_EVERY == 0:
             saved_rows = saved_ptr + ((batch * n_saved + t0 // SAVE_EVERY) * dim + chans) * N
-            tl.store(saved_rows[:, None] + cols[None, :], tl.load(state_rows[:, None] + cols[None, :],
-                                                                   mask=state_mask), mask=state_mask)
+            tl.store(
+                saved_rows[:, None] + cols[None, :],
+                tl.load(state_rows[:, None] + cols[None, :], mask=state_mask),
+                mask=state_mask,
+            )
         t = t0 + offs_l
         tmask = t < length
         mask = chan_mask[:, None] & tmask[None, :]
@@ -249,8 +289,11 @@ def _scan_fwd_kernel(
             if SAVE_STATES:  # states at save points inside the tile (none when BLOCK_L <= SAVE_EVERY)
                 for k in tl.static_range(1, BLOCK_L // SAVE_EVERY):
                     saved_n = saved_ptr + ((batch * n_saved + t0 // SAVE_EVERY + k) * dim + chans) * N + n
-                    tl.store(saved_n, _column(states, offs_l, k * SAVE_EVERY - 1),
-                             mask=chan_mask & (t0 + k * SAVE_EVERY < length))
+                    tl.store(
+                        saved_n,
+                        _column(states, offs_l, k * SAVE_EVERY - 1),
+                        mask=chan_mask & (t0 + k * SAVE_EVERY < length),
+                    )
         if HAS_D:
             y += skip[:, None] * u  # type: ignore[index]  # skip is None only while HAS_D, a constexpr, is off
         if HAS_Z:
@@ -262,17 +305,63 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, saved_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    length, group_dim,
-    stride_u_b, stride_u_d, stride_dt_b, stride_dt_d, stride_z_b, stride_z_d, stride_g_b, stride_g_d,
-    stride_du_b, stride_du_d, stride_ddt_b, stride_ddt_d, stride_dz_b, stride_dz_d,
-    stride_A_d, stride_A_n,
-    stride_B_b, stride_B_g, stride_B_d, stride_B_n,
-    stride_C_b, stride_C_g, stride_C_d, stride_C_n,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    VARIABLE_BC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr, WANT_DH0: tl.constexpr, FAST_LOG: tl.constexpr,
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    saved_ptr,
+    dout_ptr,
+    dlast_ptr,
+    du_ptr,
+    ddelta_ptr,
+    dz_ptr,
+    dB_ptr,
+    dC_ptr,
+    dA_ptr,
+    dD_ptr,
+    dbias_ptr,
+    dh0_ptr,
+    length,
+    group_dim,
+    stride_u_b,
+    stride_u_d,
+    stride_dt_b,
+    stride_dt_d,
+    stride_z_b,
+    stride_z_d,
+    stride_g_b,
+    stride_g_d,
+    stride_du_b,
+    stride_du_d,
+    stride_ddt_b,
+    stride_ddt_d,
+    stride_dz_b,
+    stride_dz_d,
+    stride_A_d,
+    stride_A_n,
+    stride_B_b,
+    stride_B_g,
+    stride_B_d,
+    stride_B_n,
+    stride_C_b,
+    stride_C_g,
+    stride_C_d,
+    stride_C_n,
+    N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    VARIABLE_BC: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr,
+    WANT_DH0: tl.constexpr,
+    FAST_LOG: tl.constexpr,
     UNROLL: tl.constexpr,
 ):
     """dA_ptr and, for time-invariant B/C, dB_ptr/dC_ptr receive (batch, dim, N) per-batch partial sums."""
@@ -321,8 +410,7 @@ def _scan_bwd_kernel(
         # Only what the loop over states needs stays live through it (registers limit occupancy here);
         # u, delta, dout and z are loaded again after it, from cache.
         u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        _, dt = _delta(tl.load(dt_rows[:, None] + t[None, :], mask=mask, other=0.0), bias, HAS_BIAS, SOFTPLUS,
-                       FAST_LOG)
+        _, dt = _delta(tl.load(dt_rows[:, None] + t[None, :], mask=mask, other=0.0), bias, HAS_BIAS, SOFTPLUS, FAST_LOG)
         dt = tl.where(mask, dt, 0.0)
         dt_next_raw = tl.load(dt_rows[:, None] + t[None, :] + 1, mask=next_mask, other=0.0)
         _, dt_next = _delta(dt_next_raw, bias, HAS_BIAS, SOFTPLUS, FAST_LOG)
@@ -352,10 +440,12 @@ def _scan_bwd_kernel(
             w_A += w * a[:, None]
             dA = _with_column(dA, offs_l, n, _column(dA, offs_l, n) + tl.sum(w * dt, axis=1))
             if VARIABLE_BC:
-                tl.atomic_add(dB_ptr + dBC_base + n * length + t, tl.sum(lam_t * dt_u, axis=0), mask=tmask,
-                              sem="relaxed")
-                tl.atomic_add(dC_ptr + dBC_base + n * length + t, tl.sum(gy * states, axis=0), mask=tmask,
-                              sem="relaxed")
+                tl.atomic_add(
+                    dB_ptr + dBC_base + n * length + t, tl.sum(lam_t * dt_u, axis=0), mask=tmask, sem="relaxed"
+                )
+                tl.atomic_add(
+                    dC_ptr + dBC_base + n * length + t, tl.sum(gy * states, axis=0), mask=tmask, sem="relaxed"
+                )
             else:
                 dB_sum = _with_column(dB_sum, offs_l, n, _column(dB_sum, offs_l, n) + tl.sum(lam_t * dt_u, axis=1))
                 dC_sum = _with_column(dC_sum, offs_l, n, _column(dC_sum, offs_l, n) + tl.sum(gy * states, axis=1))
@@ -367,8 +457,7 @@ def _scan_bwd_kernel(
             dD += tl.sum(gy * u, axis=1)
         ddt = u * lam_B + w_A
         if SOFTPLUS:
-            x, _ = _delta(tl.load(dt_rows[:, None] + t[None, :], mask=mask, other=0.0), bias, HAS_BIAS, False,
-                          FAST_LOG)
+            x, _ = _delta(tl.load(dt_rows[:, None] + t[None, :], mask=mask, other=0.0), bias, HAS_BIAS, False, FAST_LOG)
             ddt *= _sigmoid(x)
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
@@ -393,8 +482,11 @@ def _scan_bwd_kernel(
     if WANT_DH0:  # dL/dh_0 = a_0 lam_0, state n in column n
         dt0_raw = tl.load(dt_rows[:, None], mask=chan_mask[:, None], other=0.0)
         _, dt0 = _delta(dt0_raw, bias, HAS_BIAS, SOFTPLUS, FAST_LOG)
-        a_all = tl.load(A_ptr + chans[:, None] * stride_A_d + offs_l[None, :] * stride_A_n,
-                        mask=chan_mask[:, None] & (offs_l < N)[None, :], other=0.0).to(tl.float32)
+        a_all = tl.load(
+            A_ptr + chans[:, None] * stride_A_d + offs_l[None, :] * stride_A_n,
+            mask=chan_mask[:, None] & (offs_l < N)[None, :],
+            other=0.0,
+        ).to(tl.float32)
         _store_per_state(dh0_ptr + state_rows, tl.exp2(dt0 * a_all * LOG2E) * lam, offs_l, chan_mask, N)
 
 
@@ -431,9 +523,20 @@ class _TritonScan(torch.autograd.Function):
     """(u, delta, A, B, C, D, z, delta_bias, h0) -> (out, last state), with the adjoint as its backward."""
 
     @staticmethod
-    def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                z: Tensor | None, delta_bias: Tensor | None, h0: Tensor | None, softplus: bool,
-                config: ScanConfig) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        u: Tensor,
+        delta: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        z: Tensor | None,
+        delta_bias: Tensor | None,
+        h0: Tensor | None,
+        softplus: bool,
+        config: ScanConfig,
+    ) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         d_state = A.shape[1]
         groups = B.shape[1] if B.dim() == 4 else 1
@@ -441,21 +544,51 @@ class _TritonScan(torch.autograd.Function):
         bwd_block_l = _bwd_tile_length(config, d_state)
         out = _like_steps(u)
         # The kernel reads the initial state from here and writes the last state over it.
-        last = h0.float().clone(memory_format=torch.contiguous_format) if h0 is not None else (
-            u.new_zeros(batch, dim, d_state, dtype=torch.float32))
-        saved = u.new_empty(batch, triton.cdiv(length, bwd_block_l) if save else 0, dim, d_state,
-                            dtype=torch.float32)
+        last = (
+            h0.float().clone(memory_format=torch.contiguous_format)
+            if h0 is not None
+            else (u.new_zeros(batch, dim, d_state, dtype=torch.float32))
+        )
+        saved = u.new_empty(batch, triton.cdiv(length, bwd_block_l) if save else 0, dim, d_state, dtype=torch.float32)
         grid = (triton.cdiv(dim // groups, config.fwd_block_d), groups, batch)
         _scan_fwd_kernel[grid](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u),
-            out, last, saved,
-            length, dim // groups,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bd_strides(z), out.stride(0), out.stride(1),
-            A.stride(0), A.stride(1), *_bc_strides(B), *_bc_strides(C),
-            N=d_state, NP=triton.next_power_of_2(d_state), BLOCK_D=config.fwd_block_d,
-            BLOCK_L=config.fwd_block_l, SAVE_EVERY=bwd_block_l,
-            VARIABLE_BC=B.dim() > 2, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, SAVE_STATES=save, FAST_LOG=_FAST_LOG, UNROLL=min(config.fwd_unroll, d_state),
+            u,
+            delta,
+            A,
+            B,
+            C,
+            _or(D, u),
+            _or(z, u),
+            _or(delta_bias, u),
+            out,
+            last,
+            saved,
+            length,
+            dim // groups,
+            u.stride(0),
+            u.stride(1),
+            delta.stride(0),
+            delta.stride(1),
+            *_bd_strides(z),
+            out.stride(0),
+            out.stride(1),
+            A.stride(0),
+            A.stride(1),
+            *_bc_strides(B),
+            *_bc_strides(C),
+            N=d_state,
+            NP=triton.next_power_of_2(d_state),
+            BLOCK_D=config.fwd_block_d,
+            BLOCK_L=config.fwd_block_l,
+            SAVE_EVERY=bwd_block_l,
+            VARIABLE_BC=B.dim() > 2,
+            HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus,
+            SAVE_STATES=save,
+            FAST_LOG=_FAST_LOG,
+            UNROLL=min(config.fwd_unroll, d_state),
             num_warps=config.fwd_warps,
         )
         if save:
@@ -491,25 +624,72 @@ class _TritonScan(torch.autograd.Function):
         dh0 = torch.empty_like(dA) if want_dh0 else None
         grid = (triton.cdiv(dim // groups, config.bwd_block_d), groups, batch)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, _or(D, u), _or(z, u), _or(delta_bias, u), saved, dout, _or(dlast, dA),
-            du, ddelta, _or(dz, u), dB, dC, dA, _or(dD, dA), _or(dbias, dA), _or(dh0, dA),
-            length, dim // groups,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bd_strides(z),
-            dout.stride(0), dout.stride(1), du.stride(0), du.stride(1), ddelta.stride(0), ddelta.stride(1),
+            u,
+            delta,
+            A,
+            B,
+            C,
+            _or(D, u),
+            _or(z, u),
+            _or(delta_bias, u),
+            saved,
+            dout,
+            _or(dlast, dA),
+            du,
+            ddelta,
+            _or(dz, u),
+            dB,
+            dC,
+            dA,
+            _or(dD, dA),
+            _or(dbias, dA),
+            _or(dh0, dA),
+            length,
+            dim // groups,
+            u.stride(0),
+            u.stride(1),
+            delta.stride(0),
+            delta.stride(1),
+            *_bd_strides(z),
+            dout.stride(0),
+            dout.stride(1),
+            du.stride(0),
+            du.stride(1),
+            ddelta.stride(0),
+            ddelta.stride(1),
             *_bd_strides(dz),
-            A.stride(0), A.stride(1), *_bc_strides(B), *_bc_strides(C),
-            N=d_state, BLOCK_D=config.bwd_block_d, BLOCK_L=ctx.block_l,
-            VARIABLE_BC=variable, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_DLAST=dlast is not None, WANT_DH0=want_dh0, FAST_LOG=_FAST_LOG,
-            UNROLL=min(config.bwd_unroll, d_state), num_warps=config.bwd_warps,
+            A.stride(0),
+            A.stride(1),
+            *_bc_strides(B),
+            *_bc_strides(C),
+            N=d_state,
+            BLOCK_D=config.bwd_block_d,
+            BLOCK_L=ctx.block_l,
+            VARIABLE_BC=variable,
+            HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.softplus,
+            HAS_DLAST=dlast is not None,
+            WANT_DH0=want_dh0,
+            FAST_LOG=_FAST_LOG,
+            UNROLL=min(config.bwd_unroll, d_state),
+            num_warps=config.bwd_warps,
         )
         if not variable:
             dB, dC = dB.sum(0), dC.sum(0)
         return (
-            du, ddelta, dA.sum(0).to(A.dtype), dB.view(B.shape).to(B.dtype), dC.view(C.shape).to(C.dtype),
-            dD.sum(0).to(D.dtype) if dD is not None else None, dz,
+            du,
+            ddelta,
+            dA.sum(0).to(A.dtype),
+            dB.view(B.shape).to(B.dtype),
+            dC.view(C.shape).to(C.dtype),
+            dD.sum(0).to(D.dtype) if dD is not None else None,
+            dz,
             dbias.sum(0).to(delta_bias.dtype) if dbias is not None else None,
-            dh0.to(h0.dtype) if dh0 is not None else None, None, None,
+            dh0.to(h0.dtype) if dh0 is not None else None,
+            None,
+            None,
         )
 
 
@@ -547,8 +727,9 @@ def selective_scan_triton(
     if u.shape[-1] == 0 or any(t is not None and t.dtype == torch.float64 for t in tensors):
         from .torch_scan import selective_scan_torch
 
-        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                    return_last_state)
+        return selective_scan_torch(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
+        )
     u, delta = _last_axis_contiguous(u), _last_axis_contiguous(delta)
     z = _last_axis_contiguous(z) if z is not None else None
     if B.dim() > 2:

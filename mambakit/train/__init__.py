@@ -12,5 +12,15 @@ from .optim import parameter_groups
 from .task import Task
 from .trainer import Callback, StepInfo, TrainingDiverged, TrainResult, evaluate, fit
 
-__all__ = ["Callback", "EvalConfig", "StepInfo", "Task", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate",
-           "fit", "parameter_groups"]
+__all__ = [
+    "Callback",
+    "EvalConfig",
+    "StepInfo",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "parameter_groups",
+]

@@ -31,8 +31,13 @@ TRAINER_STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 
 
-def write_checkpoint(directory: Path, model: TrainableModel, extra_files: Mapping[str, bytes | str] | None,
-                     trainer_state: dict[str, Any], config: TrainConfig) -> None:
+def write_checkpoint(
+    directory: Path,
+    model: TrainableModel,
+    extra_files: Mapping[str, bytes | str] | None,
+    trainer_state: dict[str, Any],
+    config: TrainConfig,
+) -> None:
     """Atomically replace `directory` with a checkpoint of `model`, `trainer_state` and `config`."""
     # Clear what a crash in an earlier write left, never the only complete copy.
     recover(directory)
@@ -77,8 +82,10 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file; {directory} is not a training checkpoint") from None
     except Exception as error:  # the unpickler fails on bad bytes with many exception types
-        raise ValueError(f"{path}: unreadable trainer state ({type(error).__name__}); the file may be truncated "
-                         f"or corrupt: restore it or start a new run") from None
+        raise ValueError(
+            f"{path}: unreadable trainer state ({type(error).__name__}); the file may be truncated "
+            f"or corrupt: restore it or start a new run"
+        ) from None
 
 
 def read_train_config(directory: Path) -> TrainConfig | None:
@@ -94,4 +101,3 @@ def _old(directory: Path) -> Path:
 def _sync(file: Any) -> None:
     file.flush()
     os.fsync(file.fileno())
-

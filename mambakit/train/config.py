@@ -35,8 +35,9 @@ class EvalConfig:
             _check_int(name, getattr(self, name), minimum)
         for name, choices in (("precision", PRECISIONS), ("device", DEVICES)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"eval config: {name} must be one of {', '.join(choices)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"eval config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,24 @@ class TrainConfig:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         try:
             object.__setattr__(self, "betas", tuple(float(beta) for beta in self.betas))
-            object.__setattr__(self, "seq_len_warmup",
-                               tuple((int(step), int(length)) for step, length in self.seq_len_warmup))
+            object.__setattr__(
+                self, "seq_len_warmup", tuple((int(step), int(length)) for step, length in self.seq_len_warmup)
+            )
         except (TypeError, ValueError):
-            raise ValueError(f"train config: betas must be two numbers and seq_len_warmup a list of [step, "
-                             f"max_length] pairs, got {self.betas!r} and {self.seq_len_warmup!r}") from None
-        for name, minimum in (("batch_size", 1), ("grad_accum_steps", 1), ("log_every", 1), ("seed", 0),
-                              ("warmup_steps", 0), ("eval_every", 0), ("save_every", 0), ("num_workers", 0)):
+            raise ValueError(
+                f"train config: betas must be two numbers and seq_len_warmup a list of [step, "
+                f"max_length] pairs, got {self.betas!r} and {self.seq_len_warmup!r}"
+            ) from None
+        for name, minimum in (
+            ("batch_size", 1),
+            ("grad_accum_steps", 1),
+            ("log_every", 1),
+            ("seed", 0),
+            ("warmup_steps", 0),
+            ("eval_every", 0),
+            ("save_every", 0),
+            ("num_workers", 0),
+        ):
             _check_int(name, getattr(self, name), minimum)
         for name in ("max_steps", "epochs"):
             if getattr(self, name) is not None:
@@ -121,8 +133,9 @@ class TrainConfig:
             raise ValueError(f"train config: betas must be two numbers in [0, 1), got {list(self.betas)}")
         for name, choices in (("precision", PRECISIONS), ("device", DEVICES), ("distributed", DISTRIBUTED)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"train config: {name} must be one of {', '.join(choices)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
         for name in ("grad_checkpointing", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
@@ -134,11 +147,14 @@ class TrainConfig:
             return
         steps = [step for step, _ in stages]
         if steps[0] != 0 or any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
-            raise ValueError(f"train config: seq_len_warmup stages must start at step 0 and have increasing "
-                             f"steps, got {[list(stage) for stage in stages]}")
+            raise ValueError(
+                f"train config: seq_len_warmup stages must start at step 0 and have increasing "
+                f"steps, got {[list(stage) for stage in stages]}"
+            )
         if any(length < 1 for _, length in stages):
-            raise ValueError(f"train config: seq_len_warmup max_length values must be >= 1, "
-                             f"got {[list(stage) for stage in stages]}")
+            raise ValueError(
+                f"train config: seq_len_warmup max_length values must be >= 1, got {[list(stage) for stage in stages]}"
+            )
 
     def max_length_at(self, step: int) -> int | None:
         """The sequence-length limit for the step that follows `step` completed steps: the max_length of the last

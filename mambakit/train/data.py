@@ -31,8 +31,10 @@ def is_streaming(data: Any) -> bool:
 def check_dataset(data: Any, what: str) -> None:
     """Refuse, in one line, something that is neither a map-style nor an iterable dataset."""
     if not (is_streaming(data) or (hasattr(data, "__len__") and hasattr(data, "__getitem__"))):
-        raise TypeError(f"{what} must be a map-style torch Dataset (with __len__ and __getitem__) or an "
-                        f"IterableDataset, got {type(data).__name__}")
+        raise TypeError(
+            f"{what} must be a map-style torch Dataset (with __len__ and __getitem__) or an "
+            f"IterableDataset, got {type(data).__name__}"
+        )
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
@@ -62,9 +64,19 @@ class BatchStream(IterableDataset):
     the DataLoader hands back in order.
     """
 
-    def __init__(self, data: Any, collate: Callable[[Sequence[Any]], dict[str, Tensor]], batch_size: int, *,
-                 order: list[int] | None, skip: int, drop_last: bool, seed_words: tuple[int, ...], rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self,
+        data: Any,
+        collate: Callable[[Sequence[Any]], dict[str, Tensor]],
+        batch_size: int,
+        *,
+        order: list[int] | None,
+        skip: int,
+        drop_last: bool,
+        seed_words: tuple[int, ...],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.data, self.collate, self.batch_size = data, collate, batch_size
         self.order, self.skip, self.drop_last = order, skip, drop_last
         self.seed_words, self.rank, self.world_size = seed_words, rank, world_size
@@ -84,7 +96,7 @@ class BatchStream(IterableDataset):
         """One callable per batch that returns its examples; map-style reads happen inside it, under the batch's
         seed and only in the worker that builds the batch."""
         if self.order is not None:
-            indices = iter(self.order[self.skip:])
+            indices = iter(self.order[self.skip :])
             while chunk := list(islice(indices, self.batch_size)):
                 if len(chunk) < self.batch_size and self.drop_last:
                     return
@@ -106,8 +118,7 @@ def batch_loader(stream: BatchStream, num_workers: int, pin_memory: bool) -> Dat
     """A DataLoader over `stream`'s ready-made batches; streams are read in the main process."""
     workers = 0 if stream.order is None else num_workers
     # A private generator: creating the loader must not draw from the global RNG, whose state is checkpointed.
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator())
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=torch.Generator())
 
 
 def capture_rng(cuda: bool) -> dict[str, Any]:

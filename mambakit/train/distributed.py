@@ -24,10 +24,12 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> CUDA (this process's GPU) when available, else CPU; "cuda" without CUDA is a one-line error."""
+    """ "auto" -> CUDA (this process's GPU) when available, else CPU; "cuda" without CUDA is a one-line error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for, but CUDA is not available here (no CUDA GPU is visible, or "
-                        "torch is a CPU-only build); use device 'cpu' or 'auto' (--device cpu, not --device cuda)")
+        raise UserError(
+            "device 'cuda' was asked for, but CUDA is not available here (no CUDA GPU is visible, or "
+            "torch is a CPU-only build); use device 'cpu' or 'auto' (--device cpu, not --device cuda)"
+        )
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)

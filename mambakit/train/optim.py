@@ -22,7 +22,8 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     """
     named = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     return {
-        name for name, parameter in model.named_parameters()
+        name
+        for name, parameter in model.named_parameters()
         if parameter.requires_grad and (name in named or parameter.dim() < 2 or name.endswith("bias"))
     }
 
@@ -57,8 +58,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, exempt: set[str], config: TrainConfig,
-                    total_steps: int) -> tuple[AdamW, LambdaLR]:
+def build_optimizer(
+    model: nn.Module, exempt: set[str], config: TrainConfig, total_steps: int
+) -> tuple[AdamW, LambdaLR]:
     """AdamW over `model` (parameter names in `exempt` without weight decay) and its per-step schedule."""
     optimizer = AdamW(_groups(model, exempt, config.weight_decay), lr=config.lr, betas=config.betas)
     warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)

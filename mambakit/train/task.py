@@ -32,16 +32,20 @@ class Task:
         """
         batch = default_collate(list(examples))
         if not isinstance(batch, dict):
-            raise TypeError(f"Task.collate: examples are {type(examples[0]).__name__}, not dicts of tensors; "
-                            f"override collate to build a dict of model arguments")
+            raise TypeError(
+                f"Task.collate: examples are {type(examples[0]).__name__}, not dicts of tensors; "
+                f"override collate to build a dict of model arguments"
+            )
         return batch
 
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """The scalar training loss of one batch (on the model's device, under autocast)."""
         loss = model(**batch).loss
         if loss is None:
-            raise ValueError(f"the model returned no loss for a batch with keys {sorted(batch)}; give the batch "
-                             f"labels or override Task.compute_loss")
+            raise ValueError(
+                f"the model returned no loss for a batch with keys {sorted(batch)}; give the batch "
+                f"labels or override Task.compute_loss"
+            )
         return loss
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
@@ -78,8 +82,10 @@ class Task:
         """
         reference = batch.get("input_ids", batch.get("inputs_embeds"))
         if reference is None:
-            raise ValueError("Task.crop: the batch has neither input_ids nor inputs_embeds to tell the sequence "
-                             "length; override crop to use seq_len_warmup")
+            raise ValueError(
+                "Task.crop: the batch has neither input_ids nor inputs_embeds to tell the sequence "
+                "length; override crop to use seq_len_warmup"
+            )
         full = reference.shape[1]
         if length >= full:
             return batch

@@ -77,8 +77,10 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Path | None) -> None:
         self.step, self.loss, self.grad_norm, self.checkpoint = step, loss, grad_norm, checkpoint
         kept = f"{checkpoint} still holds the last good checkpoint" if checkpoint else "no checkpoint was written"
-        super().__init__(f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; {kept}; "
-                         f"lower the lr, lengthen the warm-up or check the data")
+        super().__init__(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; {kept}; "
+            f"lower the lr, lengthen the warm-up or check the data"
+        )
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,16 @@ class TrainResult:
         return None if self.best_step is None else self.out_dir / BEST
 
 
-def fit(model: TrainableModel, task: Task, train_data: Any, eval_data: Any = None,
-        config: TrainConfig | None = None, *, extra_files: Mapping[str, bytes | str] | None = None,
-        callbacks: Sequence[Callback] = ()) -> TrainResult:
+def fit(
+    model: TrainableModel,
+    task: Task,
+    train_data: Any,
+    eval_data: Any = None,
+    config: TrainConfig | None = None,
+    *,
+    extra_files: Mapping[str, bytes | str] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train `model` on `train_data` as `config` says; return how the run ended.
 
     train_data / eval_data: map-style Datasets (shuffled per epoch from (seed, epoch)) or IterableDatasets (read
@@ -157,9 +166,11 @@ def fit(model: TrainableModel, task: Task, train_data: Any, eval_data: Any = Non
     if config is None:
         raise TypeError("fit: config (a TrainConfig) is required")
     if not is_trainable(model):
-        raise TypeError(f"fit: {type(model).__name__} does not meet mambakit.models.TrainableModel (config, "
-                        f"architecture, from_config, head_config, shard_units, no_weight_decay), so checkpoints "
-                        f"could not be saved and loaded")
+        raise TypeError(
+            f"fit: {type(model).__name__} does not meet mambakit.models.TrainableModel (config, "
+            f"architecture, from_config, head_config, shard_units, no_weight_decay), so checkpoints "
+            f"could not be saved and loaded"
+        )
     check_dataset(train_data, "train_data")
     if eval_data is not None:
         check_dataset(eval_data, "eval_data")
@@ -181,11 +192,11 @@ def evaluate(model: nn.Module, task: Task, data: Any, config: EvalConfig | None 
     return _evaluation(model.to(device), task, data, config, device)
 
 
-def _evaluation(model: nn.Module, task: Task, data: Any, config: EvalConfig,
-                device: torch.device) -> dict[str, float]:
+def _evaluation(model: nn.Module, task: Task, data: Any, config: EvalConfig, device: torch.device) -> dict[str, float]:
     order = None if is_streaming(data) else list(range(len(data)))
-    stream = BatchStream(data, task.collate, config.batch_size, order=order, skip=0, drop_last=False,
-                         seed_words=(config.seed, EVAL))
+    stream = BatchStream(
+        data, task.collate, config.batch_size, order=order, skip=0, drop_last=False, seed_words=(config.seed, EVAL)
+    )
     loader = batch_loader(stream, config.num_workers, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
@@ -202,8 +213,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContex
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {name: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-            for name, value in batch.items()}
+    return {
+        name: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+        for name, value in batch.items()
+    }
 
 
 def _full_groups(batches: Iterable[dict[str, Tensor]], size: int) -> Iterator[list[dict[str, Tensor]]]:
@@ -226,8 +239,9 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
         if self.announce:
-            logger.warning("%s received: stopping at the end of this step, after saving a checkpoint",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "%s received: stopping at the end of this step, after saving a checkpoint", signal.Signals(signum).name
+            )
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -261,9 +275,18 @@ class _Window:
 class _Trainer:
     """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
 
-    def __init__(self, model: Any, task: Task, train_data: Any, eval_data: Any,
-                 config: TrainConfig, extra_files: Mapping[str, bytes | str] | None, callbacks: Sequence[Callback],
-                 distributed: Distributed, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: Any,
+        task: Task,
+        train_data: Any,
+        eval_data: Any,
+        config: TrainConfig,
+        extra_files: Mapping[str, bytes | str] | None,
+        callbacks: Sequence[Callback],
+        distributed: Distributed,
+        device: torch.device,
+    ) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
         self.extra_files, self.callbacks = dict(extra_files or {}), tuple(callbacks)
         self.dist, self.device = distributed, device
@@ -290,8 +313,11 @@ class _Trainer:
             if hasattr(model, "set_grad_checkpointing"):
                 model.set_grad_checkpointing(True)
             else:
-                self._log(logging.WARNING, "grad_checkpointing: %s has no set_grad_checkpointing; training "
-                          "without it", type(model).__name__)
+                self._log(
+                    logging.WARNING,
+                    "grad_checkpointing: %s has no set_grad_checkpointing; training without it",
+                    type(model).__name__,
+                )
         exempt = no_weight_decay_names(model)  # before wrapping: FSDP drops the parameters' tags
         self.model = wrap_model(model, config.distributed, device, distributed)
         self.core: Any = unwrap(self.model)  # the TrainableModel nn.Module holding the parameters
@@ -304,9 +330,16 @@ class _Trainer:
             torch.manual_seed(seed)
         else:
             self._restore(state)
-        self._log(logging.INFO, "training %d steps on %s (%d process%s, %s): %d examples per step",
-                  self.total_steps, device, distributed.world_size, "es" if distributed.world_size > 1 else "",
-                  self.autocast_dtype or "fp32", self.step_examples * distributed.world_size)
+        self._log(
+            logging.INFO,
+            "training %d steps on %s (%d process%s, %s): %d examples per step",
+            self.total_steps,
+            device,
+            distributed.world_size,
+            "es" if distributed.world_size > 1 else "",
+            self.autocast_dtype or "fp32",
+            self.step_examples * distributed.world_size,
+        )
 
     def _log(self, level: int, message: str, *args: Any) -> None:
         """Log on rank 0 only (every process would say the same)."""
@@ -318,13 +351,17 @@ class _Trainer:
         config, world_size = self.config, self.dist.world_size
         if self.streaming:
             if config.max_steps is None:
-                raise ValueError("train_data is a stream (IterableDataset) of unknown length: set max_steps, which "
-                                 "sizes the learning-rate schedule (epochs can still end the run earlier)")
+                raise ValueError(
+                    "train_data is a stream (IterableDataset) of unknown length: set max_steps, which "
+                    "sizes the learning-rate schedule (epochs can still end the run earlier)"
+                )
             return None, config.max_steps
         steps_per_epoch = len(self.train_data) // world_size // self.step_examples
         if steps_per_epoch == 0:
-            raise ValueError(f"train_data has {len(self.train_data)} examples, fewer than one step takes "
-                             f"(batch_size x grad_accum_steps x processes = {self.step_examples * world_size})")
+            raise ValueError(
+                f"train_data has {len(self.train_data)} examples, fewer than one step takes "
+                f"(batch_size x grad_accum_steps x processes = {self.step_examples * world_size})"
+            )
         lengths = [n for n in (config.max_steps, config.epochs and config.epochs * steps_per_epoch) if n]
         return steps_per_epoch * self.step_examples, min(lengths)
 
@@ -338,47 +375,68 @@ class _Trainer:
         self.dist.barrier()
         if not self.config.resume:
             if last.exists():
-                raise ValueError(f"{self.out_dir} already holds a training checkpoint (last/): continue it with "
-                                 f"resume (--resume), or choose another out_dir (--out)")
+                raise ValueError(
+                    f"{self.out_dir} already holds a training checkpoint (last/): continue it with "
+                    f"resume (--resume), or choose another out_dir (--out)"
+                )
             return None
         if not (last / TRAINER_STATE_NAME).is_file():
-            raise ValueError(f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
-                             f"start without resume (--resume)")
+            raise ValueError(
+                f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
+                f"start without resume (--resume)"
+            )
         saved = read_train_config(last)
         if saved is not None:
             new, old = self.config.to_dict(), saved.to_dict()
             changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key != "resume" and new[key] != old[key]]
             if changed:
-                self._log(logging.WARNING, "resuming with a changed config (%s): the run will differ from an "
-                          "uninterrupted one", ", ".join(changed))
+                self._log(
+                    logging.WARNING,
+                    "resuming with a changed config (%s): the run will differ from an uninterrupted one",
+                    ", ".join(changed),
+                )
         return read_trainer_state(last)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        set_optimizer_state_dict(self.core, self.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            self.core, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.examples = state["step"], state["epoch"], state["examples_in_epoch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
         self.saved_step = self.step
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
-            self._log(logging.WARNING, "resuming with %d processes a run saved with %d: data order and randomness "
-                      "will differ from an uninterrupted run", self.dist.world_size, len(rng))
+            self._log(
+                logging.WARNING,
+                "resuming with %d processes a run saved with %d: data order and randomness "
+                "will differ from an uninterrupted run",
+                self.dist.world_size,
+                len(rng),
+            )
         restore_rng(rng[self.dist.rank % len(rng)])
         self._log(logging.INFO, "resumed from %s at step %d (epoch %d)", self.out_dir / LAST, self.step, self.epoch)
 
     def run(self) -> TrainResult:
         if self._done():
-            self._log(logging.INFO, "nothing to train: the run in %s already ended at step %d", self.out_dir,
-                      self.step)
+            self._log(logging.INFO, "nothing to train: the run in %s already ended at step %d", self.out_dir, self.step)
         log = MetricsLog(self.out_dir, self.dist.is_main, self.step, self.total_steps)
         try:
             with self.stop.installed():
                 status = "completed" if self._done() else self._loop(log)
         finally:
             log.close()
-        return TrainResult(status, self.step, self.epoch, self.out_dir, self.train_loss, self.eval_metrics,
-                           self.best_metric, self.best_step, self.interrupted_by)
+        return TrainResult(
+            status,
+            self.step,
+            self.epoch,
+            self.out_dir,
+            self.train_loss,
+            self.eval_metrics,
+            self.best_metric,
+            self.best_step,
+            self.interrupted_by,
+        )
 
     def _done(self) -> bool:
         epochs = self.config.epochs
@@ -403,9 +461,16 @@ class _Trainer:
                 log.advance(self.step, loss, window.tokens_per_s)
                 if self.step % self.config.log_every == 0 or self._done():
                     self.train_loss = window.loss / window.steps
-                    log.log(self.step, {"epoch": self.epoch, "loss": self.train_loss, "lr": lr,
-                                        "grad_norm": window.grad_norm / window.steps,
-                                        "tokens_per_s": window.tokens_per_s})
+                    log.log(
+                        self.step,
+                        {
+                            "epoch": self.epoch,
+                            "loss": self.train_loss,
+                            "lr": lr,
+                            "grad_norm": window.grad_norm / window.steps,
+                            "tokens_per_s": window.tokens_per_s,
+                        },
+                    )
                     window = _Window()
                 if self._boundary(log, StepInfo(self.step, self.epoch, loss, lr, grad_norm, None)):
                     return "interrupted"
@@ -414,8 +479,10 @@ class _Trainer:
                 clock = time.perf_counter()
             if self.streaming:  # the stream ran out: the epoch is over
                 if steps_this_epoch == 0 and self.examples == 0:
-                    raise ValueError(f"train_data gave fewer examples than one step takes (batch_size x "
-                                     f"grad_accum_steps x processes = {self.step_examples * self.dist.world_size})")
+                    raise ValueError(
+                        f"train_data gave fewer examples than one step takes (batch_size x "
+                        f"grad_accum_steps x processes = {self.step_examples * self.dist.world_size})"
+                    )
                 self._next_epoch()
                 if self._done():
                     return "completed"
@@ -433,9 +500,17 @@ class _Trainer:
         else:
             order = epoch_order(len(self.train_data), config.seed, self.epoch, rank, world_size)
             order = order[: self.epoch_examples]
-        stream = BatchStream(self.train_data, self.task.collate, config.batch_size, order=order, skip=self.examples,
-                             drop_last=True, seed_words=(config.seed, TRAIN, self.epoch, rank), rank=rank,
-                             world_size=world_size)
+        stream = BatchStream(
+            self.train_data,
+            self.task.collate,
+            config.batch_size,
+            order=order,
+            skip=self.examples,
+            drop_last=True,
+            seed_words=(config.seed, TRAIN, self.epoch, rank),
+            rank=rank,
+            world_size=world_size,
+        )
         return batch_loader(stream, config.num_workers, pin_memory=self.device.type == "cuda")
 
     def _step(self, group: list[dict[str, Tensor]]) -> tuple[float, float, float, float]:
@@ -453,15 +528,17 @@ class _Trainer:
                 (loss / len(group)).backward()
             losses.append(loss.detach().float())
         # One all-reduce gives every process the same loss, so all of them agree on divergence.
-        stats = torch.stack([torch.stack(losses).mean().double(),
-                             torch.tensor(tokens, dtype=torch.float64, device=self.device)])
+        stats = torch.stack(
+            [torch.stack(losses).mean().double(), torch.tensor(tokens, dtype=torch.float64, device=self.device)]
+        )
         self.dist.all_reduce_sum(stats)
         grad_norm = self._clip_gradients()
         loss_sum, tokens_all, norm = torch.cat([stats, grad_norm.reshape(1).double()]).tolist()
         loss_value = loss_sum / self.dist.world_size
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
-            raise TrainingDiverged(self.step + 1, loss_value, norm,
-                                   None if self.saved_step is None else self.out_dir / LAST)
+            raise TrainingDiverged(
+                self.step + 1, loss_value, norm, None if self.saved_step is None else self.out_dir / LAST
+            )
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -505,15 +582,22 @@ class _Trainer:
         self.interrupted_by = signal.Signals(signum).name
         if LAST not in to_save:
             self._save([LAST])
-        self._log(logging.WARNING, "stopped by %s at step %d; resume from %s", self.interrupted_by, self.step,
-                  self.out_dir / LAST)
+        self._log(
+            logging.WARNING,
+            "stopped by %s at step %d; resume from %s",
+            self.interrupted_by,
+            self.step,
+            self.out_dir / LAST,
+        )
         return True
 
     def _improves(self, metrics: dict[str, float]) -> bool:
         name = self.task.primary_metric
         if name not in metrics:
-            raise ValueError(f"Task.evaluate returned no {name!r} (the task's primary_metric); it returned "
-                             f"{', '.join(sorted(metrics))}")
+            raise ValueError(
+                f"Task.evaluate returned no {name!r} (the task's primary_metric); it returned "
+                f"{', '.join(sorted(metrics))}"
+            )
         value = metrics[name]
         if not math.isfinite(value):
             return False
@@ -538,13 +622,20 @@ class _Trainer:
         rng = self.dist.gather_objects(capture_rng(cuda=self.device.type == "cuda"))
         optimizer = None
         if self.sharded or self.dist.is_main:  # gathering FSDP shards takes every process
-            optimizer = get_optimizer_state_dict(self.core, self.optimizer,
-                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            optimizer = get_optimizer_state_dict(
+                self.core, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return {
-            "step": self.step, "epoch": self.epoch, "examples_in_epoch": self.examples,
-            "total_steps": self.total_steps, "world_size": self.dist.world_size,
-            "best_metric": self.best_metric, "best_step": self.best_step,
-            "optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
+            "step": self.step,
+            "epoch": self.epoch,
+            "examples_in_epoch": self.examples,
+            "total_steps": self.total_steps,
+            "world_size": self.dist.world_size,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
         }
 
     def _model_to_save(self) -> Any:

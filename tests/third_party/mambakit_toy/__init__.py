@@ -99,9 +99,15 @@ def _data(inputs: TaskInputs) -> Splits:
 DOMAIN = Domain(
     name="toy",
     help="a third party's toy domain",
-    tasks=[DomainTask("marker", "does the sequence hold the marker token",
-                      data=_data, model=lambda inputs, splits: ToyBagClassifier(ToyConfig()),
-                      task=lambda inputs: ClassificationTask(pad_token_id=0),
-                      defaults={"max_steps": 6, "batch_size": 8, "lr": 1e-2, "eval_every": 3, "save_every": 3})],
+    tasks=[
+        DomainTask(
+            "marker",
+            "does the sequence hold the marker token",
+            data=_data,
+            model=lambda inputs, splits: ToyBagClassifier(ToyConfig()),
+            task=lambda inputs: ClassificationTask(pad_token_id=0),
+            defaults={"max_steps": 6, "batch_size": 8, "lr": 1e-2, "eval_every": 3, "save_every": 3},
+        )
+    ],
     options=ToyOptions,
 )
