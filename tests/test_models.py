@@ -216,6 +216,7 @@ def test_config_round_trip_and_dialects(tmp_path):
         MambaConfig.from_dict({"ssm_cfg": {"layer": "Mamba2"}})
 
 
+@pytest.mark.slow
 def test_tiny_lm_learns_a_sequence_task():
     """Arithmetic progressions mod 16 with a random start and step: after two tokens the rest is determined,
     so the loss floor is about (ln 16 + ln 3) / 31 = 0.13 nats per token."""

@@ -79,6 +79,7 @@ def test_fit_resumes_exactly_and_checkpoints_round_trip(toy, tmp_path):
         assert torch.equal(full.eval()(**inputs).logits, again(**inputs).logits)
 
 
+@pytest.mark.slow
 def test_the_cli_trains_and_evaluates_the_toy_domain_and_load_model_finds_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(THIRD_PARTY), os.environ.get("PYTHONPATH", "")])}
 

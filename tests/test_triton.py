@@ -319,6 +319,7 @@ def interpreter_check() -> None:
         assert max(errors.values()) < 1e-6, f"add_rms_norm: {errors}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernels_in_triton_interpreter():
     run_in_triton_interpreter("test_triton", "interpreter_check")
