@@ -200,9 +200,9 @@ class Domain:
     options: type = NoOptions
     """A frozen dataclass of the domain's own options: each field's type is Annotated with its typer.Option,
     its default is the CLI default; fields with metadata EVAL_OPTION are also `eval` options."""
-    featurizer: Callable[[Any], Any] | None = None
+    featurizer: Callable[[Any], Featurizer] | None = None
     """options -> the featurizer of a new run (saved beside the checkpoints)."""
-    load_featurizer: Callable[[str, str], Any] | None = None
+    load_featurizer: Callable[[str, str], Featurizer] | None = None
     """(JSON text, file name for errors) -> the featurizer a checkpoint was trained with."""
     featurizer_file: str = "tokenizer.json"
     """The file beside the weights that holds the featurizer's JSON."""

@@ -199,9 +199,9 @@ class MambaConfig:
         # Hugging Face checkpoints store the vocabulary already padded (or not at all): keep it as it is.
         return cls(**mapped, pad_vocab_size_multiple=1)
 
-    def to_json(self, **meta: Any) -> str:
-        """JSON text of every field, plus optional META_KEYS entries."""
-        return json.dumps({**self.to_dict(), **meta}, indent=2) + "\n"
+    def to_json(self) -> str:
+        """JSON text of every field."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def load(cls, path: str | Path) -> MambaConfig:
