@@ -268,9 +268,9 @@ def _is_path(hint: Any) -> bool:
     return hint is Path or Path in typing.get_args(hint)
 
 
-def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None) -> Loaded:
+def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None, verb: str = "eval") -> Loaded:
     """A checkpoint of `domain` with its featurizer and run record; any other checkpoint is a one-line
-    UserError saying whose it is."""
+    UserError saying whose it is (and the `verb` command to use instead)."""
     from .models import load_model
 
     model = load_model(checkpoint, device=device)
@@ -288,7 +288,7 @@ def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None) -> Loa
     if record.domain != domain.name:
         raise UserError(
             f"{checkpoint}: a {record.domain} checkpoint, not a {domain.name} checkpoint; use "
-            f"`mambakit <verb> {record.domain}`"
+            f"`mambakit {verb} {record.domain}`"
         )
     featurizer = None
     if domain.load_featurizer is not None:

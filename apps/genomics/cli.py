@@ -230,7 +230,7 @@ def predict(
 
     if not data:
         raise UserError("predict needs --data: the sequences to label or embed")
-    loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"))
+    loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"), verb="predict")
     model, tokenizer = loaded.model, loaded.featurizer
     options = DOMAIN.options_from_json(loaded.record.options, str(checkpoint))
     records = read_inputs(list(data), genome)

@@ -129,7 +129,7 @@ def generate(
     from mambakit.models import MambaLMHeadModel, SamplingConfig
     from mambakit.models import generate as generate_ids
 
-    loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"))
+    loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"), verb="generate")
     model, tokenizer = loaded.model, loaded.featurizer
     if not isinstance(model, MambaLMHeadModel):
         raise UserError(f"{checkpoint}: holds a {model.architecture}, not a language model")
