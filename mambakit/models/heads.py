@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import POOLINGS, ResidualBlock
+from ..nn import POOLINGS, ResidualBlock, no_weight_decay_names
 from .backbone import MambaModel, MambaState
 from .config import MambaConfig
 from .registry import backbone_factory, register_architecture, register_backbone
@@ -68,8 +68,8 @@ class MambaPreTrainedModel(nn.Module):
         return [module for module in self.modules() if isinstance(module, ResidualBlock)]
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters tagged by `mambakit.nn.no_weight_decay` (A_log, D, the dt bias of LTI layers)."""
-        return {name for name, parameter in self.named_parameters() if getattr(parameter, "_no_weight_decay", False)}
+        """The SSM parameters (A_log, D, the dt bias of LTI layers): `mambakit.nn.no_weight_decay_names`."""
+        return no_weight_decay_names(self)
 
     def allocate_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None

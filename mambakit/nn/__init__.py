@@ -1,23 +1,27 @@
-"""Modules: the Mamba mixer with its recurrent step, pre-norm residual blocks, norms, pooling, and the
-bidirectional wrapper."""
+"""Modules: the Mamba mixer with its recurrent step, pre-norm residual blocks, norms, pooling, the
+bidirectional wrapper, and SS2D (VMamba's 2-D cross-scan layer)."""
 
 from .bidirectional import BiMamba, NonCausalBlock, padded_reverse_index, reverse_padded
 from .block import Block, ResidualBlock
-from .mixer import Mamba, MambaLayerState, no_weight_decay
+from .mixer import Mamba, MambaLayerState, no_weight_decay_names
 from .norm import RMSNorm, create_norm
 from .pooling import POOLINGS, pool_sequence
+from .ss2d import SS2D, LayerNorm2d, Linear2d
 
 __all__ = [
     "POOLINGS",
+    "SS2D",
     "BiMamba",
     "Block",
+    "LayerNorm2d",
+    "Linear2d",
     "Mamba",
     "MambaLayerState",
     "NonCausalBlock",
     "RMSNorm",
     "ResidualBlock",
     "create_norm",
-    "no_weight_decay",
+    "no_weight_decay_names",
     "padded_reverse_index",
     "pool_sequence",
     "reverse_padded",

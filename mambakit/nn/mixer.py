@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,16 @@ class MambaLayerState:
         return MambaLayerState(self.conv.detach(), self.ssm.detach(), self.decay_rates)
 
 
-def no_weight_decay(parameter: nn.Parameter) -> nn.Parameter:
-    """Tag a parameter so that the trainer's AdamW groups exempt it from weight decay."""
-    parameter._no_weight_decay = True  # type: ignore[attr-defined]
-    return parameter
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that AdamW must not decay, as each module class lists them in its
+    `NO_WEIGHT_DECAY` (the SSM's A_log, D, dt bias). Read from the structure, not from tags on the parameters,
+    so a copy (copy.deepcopy, FSDP) answers the same."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(type(module), "NO_WEIGHT_DECAY", ())
+        if isinstance(getattr(module, name, None), nn.Parameter)
+    }
 
 
 def _as_sequences(columns: Tensor, batch: int, length: int) -> Tensor:
@@ -63,6 +69,8 @@ def _inverse_softplus(x: Tensor) -> Tensor:
 
 class Mamba(nn.Module):
     """Selective state space mixer; `selective=False` gives the time-invariant (S4D-like) variant."""
+
+    NO_WEIGHT_DECAY: ClassVar[tuple[str, ...]] = ("A_log", "D", "dt_bias")
 
     def __init__(
         self,
@@ -113,11 +121,11 @@ class Mamba(nn.Module):
         else:
             self.B = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
             self.C = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
-            self.dt_bias = no_weight_decay(nn.Parameter(_inverse_softplus(dt).to(dtype or torch.float32)))
+            self.dt_bias = nn.Parameter(_inverse_softplus(dt).to(dtype or torch.float32))
         # S4D-real initialisation: A = -(1, 2, ..., N) for every channel.
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
-        self.D = no_weight_decay(nn.Parameter(torch.ones(self.d_inner, device=device)))
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def allocate_state(

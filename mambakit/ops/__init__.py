@@ -1,4 +1,5 @@
-"""Selective-scan ops: one API, several backends (see `backends`), each checked against `reference`.
+"""Selective-scan ops (and the conv, norm and 2-D cross-scan around them): one API, several backends (see
+`backends`), each checked against `reference`.
 
 Shapes follow mamba-ssm: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L), (batch, groups, N, L)
 or (dim, N) for a time-invariant layer; D, delta_bias (dim,); states (batch, dim, N), always fp32 math.
@@ -140,6 +141,22 @@ def add_rms_norm(
     return implementation(hidden, residual, weight, eps, residual_in_fp32)
 
 
+def cross_scan(x: Tensor, backend: str = "auto") -> Tensor:
+    """VMamba's 2-D cross-scan: x (batch, dim, H, W) -> (batch, 4, dim, H*W), four 1-D sequences in VMamba's order:
+    row-major (l = h*W + w), column-major (l = w*H + h), then each reversed. Differentiable."""
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (batch, dim, H, W), got {tuple(x.shape)}")
+    return resolve_backend(backend, x.device, "cross_scan").load("cross_scan")(x)
+
+
+def cross_merge(y: Tensor, height: int, width: int, backend: str = "auto") -> Tensor:
+    """The inverse direction of `cross_scan` (its adjoint): y (batch, 4, dim, height*width) -> (batch, dim, height,
+    width), each position the plain sum of its four directions' values. Differentiable."""
+    if y.dim() != 4 or y.shape[1] != 4 or y.shape[3] != height * width:
+        raise ValueError(f"y must have shape (batch, 4, dim, {height}*{width}), got {tuple(y.shape)}")
+    return resolve_backend(backend, y.device, "cross_merge").load("cross_merge")(y, height, width)
+
+
 __all__ = [
     "ENV_VAR",
     "add_rms_norm",
@@ -148,6 +165,8 @@ __all__ = [
     "available_backends",
     "causal_conv1d",
     "causal_conv1d_update",
+    "cross_merge",
+    "cross_scan",
     "list_backends",
     "register_backend",
     "resolve_backend",

@@ -159,6 +159,8 @@ register_backend(
             "causal_conv1d": ".triton_conv:causal_conv1d_triton",
             "causal_conv1d_update": ".triton_conv:causal_conv1d_update_triton",
             "add_rms_norm": ".triton_norm:add_rms_norm_triton",
+            "cross_scan": ".triton_cross_scan:cross_scan_triton",
+            "cross_merge": ".triton_cross_scan:cross_merge_triton",
         },
     )
 )
@@ -174,6 +176,9 @@ register_backend(
             "causal_conv1d": ".reference:causal_conv1d_ref",
             "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
             "add_rms_norm": ".reference:add_rms_norm_ref",
+            # The cross-scan is a permutation of memory: torch's flips and transposes are already one copy each.
+            "cross_scan": ".reference:cross_scan_ref",
+            "cross_merge": ".reference:cross_merge_ref",
         },
     )
 )
@@ -188,6 +193,8 @@ register_backend(
             "causal_conv1d": ".reference:causal_conv1d_ref",
             "causal_conv1d_update": ".reference:causal_conv1d_update_ref",
             "add_rms_norm": ".reference:add_rms_norm_ref",
+            "cross_scan": ".reference:cross_scan_ref",
+            "cross_merge": ".reference:cross_merge_ref",
         },
     )
 )

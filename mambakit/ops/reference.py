@@ -171,3 +171,20 @@ def add_rms_norm_ref(
     residual = hidden if residual is None else residual + hidden
     normed = rms_norm_ref(residual.to(weight.dtype), weight, eps)
     return normed, residual.float() if residual_in_fp32 else residual
+
+
+def cross_scan_ref(x: Tensor) -> Tensor:
+    """VMamba's cross-scan: x (batch, dim, H, W) -> (batch, 4, dim, H*W), the four directions in VMamba's order:
+    row-major (l = h*W + w), column-major (l = w*H + h), and each of them reversed."""
+    rows = x.flatten(2)
+    columns = x.transpose(2, 3).flatten(2)
+    return torch.stack([rows, columns, rows.flip(-1), columns.flip(-1)], dim=1)
+
+
+def cross_merge_ref(y: Tensor, height: int, width: int) -> Tensor:
+    """The adjoint of `cross_scan_ref`: y (batch, 4, dim, H*W) -> (batch, dim, H, W), each position the plain sum of
+    its four directions' values (no weights, no mean)."""
+    batch, _, dim, _ = y.shape
+    rows = y[:, 0] + y[:, 2].flip(-1)
+    columns = y[:, 1] + y[:, 3].flip(-1)
+    return rows.reshape(batch, dim, height, width) + columns.reshape(batch, dim, width, height).transpose(2, 3)
