@@ -183,6 +183,7 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
     splits = spec.data(inputs)
     if splits.val is None:
         raise UserError("the data gave no validation examples; give more data or a validation split")
+    inputs = dataclasses.replace(inputs, labels=splits.labels)
     torch.manual_seed(run.seed)
     model = spec.model(inputs, splits)
     record = RunRecord(domain.name, spec.name, domain.options_to_json(options), run.seed)
@@ -289,7 +290,8 @@ def evaluate_domain(
     recorded = domain.options_from_json(loaded.record.options, str(checkpoint / RUN_RECORD_NAME))
     options = dataclasses.replace(recorded, **{k: v for k, v in option_overrides.items() if _given(v)})
     run = RunOptions(data=list(data), task=spec.name, seed=loaded.record.seed, device=resolved)
-    inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model)
+    labels = tuple(getattr(loaded.model, "labels", None) or ())
+    inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model, labels=labels)
     metrics = evaluate(
         loaded.model,
         spec.task(inputs),

@@ -91,14 +91,16 @@ class Splits:
 
 @dataclass(frozen=True)
 class TaskInputs:
-    """What a domain task's builders get: the common options, the app's own options, its featurizer, its presets
-    and, when evaluating or predicting, the checkpoint's model."""
+    """What a domain task's builders get: the common options, the app's own options, its featurizer, its presets,
+    the class names (from the data when training, the checkpoint when evaluating; empty for tasks without
+    classes) and, when evaluating or predicting, the checkpoint's model."""
 
     run: RunOptions
     options: Any
     featurizer: Any
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     model: Any = None
+    labels: tuple[str, ...] = ()
 
     def model_config(self, config_class: Any, **fixed: Any) -> Any:
         """`config_class` from the preset's sizes, then the config file's `model:` overrides, then `fixed` (what

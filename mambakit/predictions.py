@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv"]
+__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv", "write_top_k_csv"]
 
 #: Digits after the decimal point of each probability.
 PROBABILITY_DECIMALS = 6
@@ -150,6 +150,35 @@ def _label(prediction: object, index: int, classes: list[str] | None) -> str:
             raise ValueError(f"predictions[{index}] is class index {number}, outside the {len(classes)} class name(s)")
         return classes[number]
     raise TypeError(f"predictions[{index}] is a {type(prediction).__name__}; give a label (str) or a class index (int)")
+
+
+def write_top_k_csv(
+    path: str | os.PathLike[str], names: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str], k: int
+) -> Path:
+    """One row per item with its `k` most likely classes: ``name,prediction`` then ``top1,p_top1,...,topk,p_topk``
+    (labels, and probabilities with 6 decimals), for many classes (ImageNet's 1,000) where one column per class
+    would not be read; written like `write_predictions_csv`."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or len(names) != len(probabilities) or probabilities.shape[1] != len(class_names):
+        raise ValueError(
+            f"need probabilities of shape (names, classes) = ({len(names)}, {len(class_names)}), "
+            f"got {probabilities.shape}"
+        )
+    if not 1 <= k <= len(class_names):
+        raise ValueError(f"k must be in [1, {len(class_names)}], got {k}")
+    header = [*_FIXED_COLUMNS]
+    for rank in range(1, k + 1):
+        header += [f"top{rank}", f"{_PROBABILITY_PREFIX}top{rank}"]
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    rows = [header]
+    for name, ranked, row in zip(names, order, probabilities, strict=True):
+        cells = [name, class_names[ranked[0]]]
+        for index in ranked:
+            cells += [class_names[index], f"{row[index]:.{PROBABILITY_DECIMALS}f}"]
+        rows.append(cells)
+    target = Path(path)
+    _write_atomically(target, rows)
+    return target
 
 
 def _write_atomically(path: Path, rows) -> None:

@@ -123,7 +123,7 @@ def _classification_eval_data(inputs: TaskInputs) -> Any:
     if not inputs.run.data:
         return _classification_data(inputs).test
     records = read_inputs(inputs.run.data, inputs.options.genome)
-    return SequenceDataset(records, inputs.featurizer, inputs.model.labels, inputs.options.seq_len)
+    return SequenceDataset(records, inputs.featurizer, inputs.labels, inputs.options.seq_len)
 
 
 def _genome_data(inputs: TaskInputs) -> Splits:

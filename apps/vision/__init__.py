@@ -1,1 +1,19 @@
-"""mambakit vision app (installed as mambakit.apps.vision)."""
+"""mambakit vision app (installed as mambakit.apps.vision): VMamba and any timm model on images.
+
+Importing it registers the VMamba models with timm, so `timm.create_model("vmamba_tiny_s1l8")` works after
+`import mambakit.apps.vision`.
+
+    models       VMamba (SS2D cross-scan backbone) as native timm models: the six releases and small ones
+    checkpoints  released VMamba .pth files, read without executing their pickled code
+    classifier   any timm model as a mambakit model (registered config and architecture) for the trainer
+    data         readers (ImageFolder, CSV of path,label, HF parquet), image decoding, the embedded dataset
+    cli          the domain: tasks, options, `eval` with a confusion matrix, `predict`
+"""
+
+try:
+    from . import models
+except ModuleNotFoundError as error:  # timm is the `vision` extra: the CLI then says how to install it
+    if error.name != "timm":
+        raise
+else:
+    __all__ = ["models"]
