@@ -216,8 +216,11 @@ def _official_model(weights: Path, model_name: str, device: str) -> tuple[Any, A
 
     try:
         model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
-    except RuntimeError as error:  # timm's own loaders (non-VMamba models) report a bad file this way
-        raise UserError(f"{weights}: cannot load into {model_name} ({str(error).splitlines()[0]})") from None
+    except UserError:
+        raise
+    except Exception as error:  # timm's own loaders (non-VMamba models) fail on bad bytes with many types
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{weights}: cannot load into {model_name} ({first_line})") from None
     transform = create_transform(**resolve_data_config({}, model=model))
     info = ImageNetInfo()
     labels = (
