@@ -104,6 +104,7 @@ def test_predict_folder_writes_top_k_and_scores_labelled_input(classifier, image
     assert all(row["prediction"] == row["top1"] for row in rows)
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_with_another_model_and_bad_inputs(image_folder, tmp_path):
     out = tmp_path / "resnet"
     assert (
