@@ -34,7 +34,6 @@ from mambakit.apps.genomics.readers import (
     read_sequences,
     read_table,
     split_genome,
-    stratified_split,
 )
 from mambakit.apps.genomics.tasks import ClassifyTask, MlmTask, PretrainTask
 from mambakit.apps.genomics.tokenizer import DNATokenizer
@@ -49,6 +48,7 @@ from mambakit.models import (
     save_pretrained,
 )
 from mambakit.nn import padded_reverse_index, reverse_padded
+from mambakit.splits import stratified_split
 from mambakit.train.classification import accuracy, auroc, matthews_corrcoef
 
 # The app imports biopython only where it reads files; without it these tests have nothing to test.

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mambakit.domains import Splits
+from mambakit.splits import stratified_split
 
 from .datasets import GenomeWindows, SequenceDataset, encode_genome
 from .readers import (
@@ -21,7 +22,6 @@ from .readers import (
     read_sequences,
     read_split_bed,
     split_genome,
-    stratified_split,
 )
 from .tokenizer import DNATokenizer
 

@@ -20,6 +20,8 @@ from typing import Literal, TextIO
 
 import numpy as np
 
+from mambakit.splits import check_fractions
+
 from .tokenizer import DNATokenizer
 
 #: File name endings (after an optional compression suffix) of each input kind; compared case-insensitively.
@@ -544,23 +546,6 @@ def encode_labels(records: Sequence[SequenceRecord], classes: Sequence[str]) -> 
 # --- splits -------------------------------------------------------------------------------------------------
 
 
-def stratified_split(
-    labels: Sequence[str] | np.ndarray, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, list[int]]:
-    """Seeded split of example indices into train/val/test with each class in the same proportions."""
-    _check_fractions(val_fraction, test_fraction)
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for label in sorted(set(labels.tolist())):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test, n_val = round(len(members) * test_fraction), round(len(members) * val_fraction)
-        splits["test"] += members[:n_test].tolist()
-        splits["val"] += members[n_test : n_test + n_val].tolist()
-        splits["train"] += members[n_test + n_val :].tolist()
-    return {name: sorted(indices) for name, indices in splits.items()}
-
-
 def split_genome(
     lengths: Mapping[str, int], val_fraction: float = 0.05, test_fraction: float = 0.05, seed: int = 0
 ) -> dict[str, list[Region]]:
@@ -571,7 +556,7 @@ def split_genome(
     bases with non-empty val and test (a single chromosome, or one that dominates), every contig is cut instead:
     its last test_fraction is test, the val_fraction before that val, the start train.
     """
-    _check_fractions(val_fraction, test_fraction)
+    check_fractions(val_fraction, test_fraction)
     names = list(lengths)
     total = sum(lengths.values())
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
@@ -603,14 +588,6 @@ def split_genome(
             if end > start:
                 splits[split].append(Region(name, start, end))
     return splits
-
-
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val and test fractions must be in [0, 1) and leave some training data, got "
-            f"{val_fraction} and {test_fraction}"
-        )
 
 
 def _some(names: Sequence[str], shown: int = 5) -> str:

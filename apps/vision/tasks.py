@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from torch import Tensor, nn
 from torch.utils.data import default_collate
@@ -69,13 +68,7 @@ class ImageClassificationTask(ClassificationTask):
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
         """loss, accuracy (top-1), top5, mcc, auroc over all batches."""
-        all_logits, all_labels = [], []
-        for batch in batches:
-            all_logits.append(self.evaluate_logits(model, batch).float().cpu())
-            all_labels.append(batch["labels"].cpu())
-        if not all_logits:
-            raise ValueError("evaluation data is empty")
-        logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+        logits, labels = self.collect_logits(model, batches)
         metrics = classification_metrics(logits, labels)
         k = min(5, logits.shape[1])
         metrics["top5"] = float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())

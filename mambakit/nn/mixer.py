@@ -67,6 +67,22 @@ def _inverse_softplus(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+def dt_bias_init(
+    shape: int | tuple[int, ...], dt_min: float, dt_max: float, dt_init_floor: float, device: torch.device | None = None
+) -> Tensor:
+    """Mamba's delta bias: step sizes drawn log-uniformly in [dt_min, dt_max] (at least dt_init_floor), passed
+    through the inverse of softplus, so that softplus(bias) starts at those steps. fp32, of `shape`."""
+    dt = torch.exp(torch.rand(shape, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
+        min=dt_init_floor
+    )
+    return _inverse_softplus(dt)
+
+
+def s4d_real_log_A(channels: int, d_state: int, device: torch.device | None = None) -> Tensor:
+    """S4D-real initialisation of A_log: A = -(1, 2, ..., N) for every channel, (channels, N) fp32."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(channels, 1))
+
+
 class Mamba(nn.Module):
     """Selective state space mixer; `selective=False` gives the time-invariant (S4D-like) variant."""
 
@@ -103,9 +119,7 @@ class Mamba(nn.Module):
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias, **factory
         )
-        dt = torch.exp(
-            torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
+        dt_bias = dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, device)
         if selective:
             self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
             self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
@@ -116,15 +130,13 @@ class Mamba(nn.Module):
                 else:
                     self.dt_proj.weight.uniform_(-dt_init_std, dt_init_std)
                 # softplus(bias) lands in [dt_min, dt_max]: the initial step sizes of the paper.
-                self.dt_proj.bias.copy_(_inverse_softplus(dt))
+                self.dt_proj.bias.copy_(dt_bias)
             self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
         else:
             self.B = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
             self.C = nn.Parameter(torch.randn(self.d_inner, d_state, **factory) / math.sqrt(d_state))
-            self.dt_bias = nn.Parameter(_inverse_softplus(dt).to(dtype or torch.float32))
-        # S4D-real initialisation: A = -(1, 2, ..., N) for every channel.
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))
+            self.dt_bias = nn.Parameter(dt_bias.to(dtype or torch.float32))
+        self.A_log = nn.Parameter(s4d_real_log_A(self.d_inner, d_state, device))
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 

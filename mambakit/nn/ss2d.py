@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import cross_merge, cross_scan, selective_scan
+from .mixer import dt_bias_init, s4d_real_log_A
 
 #: Scan directions of the cross-scan.
 DIRECTIONS = 4
@@ -44,10 +45,6 @@ class Linear2d(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
-
-
-def _inverse_softplus(x: Tensor) -> Tensor:
-    return x + torch.log(-torch.expm1(-x))
 
 
 class SS2D(nn.Module):
@@ -92,13 +89,9 @@ class SS2D(nn.Module):
         self.dt_projs_weight = nn.Parameter(
             torch.empty(DIRECTIONS, inner, rank, **factory).uniform_(-dt_init_std, dt_init_std)
         )
-        dt = torch.exp(
-            torch.rand(DIRECTIONS, inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        self.dt_projs_bias = nn.Parameter(_inverse_softplus(dt).to(dtype or torch.float32))
-        # S4D-real initialisation, A = -(1, ..., N) for every channel of every direction.
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(DIRECTIONS * inner, 1)
-        self.A_logs = nn.Parameter(torch.log(A))
+        dt_bias = dt_bias_init((DIRECTIONS, inner), dt_min, dt_max, dt_init_floor, device)
+        self.dt_projs_bias = nn.Parameter(dt_bias.to(dtype or torch.float32))
+        self.A_logs = nn.Parameter(s4d_real_log_A(DIRECTIONS * inner, d_state, device))
         self.Ds = nn.Parameter(torch.ones(DIRECTIONS * inner, device=device))
         self.out_norm = (LayerNorm2d if channel_first else nn.LayerNorm)(inner, **factory)
         self.out_proj = projection(inner, d_model, bias=False, **factory)

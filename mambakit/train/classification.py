@@ -49,15 +49,19 @@ class ClassificationTask(Task):
         inputs = {name: value for name, value in batch.items() if name != "labels"}
         return model(**inputs).logits
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
-        """loss (mean cross-entropy), accuracy, mcc, auroc over all batches."""
+    def collect_logits(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Every batch's class logits (n, num_labels) in fp32 and labels (n,), on the CPU."""
         all_logits, all_labels = [], []
         for batch in batches:
             all_logits.append(self.evaluate_logits(model, batch).float().cpu())
             all_labels.append(batch["labels"].cpu())
         if not all_logits:
             raise ValueError("evaluation data is empty")
-        return classification_metrics(torch.cat(all_logits), torch.cat(all_labels))
+        return torch.cat(all_logits), torch.cat(all_labels)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
+        """loss (mean cross-entropy), accuracy, mcc, auroc over all batches."""
+        return classification_metrics(*self.collect_logits(model, batches))
 
 
 def classification_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
