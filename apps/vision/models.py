@@ -43,11 +43,11 @@ class _Permute(nn.Identity):
 class Mlp2d(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout over channels, as 1x1 convolutions (`fc1`, `fc2` keys)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, **factory: Any) -> None:
         super().__init__()
-        self.fc1 = Linear2d(dim, hidden)
+        self.fc1 = Linear2d(dim, hidden, **factory)
         self.act = nn.GELU()
-        self.fc2 = Linear2d(hidden, dim)
+        self.fc2 = Linear2d(hidden, dim, **factory)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,13 +66,14 @@ class VSSBlock(nn.Module):
         mlp_ratio: float,
         mlp_drop: float,
         scan_backend: str,
+        **factory: Any,
     ) -> None:
         super().__init__()
-        self.norm = LayerNorm2d(dim)
-        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
+        self.norm = LayerNorm2d(dim, **factory)
+        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **factory)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm2d(dim)
-        self.mlp = Mlp2d(dim, int(dim * mlp_ratio), mlp_drop)
+        self.norm2 = LayerNorm2d(dim, **factory)
+        self.mlp = Mlp2d(dim, int(dim * mlp_ratio), mlp_drop, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.op(self.norm(x)))
@@ -82,14 +83,17 @@ class VSSBlock(nn.Module):
 class VMambaStage(nn.Module):
     """`blocks`, then `downsample` (a stride-2 conv and LN2d, or nothing after the last stage)."""
 
-    def __init__(self, blocks: list[nn.Module], dim: int, out_dim: int | None) -> None:
+    def __init__(self, blocks: list[nn.Module], dim: int, out_dim: int | None, **factory: Any) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.downsample: nn.Module = (
             nn.Identity()
             if out_dim is None
             else nn.Sequential(
-                _Permute(), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), _Permute(), LayerNorm2d(out_dim)
+                _Permute(),
+                nn.Conv2d(dim, out_dim, 3, stride=2, padding=1, **factory),
+                _Permute(),
+                LayerNorm2d(out_dim, **factory),
             )
         )
         self.grad_checkpointing = False
@@ -123,8 +127,11 @@ class VMamba(nn.Module):
         drop_path_rate: float = 0.1,
         mlp_drop_rate: float = 0.0,
         scan_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         dims = _stage_dims(dims, len(depths))
@@ -132,16 +139,18 @@ class VMamba(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NCHW"
         self.patch_embed = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1),
+            nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1, **factory),
             _Permute(),
-            LayerNorm2d(dims[0] // 2),
+            LayerNorm2d(dims[0] // 2, **factory),
             _Permute(),
             nn.GELU(),
-            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
+            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1, **factory),
             _Permute(),
-            LayerNorm2d(dims[0]),
+            LayerNorm2d(dims[0], **factory),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # Python floats, not a tensor: the model may be built on the meta device.
+        blocks_in_all = sum(depths)
+        rates = [drop_path_rate * i / max(1, blocks_in_all - 1) for i in range(blocks_in_all)]
         self.layers = nn.ModuleList()
         self.feature_info: list[dict[str, Any]] = []
         start = 0
@@ -154,20 +163,21 @@ class VMamba(nn.Module):
                 mlp_ratio=mlp_ratio,
                 mlp_drop=mlp_drop_rate,
                 scan_backend=scan_backend,
+                **factory,
             )
             blocks = [block(drop_path=rates[start + j]) for j in range(depth)]
             start += depth
             out_dim = dims[i + 1] if i + 1 < len(depths) else None
-            self.layers.append(VMambaStage(blocks, dims[i], out_dim))
+            self.layers.append(VMambaStage(blocks, dims[i], out_dim, **factory))
             # Taps are taken after each stage's blocks, before its downsample (upstream's Backbone_VSSM).
             self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"layers.{i}.blocks"})
         self.classifier = nn.Sequential(
             OrderedDict(
-                norm=LayerNorm2d(dims[-1]),
+                norm=LayerNorm2d(dims[-1], **factory),
                 permute=_Permute(),
                 avgpool=nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
                 flatten=nn.Flatten(1) if global_pool else nn.Identity(),
-                head=nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity(),
+                head=nn.Linear(dims[-1], num_classes, **factory) if num_classes else nn.Identity(),
             )
         )
         self.head_drop = nn.Dropout(drop_rate)
@@ -218,7 +228,9 @@ class VMamba(nn.Module):
             self.global_pool = global_pool
             self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
             self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        reference = self.classifier.norm.weight if isinstance(self.classifier.norm, nn.LayerNorm) else None
+        factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        self.classifier.head = nn.Linear(self.num_features, num_classes, **factory) if num_classes else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (b, in_chans, H, W) -> normed last-stage features (b, num_features, H/32, W/32), unpooled."""
