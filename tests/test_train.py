@@ -424,3 +424,53 @@ def test_bf16_autocast_and_grad_checkpointing_train_fp32_parameters(tmp_path):
     assert model.backbone.gradient_checkpointing
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     assert load_model(tmp_path / "last").backbone.embedding.weight.dtype == torch.float32
+
+
+def test_weight_average_is_evaluated_saved_as_best_and_resumed_exactly(tmp_path):
+    examples, eval_examples = _examples(26), _examples(8, seed=2)
+    decay = 0.6
+    model = _model()
+    average = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def track(info: StepInfo) -> None:  # the average, computed here by its definition after every step
+        for name, parameter in model.named_parameters():
+            average[name] = decay * average[name] + (1 - decay) * parameter.detach()
+
+    config = _config(tmp_path / "full", ema_decay=decay, eval_every=8)
+    completed = fit(model, Task(), examples, eval_examples, config=config, callbacks=[track])
+    best, last = load_model(tmp_path / "full" / "best"), load_model(tmp_path / "full" / "last")
+    for name, parameter in model.named_parameters():
+        assert torch.equal(last.state_dict()[name], parameter.detach()), name  # last/: the trained weights
+        torch.testing.assert_close(best.state_dict()[name], average[name], rtol=1e-5, atol=1e-6)  # best/: the average
+    assert completed.metrics == evaluate(best, Task(), eval_examples, config.eval_config())
+
+    stopped = fit(
+        _model(),
+        Task(),
+        examples,
+        eval_examples,
+        config=_config(tmp_path / "split", ema_decay=decay, eval_every=8),
+        callbacks=[_send_at(5, signal.SIGTERM)],
+    )
+    assert stopped.status == "interrupted"
+    resumed = _model(seed=7)
+    finished = fit(
+        resumed,
+        Task(),
+        examples,
+        eval_examples,
+        config=_config(tmp_path / "split", ema_decay=decay, eval_every=8, resume=True),
+    )
+    assert finished.metrics == completed.metrics
+    _assert_same_tensors(_trainer_state(tmp_path / "full")["ema"], _trainer_state(tmp_path / "split")["ema"], "ema")
+    fit(_model(), Task(), examples, eval_examples, config=_config(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="without ema_decay"):
+        fit(
+            _model(),
+            Task(),
+            examples,
+            eval_examples,
+            config=_config(tmp_path / "plain", max_steps=9, ema_decay=decay, resume=True),
+        )
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(out_dir=tmp_path, max_steps=1, ema_decay=1.0)

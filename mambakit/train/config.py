@@ -93,6 +93,10 @@ class TrainConfig:
     """Wrapper when launched by torchrun with more than one process: "ddp" or "fsdp" (FSDP2 fully_shard)."""
     resume: bool = False
     """Continue the run saved in out_dir/last exactly where it stopped."""
+    ema_decay: float = 0.0
+    """An exponential moving average of the weights (timm's model EMA), updated after every step with this decay
+    (e.g. 0.999); evaluation, best/ and the test metrics then use the averaged weights, while last/ keeps the
+    trained ones for resuming (the average is in its trainer state). 0: off."""
 
     def __post_init__(self) -> None:
         # Normalise the JSON-friendly forms (str path, lists) so that equal configs compare equal.
@@ -127,6 +131,9 @@ class TrainConfig:
             _check_number(name, getattr(self, name), 0.0, math.inf)
         for name in ("warmup_ratio", "min_lr_ratio"):
             _check_number(name, getattr(self, name), 0.0, 1.0)
+        _check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.ema_decay == 1.0:
+            raise ValueError("train config: ema_decay must be below 1 (1 would never move the average); 0 is off")
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("train config: give warmup_steps or warmup_ratio, not both")
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):

@@ -7,6 +7,7 @@ step boundary: log, evaluate, save, callbacks, then stop if SIGINT/SIGTERM arriv
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -272,6 +273,39 @@ class _Window:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+class _WeightAverage:
+    """An exponential moving average of a model's parameters and floating-point buffers (timm's model EMA): after
+    each optimizer step, average = decay * average + (1 - decay) * weight."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.live = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+        self.average = [t.detach().clone() for t in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [t.detach() for t in self.live], 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The model holds the averaged weights inside the block, its own again after it."""
+        with torch.no_grad():
+            trained = [t.detach().clone() for t in self.live]
+            torch._foreach_copy_([t.detach() for t in self.live], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([t.detach() for t in self.live], trained)
+
+    def state(self) -> list[Tensor]:
+        return [t.detach().cpu() for t in self.average]
+
+    def load(self, tensors: list[Tensor]) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.average, [t.to(a.device) for t, a in zip(tensors, self.average, strict=True)])
+
+
 class _Trainer:
     """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
 
@@ -323,6 +357,9 @@ class _Trainer:
         self.core: Any = unwrap(self.model)  # the TrainableModel nn.Module holding the parameters
         self.sharded = is_sharded(self.model)
         self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps)
+        if config.ema_decay and self.sharded:
+            raise ValueError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
+        self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
         if state is None:
             seed = derive_seed(config.seed, distributed.rank)
             random.seed(seed)
@@ -404,6 +441,10 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.examples = state["step"], state["epoch"], state["examples_in_epoch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{self.out_dir / LAST} was saved without ema_decay; resume it without ema_decay")
+            self.ema.load(state["ema"])
         self.saved_step = self.step
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
@@ -541,6 +582,8 @@ class _Trainer:
             )
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -562,7 +605,8 @@ class _Trainer:
         config, final = self.config, self._done()
         to_save = []
         if self.eval_data is not None and (final or (config.eval_every and self.step % config.eval_every == 0)):
-            self.eval_metrics = _evaluation(self.core, self.task, self.eval_data, config.eval_config(), self.device)
+            with self._averaged():
+                self.eval_metrics = _evaluation(self.core, self.task, self.eval_data, config.eval_config(), self.device)
             if self.sharded:
                 reshard(self.model)
             log.log(self.step, self.eval_metrics, prefix="eval_")
@@ -609,10 +653,13 @@ class _Trainer:
         """Write the checkpoints `names` (last, best) of the current step; every process takes part, rank 0
         writes."""
         state = self._trainer_state()
-        model = self._model_to_save()
+        for name in names:
+            # best/ holds the weights that were evaluated: the average, when there is one.
+            with self._averaged() if name == BEST else nullcontext():
+                model = self._model_to_save()
+                if self.dist.is_main:
+                    write_checkpoint(self.out_dir / name, model, self.extra_files, state, self.config)
         if self.dist.is_main:
-            for name in names:
-                write_checkpoint(self.out_dir / name, model, self.extra_files, state, self.config)
             logger.info("step %d: saved %s", self.step, " and ".join(str(self.out_dir / name) for name in names))
         self.dist.barrier()  # no process runs ahead (or exits) while rank 0 writes
         if LAST in names:
@@ -636,7 +683,12 @@ class _Trainer:
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
+            "ema": None if self.ema is None else self.ema.state(),
         }
+
+    def _averaged(self) -> AbstractContextManager[Any]:
+        """The model holds the averaged weights inside the block when the run keeps an average."""
+        return nullcontext() if self.ema is None else self.ema.applied()
 
     def _model_to_save(self) -> Any:
         """The model with full weights on rank 0: the model itself, or for FSDP a CPU copy of the gathered
