@@ -195,8 +195,17 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
         f"{0 if splits.test is None else len(splits.test):,} test examples; "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
     )
+    optimizer = None if spec.optimizer is None else spec.optimizer(inputs)
     return run_training(
-        domain.name, run, model, spec.task(inputs), splits, spec.defaults, files, domain.options_to_json(options)
+        domain.name,
+        run,
+        model,
+        spec.task(inputs),
+        splits,
+        spec.defaults,
+        files,
+        domain.options_to_json(options),
+        optimizer,
     )
 
 
@@ -209,6 +218,7 @@ def run_training(
     train_defaults: Mapping[str, Any],
     extra_files: dict[str, str],
     domain_options: dict[str, Any],
+    optimizer_factory: Any = None,
 ) -> dict[str, float]:
     """Train through mambakit.train.fit with the run's options over the task's defaults, write the resolved
     configuration beside the checkpoints, print the held-out metrics (and, when `splits` has a test set, the test
@@ -250,7 +260,8 @@ def run_training(
         }
         (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
-        result = fit(model, task, splits.train, splits.val, config, extra_files=extra_files)
+        factory = {} if optimizer_factory is None else {"optimizer_factory": optimizer_factory}
+        result = fit(model, task, splits.train, splits.val, config, extra_files=extra_files, **factory)
     except TrainingDiverged as error:
         print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
         raise typer.Exit(1) from None

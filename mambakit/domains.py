@@ -128,6 +128,9 @@ class DomainTask:
     """TrainConfig settings that the flags and the config file override."""
     eval_data: Callable[[TaskInputs], Any] | None = None
     """What `eval` scores (inputs.model is the checkpoint's model); default: the test split of `data`, else val."""
+    optimizer: Callable[[TaskInputs], Any] | None = None
+    """inputs -> an optimizer factory for `mambakit.train.fit` (see `mambakit.train.optim.OptimizerFactory`);
+    default: the trainer's AdamW."""
 
     def evaluation_data(self, inputs: TaskInputs) -> Any:
         """The dataset `eval` scores for these inputs."""

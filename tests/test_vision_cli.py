@@ -175,3 +175,37 @@ def test_a_checkpoint_of_another_domain_is_one_line(tmp_path):
     )
     result = cli("eval", "vision", "-c", str(text_run / "last"))
     assert result.returncode != 0 and "a text checkpoint, not a vision checkpoint" in result.stderr
+
+
+def test_timm_optimizer_with_layer_decay_scales_the_groups(tmp_path):
+    import torch
+
+    out = tmp_path / "lamb"
+    assert (
+        main(
+            [
+                "train",
+                "vision",
+                "--model",
+                "test_vmamba",
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--img-size",
+                "28",
+                "--opt",
+                "lamb",
+                "--layer-decay",
+                "0.75",
+            ]
+        )
+        == 0
+    )
+    groups = torch.load(out / "last" / "trainer_state.pt", weights_only=True)["optimizer"]["param_groups"]
+    initial = sorted({round(group["initial_lr"], 12) for group in groups})
+    assert len(initial) > 2 and initial[-1] <= 2e-3  # one lr per depth, the last layers' the largest
+    result = cli("train", "vision", "--model", "test_vmamba", "--opt", "nope", "--max-steps", "1")
+    assert result.returncode != 0 and "--opt 'nope'" in result.stderr and len(result.stderr.strip().splitlines()) == 1

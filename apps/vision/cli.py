@@ -76,6 +76,13 @@ class VisionOptions:
     drop_path: Annotated[
         float | None, typer.Option("--drop-path", min=0.0, max=1.0, help="Stochastic depth rate (default: model's).")
     ] = None
+    opt: Annotated[
+        str, typer.Option("--opt", help="timm optimizer (create_optimizer_v2): adamw, lamb, sgd, lion, ...")
+    ] = "adamw"
+    layer_decay: Annotated[
+        float | None,
+        typer.Option("--layer-decay", min=0.0, max=1.0, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning)."),
+    ] = None
 
 
 def _labelled(inputs: TaskInputs) -> Any:
@@ -140,6 +147,33 @@ def _model(inputs: TaskInputs, splits: Splits) -> Any:
         )
     pretrained = None if options.pretrained is None else str(options.pretrained)
     return ImageClassifier(config, labels=splits.labels, pretrained_file=pretrained)
+
+
+def _optimizer(inputs: TaskInputs) -> Any:
+    """timm's create_optimizer_v2 over the timm model, as `mambakit.train.fit`'s optimizer factory."""
+    options: VisionOptions = inputs.options
+
+    def build(model: Any, exempt: set[str], config: Any) -> Any:
+        from timm.optim import create_optimizer_v2
+
+        extra = {"betas": config.betas} if options.opt.lower() in ("adamw", "adam", "nadamw", "lamb") else {}
+        try:
+            optimizer = create_optimizer_v2(
+                model.model,
+                opt=options.opt,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                layer_decay=options.layer_decay,
+                **extra,
+            )
+        except (AssertionError, ValueError) as error:  # timm asserts on an unknown optimizer name
+            raise UserError(f"--opt {options.opt!r}: {error or 'not an optimizer timm knows'}") from None
+        # timm's schedulers apply a group's lr_scale (layer decay); mambakit's schedule scales lr itself.
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        return optimizer
+
+    return build
 
 
 def _task(inputs: TaskInputs) -> Any:
@@ -296,6 +330,7 @@ DOMAIN = Domain(
             task=_task,
             defaults=TRAIN_DEFAULTS,
             eval_data=_eval_data,
+            optimizer=_optimizer,
         )
     ],
     options=VisionOptions,

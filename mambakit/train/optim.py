@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from torch import nn
-from torch.optim import AdamW
+from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from .config import TrainConfig
@@ -58,11 +59,21 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+#: Builds the optimizer of a run from the model, the names exempt from weight decay and the config (e.g. timm's
+#: create_optimizer_v2 for a vision model); the trainer's warm-up + cosine schedule then scales every group's lr.
+OptimizerFactory = Callable[[nn.Module, set[str], TrainConfig], Optimizer]
+
+
+def adamw(model: nn.Module, exempt: set[str], config: TrainConfig) -> Optimizer:
+    """The default optimizer: AdamW with config's lr, betas and weight decay; `exempt` parameters undecayed."""
+    return AdamW(_groups(model, exempt, config.weight_decay), lr=config.lr, betas=config.betas)
+
+
 def build_optimizer(
-    model: nn.Module, exempt: set[str], config: TrainConfig, total_steps: int
-) -> tuple[AdamW, LambdaLR]:
-    """AdamW over `model` (parameter names in `exempt` without weight decay) and its per-step schedule."""
-    optimizer = AdamW(_groups(model, exempt, config.weight_decay), lr=config.lr, betas=config.betas)
+    model: nn.Module, exempt: set[str], config: TrainConfig, total_steps: int, factory: OptimizerFactory = adamw
+) -> tuple[Optimizer, LambdaLR]:
+    """The optimizer `factory` builds over `model` (default AdamW) and its per-step warm-up + cosine schedule."""
+    optimizer = factory(model, exempt, config)
     warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)
     schedule = partial(lr_factor, warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
     return optimizer, LambdaLR(optimizer, schedule)

@@ -61,7 +61,7 @@ from .distributed import (
     wrap_model,
 )
 from .metrics import MetricsLog
-from .optim import build_optimizer, no_weight_decay_names
+from .optim import OptimizerFactory, adamw, build_optimizer, no_weight_decay_names
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def fit(
     *,
     extra_files: Mapping[str, bytes | str] | None = None,
     callbacks: Sequence[Callback] = (),
+    optimizer_factory: OptimizerFactory = adamw,
 ) -> TrainResult:
     """Train `model` on `train_data` as `config` says; return how the run ended.
 
@@ -158,7 +159,8 @@ def fit(
     bit-identical to an uninterrupted one; without it, an out_dir that already holds last/ is refused.
 
     `config` is required (it may be passed by position or by name). `callbacks` are called after every step with
-    a `StepInfo`, on every process.
+    a `StepInfo`, on every process. `optimizer_factory` builds the optimizer (default AdamW over config's lr, betas
+    and weight decay); the warm-up + cosine schedule scales each of its parameter groups' lr.
 
     SIGINT/SIGTERM stop at the next step boundary after writing last/ (status "interrupted"). A NaN/inf loss or
     gradient norm raises `TrainingDiverged` and writes nothing. Under torchrun (WORLD_SIZE > 1) the process group
@@ -176,7 +178,9 @@ def fit(
     if eval_data is not None:
         check_dataset(eval_data, "eval_data")
     distributed, device = setup(config.device)
-    trainer = _Trainer(model, task, train_data, eval_data, config, extra_files, callbacks, distributed, device)
+    trainer = _Trainer(
+        model, task, train_data, eval_data, config, extra_files, callbacks, distributed, device, optimizer_factory
+    )
     result = trainer.run()
     # Not on an exception: destroying the group can block on processes still inside a collective, while a process
     # that exits lets torchrun stop the others.
@@ -320,6 +324,7 @@ class _Trainer:
         callbacks: Sequence[Callback],
         distributed: Distributed,
         device: torch.device,
+        optimizer_factory: OptimizerFactory,
     ) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
         self.extra_files, self.callbacks = dict(extra_files or {}), tuple(callbacks)
@@ -356,7 +361,7 @@ class _Trainer:
         self.model = wrap_model(model, config.distributed, device, distributed)
         self.core: Any = unwrap(self.model)  # the TrainableModel nn.Module holding the parameters
         self.sharded = is_sharded(self.model)
-        self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps)
+        self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps, optimizer_factory)
         if config.ema_decay and self.sharded:
             raise ValueError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
