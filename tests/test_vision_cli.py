@@ -209,3 +209,41 @@ def test_timm_optimizer_with_layer_decay_scales_the_groups(tmp_path):
     assert len(initial) > 2 and initial[-1] <= 2e-3  # one lr per depth, the last layers' the largest
     result = cli("train", "vision", "--model", "test_vmamba", "--opt", "nope", "--max-steps", "1")
     assert result.returncode != 0 and "--opt 'nope'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_predict_with_released_weights_names_imagenet_classes(image_folder, tmp_path):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_vmamba").eval()  # 1,000 classes, as the releases
+    weights = tmp_path / "vssm_test.pth"
+    torch.save({"model": source.state_dict(), "epoch": 1}, weights)  # the layout upstream's training code saves
+    out = tmp_path / "imagenet.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "vision",
+                "-c",
+                str(weights),
+                "--model",
+                "test_vmamba",
+                "--data",
+                str(image_folder),
+                "--top-k",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    from timm.data import ImageNetInfo
+
+    names = {ImageNetInfo().index_to_description(i) for i in range(1000)}
+    assert rows and all(row["top1"] in names and row["top2"] in names for row in rows)
+    assert all(float(row["p_top1"]) >= float(row["p_top2"]) for row in rows)
