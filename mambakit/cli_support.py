@@ -225,6 +225,7 @@ def run_training(
     metrics of the best checkpoint), and exit non-zero unless the training completed."""
     from .models import load_model
     from .train import TrainConfig, TrainingDiverged, evaluate, fit
+    from .train.optim import adamw
 
     out_dir = run.out or Path("runs") / f"{domain}-{run.task or 'default'}"
     given = {"max_steps": run.max_steps, "epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr}
@@ -260,8 +261,15 @@ def run_training(
         }
         (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
-        factory = {} if optimizer_factory is None else {"optimizer_factory": optimizer_factory}
-        result = fit(model, task, splits.train, splits.val, config, extra_files=extra_files, **factory)
+        result = fit(
+            model,
+            task,
+            splits.train,
+            splits.val,
+            config,
+            extra_files=extra_files,
+            optimizer_factory=optimizer_factory or adamw,
+        )
     except TrainingDiverged as error:
         print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
         raise typer.Exit(1) from None
