@@ -7,19 +7,24 @@ from .mixer import Mamba, MambaLayerState, no_weight_decay_names
 from .norm import RMSNorm, create_norm
 from .pooling import POOLINGS, pool_sequence
 from .ss2d import SS2D, LayerNorm2d, Linear2d
+from .unet import DownPool, PooledUNet, UNetState, UpPool
 
 __all__ = [
     "POOLINGS",
     "SS2D",
     "BiMamba",
     "Block",
+    "DownPool",
     "LayerNorm2d",
     "Linear2d",
     "Mamba",
     "MambaLayerState",
     "NonCausalBlock",
+    "PooledUNet",
     "RMSNorm",
     "ResidualBlock",
+    "UNetState",
+    "UpPool",
     "create_norm",
     "no_weight_decay_names",
     "padded_reverse_index",
