@@ -1,0 +1,181 @@
+"""Raw-waveform models over the core's pooled U-Net (`mambakit.nn.PooledUNet`), registered with mambakit.
+
+    AudioLM          next-sample prediction over quantised samples (8-bit mu-law by default: 256 classes), with
+                     optional class conditioning (a learned embedding added at every position), and a streaming
+                     `step` for generation: O(1) work and state per sample
+    AudioClassifier  clip classification: the same backbone, mean-pooled over the real samples
+
+The config records the sample rate and the quantisation (variant included), so a checkpoint says how its ids
+map to audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambakit.models import IGNORE_INDEX, ModelOutput, register_architecture, register_config
+from mambakit.nn import PooledUNet, UNetState, no_weight_decay_names, pool_sequence
+
+DOMAIN_NAME = "audio"
+#: Quantisations a checkpoint may name: 8-bit mu-law as torchaudio computes it (fixed scale, mu = 255), 8-bit linear.
+ENCODINGS = ("mu-law-torchaudio-255", "linear-8bit")
+
+
+@register_config("mambakit-audio", domain=DOMAIN_NAME)
+@dataclass(frozen=True)
+class AudioConfig:
+    """The U-Net's shape, the sample vocabulary and what the ids mean."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    pools: tuple[int, ...] = (4, 4)
+    expand: int = 2
+    selective: tuple[bool, ...] = (False, True, True)
+    """Per level, outermost first: selective Mamba (True) or its time-invariant, S4D-like variant (False)."""
+    d_state: int = 16
+    vocab_size: int = 256
+    num_classes: int = 0
+    """Classes to condition on (0: unconditional)."""
+    sample_rate: int = 8000
+    encoding: str = ENCODINGS[0]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pools", tuple(self.pools))
+        object.__setattr__(self, "selective", tuple(self.selective))
+        for name in ("d_model", "n_layers", "expand", "d_state", "vocab_size", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+        if len(self.selective) != len(self.pools) + 1:
+            raise ValueError(
+                f"config: selective needs {len(self.pools) + 1} values (one per level), got {list(self.selective)}"
+            )
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"config: encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"config: num_classes must be an integer >= 0, got {self.num_classes!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pools"], data["selective"] = list(self.pools), list(self.selective)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AudioConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+class _AudioModel(nn.Module):
+    """Embedding of sample ids (plus a class embedding when conditioned) and the pooled U-Net."""
+
+    def __init__(self, config: AudioConfig, labels: Sequence[str] | None = None, scan_backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.labels = None if labels is None else tuple(labels)
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.backbone = PooledUNet(
+            config.d_model,
+            config.n_layers,
+            config.pools,
+            config.expand,
+            config.selective,
+            config.d_state,
+            scan_backend=scan_backend,
+        )
+
+    @classmethod
+    def from_config(cls, config: AudioConfig, head: Mapping[str, Any], **options: Any) -> _AudioModel:
+        model = cls(config, **head, scan_backend=options.get("scan_backend", "auto"))
+        return model.to(device=options.get("device"), dtype=options.get("dtype"))
+
+    def head_config(self) -> dict[str, Any]:
+        return {} if self.labels is None else {"labels": list(self.labels)}
+
+    def shard_units(self) -> list[nn.Module]:
+        """The U-Net's residual blocks."""
+        from mambakit.nn import ResidualBlock
+
+        return [module for module in self.modules() if isinstance(module, ResidualBlock)]
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay_names(self)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Not supported by the U-Net yet; training proceeds without it."""
+
+
+@register_architecture(domain=DOMAIN_NAME)
+class AudioLM(_AudioModel):
+    """Autoregressive waveform model: position t predicts sample t + 1 (labels are shifted inside, as in
+    `MambaLMHeadModel`), optionally conditioned on a class (`class_ids`)."""
+
+    def __init__(self, config: AudioConfig, labels: Sequence[str] | None = None, scan_backend: str = "auto") -> None:
+        super().__init__(config, labels, scan_backend)
+        if config.num_classes and (labels is None or len(labels) != config.num_classes):
+            raise ValueError(
+                f"a model conditioned on {config.num_classes} classes needs their {config.num_classes} label names"
+            )
+        self.class_embedding = nn.Embedding(config.num_classes, config.d_model) if config.num_classes else None
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def _inputs(self, input_ids: Tensor, class_ids: Tensor | None) -> Tensor:
+        hidden = self.embedding(input_ids)
+        if self.class_embedding is None:
+            if class_ids is not None:
+                raise ValueError("this model is unconditional: it takes no class_ids (no --label)")
+            return hidden
+        if class_ids is None:
+            raise ValueError(f"this model is conditioned on a class: give class_ids (one of {list(self.labels or ())})")
+        condition = self.class_embedding(class_ids)
+        return hidden + (condition[:, None] if hidden.dim() == 3 else condition)
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, class_ids: Tensor | None = None) -> ModelOutput:
+        """input_ids (b, L) sample ids -> logits (b, L, vocab_size); labels (b, L), usually input_ids, give the
+        next-sample cross-entropy (IGNORE_INDEX positions skipped)."""
+        logits = self.lm_head(self.backbone(self._inputs(input_ids, class_ids)))
+        loss = None
+        if labels is not None:
+            next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        return ModelOutput(logits, loss)
+
+    def allocate_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> UNetState:
+        """A zero streaming state for `batch` sequences."""
+        return self.backbone.allocate_state(batch, device, dtype)
+
+    def step(self, input_ids: Tensor, state: UNetState, class_ids: Tensor | None = None) -> Tensor:
+        """One sample per sequence: input_ids (b,) -> next-sample logits (b, vocab_size); `state` advanced."""
+        return self.lm_head(self.backbone.step(self._inputs(input_ids, class_ids), state))
+
+
+@register_architecture(domain=DOMAIN_NAME)
+class AudioClassifier(_AudioModel):
+    """Clip classification: U-Net features mean-pooled over the real samples, then a linear classifier."""
+
+    def __init__(self, config: AudioConfig, labels: Sequence[str] | None = None, scan_backend: str = "auto") -> None:
+        if not labels or len(labels) < 2:
+            raise ValueError("an audio classifier needs the names of at least two classes")
+        super().__init__(config, labels, scan_backend)
+        self.classifier = nn.Linear(config.d_model, len(labels))
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> ModelOutput:
+        """input_ids (b, L) with attention_mask (b, L) (right padding) -> logits (b, classes)."""
+        features = self.backbone(self.embedding(input_ids))
+        logits = self.classifier(pool_sequence(features, attention_mask, "mean"))
+        return ModelOutput(logits, None if labels is None else F.cross_entropy(logits.float(), labels))
