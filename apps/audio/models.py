@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from mambakit.models import IGNORE_INDEX, ModelOutput, register_architecture, register_config
 from mambakit.nn import PooledUNet, UNetState, no_weight_decay_names, pool_sequence
 
+from .data import DEFAULT_SAMPLE_RATE, ENCODINGS, MU_LAW_VARIANT
+
 DOMAIN_NAME = "audio"
-#: Quantisations a checkpoint may name: 8-bit mu-law as torchaudio computes it (fixed scale, mu = 255), 8-bit linear.
-ENCODINGS = ("mu-law-torchaudio-255", "linear-8bit")
 
 
 @register_config("mambakit-audio", domain=DOMAIN_NAME)
@@ -42,8 +42,11 @@ class AudioConfig:
     vocab_size: int = 256
     num_classes: int = 0
     """Classes to condition on (0: unconditional)."""
-    sample_rate: int = 8000
-    encoding: str = ENCODINGS[0]
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    encoding: str = "mu-law"
+    """How sample ids map to audio: 8-bit "mu-law" or "linear"."""
+    mu_law_variant: str = MU_LAW_VARIANT
+    """Which mu-law: torchaudio's fixed-scale one (no per-clip normalisation, mu = 255)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(self.pools))

@@ -1,0 +1,721 @@
+"""Audio for the audio app: 8-bit quantisation (mu-law, linear), reading and writing audio files through
+soundfile, labelled clips from the user's data (a folder, class subfolders, a CSV/TSV of path,label rows,
+FSDD-style file names) or the embedded Free Spoken Digit Dataset, and the torch datasets for raw-waveform language
+modelling and classification.
+
+I/O goes through soundfile (WAV, FLAC, OGG, ...); torchaudio is used only for `torchaudio.functional.resample`
+(torchaudio's own file I/O needs TorchCodec and is gone from recent torchaudio). Reading a folder or table is
+cheap: files are listed and checked to exist, but decoded when a dataset item asks for them (`read_audio`).
+
+Every problem with a user's data raises `AudioDataError` (a `UserError`, so the CLI prints it as one line and
+exits with code 2): one line naming the file (and the table row) and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mambakit.errors import UserError
+from mambakit.models import IGNORE_INDEX
+from mambakit.splits import SPLIT_NAMES, stratified_split
+
+#: The mu-law variant of `mu_law_encode` / `mu_law_decode`, to record in checkpoints: torchaudio's
+#: `mu_law_encoding` with a fixed scale (no per-clip normalisation), mu = 255, 256 codes.
+MU_LAW_VARIANT = "torchaudio-fixed-mu255"
+#: The encodings `encode` / `decode` and the datasets take.
+ENCODINGS = ("mu-law", "linear")
+#: Number of codes of the 8-bit encodings (the vocabulary of an audio language model).
+NUM_CODES = 256
+#: Suffixes (compared lowercased) of the files a folder's reader takes as audio; others are skipped with a warning.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".mp3")
+TABLE_SUFFIXES = (".csv", ".tsv")
+#: Header names accepted for a table's audio path and label columns (compared lowercased), first match wins.
+PATH_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "filepath")
+LABEL_COLUMNS = ("label", "class")
+#: The rate of the embedded data (FSDD: 8 kHz), the default rate of the audio tasks.
+DEFAULT_SAMPLE_RATE = 8000
+#: What to install for the audio I/O.
+AUDIO_EXTRA = "pip install 'mambakit[audio]'"
+
+DATA_DIR = Path(__file__).resolve().with_name("data")
+#: The embedded default data set (provenance and licence in data/README.md).
+EMBEDDED_FILE = DATA_DIR / "fsdd_mulaw.npz"
+
+#: Resampling warnings already given in this process, as (file rate, target rate).
+_WARNED_RATES: set[tuple[int, int]] = set()
+
+
+class AudioDataError(UserError):
+    """Bad audio input; the message is one line: `file[:row]: what is wrong; what to do`."""
+
+
+@dataclass(frozen=True, eq=False)
+class AudioRecord:
+    """One clip as read, not yet decoded.
+
+    `audio` is a file path, or the clip's 8-bit codes in memory (uint8, `encoding` at `sample_rate`, as the
+    embedded data holds them); `label` the class name when the input has one; `source` where it came from, for
+    messages ("file", "table.csv:3 (a.wav)", "fsdd_mulaw.npz (7_jackson_32.wav)"); `split` the split ("train",
+    "val", "test") the input assigns it to, if any.
+    """
+
+    audio: Path | np.ndarray
+    label: str | None = None
+    source: str = ""
+    split: str | None = None
+    sample_rate: int | None = None
+    encoding: str | None = None
+
+
+@dataclass
+class LabelledAudio:
+    """Labelled clips: `classes` are the class names in class-id order (sorted, integers in numeric order);
+    `splits` maps "train"/"val"/"test" to record indices when the data brings a split, else it is None."""
+
+    records: list[AudioRecord]
+    classes: list[str]
+    splits: dict[str, list[int]] | None = None
+
+
+# --- quantisation -------------------------------------------------------------------------------------------
+
+ArrayOrTensor = np.ndarray | torch.Tensor
+
+
+def _as_float_tensor(x: ArrayOrTensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else x.float()
+    array = np.asarray(x)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32))
+
+
+def _codes_out(codes: torch.Tensor, like: ArrayOrTensor, levels: int) -> ArrayOrTensor:
+    if isinstance(like, torch.Tensor):
+        return codes
+    array = codes.numpy()
+    return array.astype(np.uint8) if levels <= 256 else array
+
+
+@overload
+def mu_law_encode(x: np.ndarray, mu: int = 255) -> np.ndarray: ...
+@overload
+def mu_law_encode(x: torch.Tensor, mu: int = 255) -> torch.Tensor: ...
+def mu_law_encode(x: ArrayOrTensor, mu: int = 255) -> ArrayOrTensor:
+    """Codes 0..mu of samples in [-1, 1] (clipped there first): torchaudio's `mu_law_encoding`, op for op
+    (`MU_LAW_VARIANT`): y = sign(x) ln(1 + mu|x|) / ln(1 + mu), code = floor((y + 1) / 2 * mu + 0.5), with no
+    per-clip normalisation. A NumPy array gives uint8 codes (int64 when mu > 255), a tensor int64 codes."""
+    samples = _as_float_tensor(x).clamp(-1.0, 1.0)
+    scale = torch.tensor(float(mu), dtype=samples.dtype, device=samples.device)
+    companded = torch.sign(samples) * torch.log1p(scale * torch.abs(samples)) / torch.log1p(scale)
+    codes = ((companded + 1) / 2 * scale + 0.5).to(torch.int64)
+    return _codes_out(codes, x, mu + 1)
+
+
+@overload
+def mu_law_decode(codes: np.ndarray, mu: int = 255) -> np.ndarray: ...
+@overload
+def mu_law_decode(codes: torch.Tensor, mu: int = 255) -> torch.Tensor: ...
+def mu_law_decode(codes: ArrayOrTensor, mu: int = 255) -> ArrayOrTensor:
+    """float32 samples in [-1, 1] of mu-law codes 0..mu (torchaudio's `mu_law_decoding`); the type follows the
+    input (array or tensor)."""
+    # The float copy is made by numpy: the codes may be a read-only view of the embedded data.
+    values = (
+        codes.to(torch.float32)
+        if isinstance(codes, torch.Tensor)
+        else torch.from_numpy(np.asarray(codes, dtype=np.float32).copy())
+    )
+    scale = torch.tensor(float(mu), dtype=torch.float32, device=values.device)
+    y = values / scale * 2 - 1.0
+    samples = torch.sign(y) * (torch.exp(torch.abs(y) * torch.log1p(scale)) - 1.0) / scale
+    return samples if isinstance(codes, torch.Tensor) else samples.numpy()
+
+
+@overload
+def linear_encode(x: np.ndarray, bits: int = 8) -> np.ndarray: ...
+@overload
+def linear_encode(x: torch.Tensor, bits: int = 8) -> torch.Tensor: ...
+def linear_encode(x: ArrayOrTensor, bits: int = 8) -> ArrayOrTensor:
+    """Codes 0..2**bits - 1 of samples in [-1, 1] (clipped), uniformly spaced: floor((x + 1) / 2 * (2**bits - 1)
+    + 0.5). A NumPy array gives uint8 codes (bits <= 8), a tensor int64 codes."""
+    top = (1 << bits) - 1
+    samples = _as_float_tensor(x).clamp(-1.0, 1.0)
+    codes = torch.floor((samples + 1) / 2 * top + 0.5).to(torch.int64)
+    return _codes_out(codes, x, top + 1)
+
+
+@overload
+def linear_decode(codes: np.ndarray, bits: int = 8) -> np.ndarray: ...
+@overload
+def linear_decode(codes: torch.Tensor, bits: int = 8) -> torch.Tensor: ...
+def linear_decode(codes: ArrayOrTensor, bits: int = 8) -> ArrayOrTensor:
+    """float32 samples in [-1, 1] of linear codes 0..2**bits - 1."""
+    values = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes).to(torch.float32)
+    samples = values / float((1 << bits) - 1) * 2 - 1.0
+    return samples if isinstance(codes, torch.Tensor) else samples.numpy()
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise UserError(f"unknown audio encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+
+
+def encode(x: ArrayOrTensor, encoding: str = "mu-law") -> ArrayOrTensor:
+    """8-bit codes of samples in [-1, 1] by `encoding` ("mu-law" or "linear")."""
+    _check_encoding(encoding)
+    return mu_law_encode(x) if encoding == "mu-law" else linear_encode(x)
+
+
+def decode(codes: ArrayOrTensor, encoding: str = "mu-law") -> ArrayOrTensor:
+    """float32 samples of 8-bit codes by `encoding` ("mu-law" or "linear")."""
+    _check_encoding(encoding)
+    return mu_law_decode(codes) if encoding == "mu-law" else linear_decode(codes)
+
+
+def silence_code(encoding: str = "mu-law") -> int:
+    """The code of 0.0 (128 for both 8-bit encodings): what short clips are padded with."""
+    return int(np.asarray(encode(np.zeros(1, np.float32), encoding))[0])
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _soundfile() -> Any:
+    try:
+        import soundfile
+    except ImportError:
+        raise AudioDataError(f"reading and writing audio needs soundfile; {AUDIO_EXTRA}") from None
+    return soundfile
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """float32 samples at `to_rate` (torchaudio.functional.resample, its default windowed-sinc filter)."""
+    if from_rate == to_rate:
+        return np.asarray(samples, dtype=np.float32)
+    try:
+        import torchaudio.functional as audio_functional
+    except ImportError:
+        raise AudioDataError(
+            f"resampling {from_rate} Hz audio to {to_rate} Hz needs torchaudio; {AUDIO_EXTRA}"
+        ) from None
+    tensor = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    return audio_functional.resample(tensor, int(from_rate), int(to_rate)).numpy()
+
+
+def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
+    """float32 mono samples of an audio file soundfile reads (WAV, FLAC, OGG, ...), channels averaged, resampled
+    to `sample_rate` when given and the file's rate differs (warning once per pair of rates in a process).
+
+    A missing file, one that does not decode (corrupt, truncated, not audio) or one with no samples is a one-line
+    `AudioDataError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not an audio file" if path.is_dir() else "no such audio file"
+        raise AudioDataError(f"{path}: {what}; check the path")
+    soundfile = _soundfile()
+    try:
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile.LibsndfileError, RuntimeError, TypeError on bad data
+        raise AudioDataError(
+            f"{path}: unreadable audio, not a format soundfile reads or corrupt/truncated ({_one_line(error)}); "
+            f"replace or remove the file, or convert it to WAV or FLAC"
+        ) from None
+    if samples.shape[0] == 0:
+        raise AudioDataError(f"{path}: zero-length clip (no samples); remove the file")
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise AudioDataError(f"{path}: holds NaN or infinite samples; replace the file")
+    if sample_rate is not None and rate != sample_rate:
+        if (rate, sample_rate) not in _WARNED_RATES:
+            _WARNED_RATES.add((rate, sample_rate))
+            warnings.warn(
+                f"{path}: resampling {rate} Hz audio to {sample_rate} Hz (this warning is given once per pair of "
+                f"rates)",
+                stacklevel=2,
+            )
+        mono = resample(mono, rate, sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int]:
+    """(sample rate, frames, channels) of an audio file, without decoding it; errors as `read_audio`'s."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDataError(f"{path}: no such audio file; check the path")
+    try:
+        info = _soundfile().info(str(path))
+    except AudioDataError:
+        raise
+    except Exception as error:
+        raise AudioDataError(f"{path}: unreadable audio ({_one_line(error)}); replace or remove the file") from None
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def write_wav(path: str | Path, samples: ArrayOrTensor, sample_rate: int) -> Path:
+    """Write float samples in [-1, 1] (clipped; shape (frames,) or (frames, channels)) as a 16-bit PCM WAV file,
+    creating its folder; returns the path."""
+    path = Path(path)
+    data = samples.detach().cpu().float().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
+    data = np.clip(np.asarray(data, dtype=np.float32), -1.0, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _soundfile().write(str(path), data, int(sample_rate), subtype="PCM_16", format="WAV")
+    return path
+
+
+# --- readers ------------------------------------------------------------------------------------------------
+
+
+def is_audio_file(path: Path) -> bool:
+    """Whether a file is taken as audio by its (lowercased) suffix; hidden files never are."""
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(audio files, other files) under `folder`, recursively, sorted; hidden files and folders are left out."""
+    audio: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and _visible(path, folder):
+            (audio if is_audio_file(path) else others).append(path)
+    return audio, others
+
+
+def _warn_skipped(where: Path, skipped: list[Path]) -> None:
+    if skipped:
+        warnings.warn(
+            f"{where}: skipped {len(skipped)} file(s) that are not audio by their suffix (e.g. {skipped[0].name})",
+            stacklevel=3,
+        )
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioDataError(f"{path}: no such file or folder; check the path")
+
+
+def _numeric_aware(names: Sequence[str]) -> list[str]:
+    names = sorted(set(names))
+    if all(re.fullmatch(r"-?\d+", name) for name in names):
+        return sorted(names, key=int)
+    return names
+
+
+def _some(names: Sequence[str], shown: int = 10) -> str:
+    text = ", ".join(repr(name) for name in names[:shown])
+    return text if len(names) <= shown else f"{text} (and {len(names) - shown} more)"
+
+
+def _labelled(records: list[AudioRecord], where: Path | str) -> LabelledAudio:
+    """Check labelled records (every one labelled, at least two classes, a consistent split) and wrap them."""
+    if not records:
+        raise AudioDataError(f"{where}: no audio files found (looked for {', '.join(AUDIO_SUFFIXES)})")
+    unlabelled = next((record for record in records if record.label is None), None)
+    if unlabelled is not None:
+        raise AudioDataError(f"{unlabelled.source}: no label; every clip needs one for classification")
+    classes = _numeric_aware([str(record.label) for record in records])
+    if len(classes) < 2:
+        raise AudioDataError(f"{where}: found 1 class ({_some(classes)}); classification needs at least 2 classes")
+    splits: dict[str, list[int]] | None = None
+    if any(record.split is not None for record in records):
+        splits = {}
+        for index, record in enumerate(records):
+            if record.split is None:
+                raise AudioDataError(f"{record.source}: no split, though other clips name theirs")
+            splits.setdefault(record.split, []).append(index)
+        if "train" not in splits:
+            raise AudioDataError(f"{where}: the data names splits {sorted(splits)} but no train split")
+    return LabelledAudio(records, classes, splits)
+
+
+def name_label(path: Path) -> str:
+    """The label of an FSDD-style file name `{label}_{speaker}_{index}.wav`: the name's first `_` field; a name
+    without `_` is an error naming the file."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    label, sep, rest = stem.partition("_")
+    if not sep or not label or not rest:
+        raise AudioDataError(
+            f"{path}: cannot take a label from this file name; name files {{label}}_{{anything}}.wav "
+            f"(e.g. 7_jackson_32.wav) or put each class's files in a subfolder named after the class"
+        )
+    return label
+
+
+def read_audio_folder(root: str | Path) -> LabelledAudio:
+    """Labelled clips of a folder: `root/<class>/**/<audio>` (a class is a subfolder's name; `root/train/<class>`,
+    `root/val/<class>`, `root/test/<class>` keep the user's split), or a flat folder of FSDD-style files named
+    `{label}_{...}.wav` (the label is the name's first field). Hidden files are ignored; files whose suffix is
+    not audio are skipped with one warning."""
+    root = Path(root)
+    _check_exists(root)
+    if not root.is_dir():
+        raise AudioDataError(f"{root}: not a folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_folders = {SPLIT_NAMES[p.name.lower()]: p for p in folders if p.name.lower() in SPLIT_NAMES}
+    if split_folders and len(split_folders) == len(folders):
+        records: list[AudioRecord] = []
+        for split, folder in split_folders.items():
+            records += _class_records(folder, split)
+        return _labelled(records, root)
+    if folders:
+        return _labelled(_class_records(root, None), root)
+    audio, others = _audio_files(root)
+    _warn_skipped(root, others)
+    return _labelled([AudioRecord(path, name_label(path), str(path)) for path in audio], root)
+
+
+def _class_records(root: Path, split: str | None) -> list[AudioRecord]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise AudioDataError(f"{root}: no class subfolders; put each class's clips in a subfolder named after it")
+    records: list[AudioRecord] = []
+    skipped = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    for folder in folders:
+        audio, others = _audio_files(folder)
+        skipped += others
+        if not audio:
+            raise AudioDataError(f"{folder}: class folder holds no audio files; add clips or remove the folder")
+        records += [AudioRecord(path, folder.name, str(path), split) for path in audio]
+    _warn_skipped(root, skipped)
+    return records
+
+
+def read_audio_table(path: str | Path, require_label: bool = True) -> list[AudioRecord]:
+    """Records of a CSV or TSV file whose header names an audio path column (`path`, or audio, audio_path, file,
+    filename, filepath), a `label` (or `class`) column (optional when `require_label` is false) and optionally a
+    `split` column (train, val/valid/validation/dev, test). Relative paths are relative to the table's folder;
+    every listed file must exist (it is decoded later)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        raise AudioDataError(f"{path}: is a folder; expected a CSV/TSV file")
+    records: list[AudioRecord] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header_line = handle.readline()
+            tab = path.suffix.lower() == ".tsv" or ("\t" in header_line and "," not in header_line)
+            delimiter = "\t" if tab else ","
+            header = [field.strip().lower() for field in next(csv.reader([header_line], delimiter=delimiter), [])]
+            columns = {name: i for i, name in reversed(list(enumerate(header)))}
+            path_column = next((columns[name] for name in PATH_COLUMNS if name in columns), None)
+            label_column = next((columns[name] for name in LABEL_COLUMNS if name in columns), None)
+            missing = [name for name, column in (("path", path_column), ("label", label_column)) if column is None]
+            if not require_label:
+                missing = [name for name in missing if name != "label"]
+            if missing or path_column is None:
+                raise AudioDataError(
+                    f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
+                    f"{header_line.strip()[:80]!r}); a table needs a header with path,label columns (and optionally "
+                    f"split)"
+                )
+            split_column = columns.get("split")
+            for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 2):
+                if not any(field.strip() for field in row):
+                    continue
+                if len(row) != len(header):
+                    raise AudioDataError(f"{path}:{number}: {len(row)} field(s), but the header has {len(header)}")
+                value = row[path_column].strip()
+                if not value:
+                    raise AudioDataError(f"{path}:{number}: empty audio path")
+                file = Path(value) if Path(value).is_absolute() else path.parent / value
+                if not file.is_file():
+                    raise AudioDataError(
+                        f"{path}:{number}: {file}: no such audio file (relative paths are relative to the table's "
+                        f"folder {path.parent})"
+                    )
+                label = row[label_column].strip() if label_column is not None else None
+                if require_label and not label:
+                    raise AudioDataError(f"{path}:{number}: empty label")
+                split = None
+                if split_column is not None:
+                    split = SPLIT_NAMES.get(row[split_column].strip().lower())
+                    if split is None:
+                        raise AudioDataError(
+                            f"{path}:{number}: split must be train, val or test, got {row[split_column]!r}"
+                        )
+                records.append(AudioRecord(file, label or None, f"{path}:{number} ({value})", split))
+    except UnicodeDecodeError as error:
+        raise AudioDataError(
+            f"{path}: not a UTF-8 text table (undecodable byte at offset {error.start}); expected CSV/TSV"
+        ) from None
+    except csv.Error as error:
+        raise AudioDataError(f"{path}: malformed CSV ({_one_line(error)})") from None
+    if not records:
+        raise AudioDataError(f"{path}: no rows below the header")
+    return records
+
+
+def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
+    paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
+    for path in paths:
+        _check_exists(path)
+    return paths
+
+
+def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudio:
+    """Labelled clips from what a user passes as --data:
+
+    - a folder with class subfolders (optionally inside train/val/test folders), or a flat folder of FSDD-style
+      `{label}_{...}.wav` files (`read_audio_folder`);
+    - a CSV/TSV file of path,label[,split] rows (`read_audio_table`);
+    - several folders, one per class (the class is the folder's name).
+    """
+    paths = _paths(data)
+    if not paths:
+        raise AudioDataError("no data given; pass an audio folder or a CSV/TSV of path,label rows")
+    if len(paths) > 1:
+        file = next((p for p in paths if not p.is_dir()), None)
+        if file is not None:
+            raise AudioDataError(f"{file}: with several --data paths, each must be one class's folder of audio")
+        records: list[AudioRecord] = []
+        for folder in paths:
+            audio, others = _audio_files(folder)
+            _warn_skipped(folder, others)
+            records += [AudioRecord(p, folder.name, str(p)) for p in audio]
+        return _labelled(records, paths[0].parent)
+    path = paths[0]
+    if path.is_dir():
+        return read_audio_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        return _labelled(read_audio_table(path), path)
+    if suffix in AUDIO_SUFFIXES:
+        raise AudioDataError(
+            f"{path}: one audio file holds no labels; give a folder of clips (class subfolders or "
+            f"{{label}}_....wav names) or a CSV/TSV of path,label rows"
+        )
+    raise AudioDataError(
+        f"{path}: unknown data file type {suffix or '(no suffix)'!r}; give an audio folder or a .csv/.tsv of "
+        f"path,label rows"
+    )
+
+
+def read_audio_inputs(data: str | Path | Sequence[str | Path]) -> list[AudioRecord]:
+    """Clips to predict on, labels kept where the input has them: audio files; folders (every audio file under
+    them, recursively, sorted; others skipped with a warning); CSV/TSV tables (the label column optional)."""
+    records: list[AudioRecord] = []
+    for path in _paths(data):
+        if path.is_dir():
+            audio, others = _audio_files(path)
+            _warn_skipped(path, others)
+            if not audio:
+                raise AudioDataError(f"{path}: no audio files in this folder (looked for {', '.join(AUDIO_SUFFIXES)})")
+            records += [AudioRecord(p, None, str(p)) for p in audio]
+        elif path.suffix.lower() in TABLE_SUFFIXES:
+            records += read_audio_table(path, require_label=False)
+        else:  # any other file is taken as audio; it is decoded (and checked) when used
+            records.append(AudioRecord(path, None, str(path)))
+    if not records:
+        raise AudioDataError("no audio given")
+    return records
+
+
+def encode_labels(records: Sequence[AudioRecord], classes: Sequence[str]) -> np.ndarray:
+    """Class ids (int64) of the records' labels; a missing label or one outside `classes` is an error naming the
+    record's file (and row)."""
+    index = {name: i for i, name in enumerate(classes)}
+    ids = np.empty(len(records), dtype=np.int64)
+    for row, record in enumerate(records):
+        if record.label not in index:
+            if record.label is None:
+                raise AudioDataError(f"{record.source}: no label, though other clips have one")
+            raise AudioDataError(
+                f"{record.source}: label {record.label!r} is not one of the model's classes ({_some(list(classes))})"
+            )
+        ids[row] = index[record.label]
+    return ids
+
+
+def split_indices(
+    data: LabelledAudio, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[int]]:
+    """Record indices of "train", "val" and "test" (each sorted). The data's own split is kept (a missing val split
+    is carved from train, stratified and seeded; a missing test split stays empty); with none, a seeded
+    stratified split by class."""
+    labels = [str(record.label) for record in data.records]
+    if data.splits is None:
+        return stratified_split(labels, val_fraction, test_fraction, seed)
+    splits = {name: sorted(data.splits.get(name, [])) for name in ("train", "val", "test")}
+    if not splits["val"] and val_fraction > 0:
+        train = np.asarray(splits["train"])
+        carved = stratified_split([labels[i] for i in train], val_fraction, 0.0, seed)
+        splits["train"] = sorted(train[carved["train"]].tolist())
+        splits["val"] = sorted(train[carved["val"]].tolist())
+    return splits
+
+
+# --- the embedded data --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _embedded_arrays(file: Path) -> dict[str, np.ndarray]:
+    if not file.is_file():
+        raise AudioDataError(
+            f"{file}: the embedded audio data is missing from this installation; reinstall mambakit or pass --data"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as error:
+        raise AudioDataError(f"{file}: unreadable embedded data ({_one_line(error)}); reinstall mambakit") from None
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
+
+
+def embedded_dataset(seed: int = 0, val_per_class: int = 30) -> LabelledAudio:
+    """The embedded Free Spoken Digit Dataset (data/README.md): all 3,000 recordings (6 speakers x 10 digits x 50),
+    8 kHz, as records holding their 8-bit mu-law codes (`MU_LAW_VARIANT`) in memory; classes "0".."9".
+
+    Splits: "test" = recordings with index 0-4 (FSDD's own convention, 300 clips); "val" = `val_per_class`
+    recordings of each digit drawn (with `seed`) from the others; "train" = the rest (2,400 by default)."""
+    arrays = _embedded_arrays(EMBEDDED_FILE)
+    codes, offsets = arrays["codes"], arrays["offsets"]
+    digits, speakers, index = arrays["digit"], arrays["speaker"], arrays["index"]
+    names = [str(name) for name in arrays["speaker_names"]]
+    rate = int(arrays["sample_rate"])
+    rng = np.random.default_rng(seed)
+    val: set[int] = set()
+    for digit in range(10):
+        pool = np.flatnonzero((digits == digit) & (index >= 5))
+        val.update(rng.choice(pool, size=min(val_per_class, len(pool)), replace=False).tolist())
+    records: list[AudioRecord] = []
+    for i in range(len(digits)):
+        split = "test" if index[i] < 5 else ("val" if i in val else "train")
+        name = f"{digits[i]}_{names[speakers[i]]}_{index[i]}.wav"
+        clip = codes[offsets[i] : offsets[i + 1]]
+        records.append(AudioRecord(clip, str(digits[i]), f"{EMBEDDED_FILE.name} ({name})", split, rate, "mu-law"))
+    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, record in enumerate(records):
+        splits[str(record.split)].append(i)
+    return LabelledAudio(records, [str(d) for d in range(10)], splits)
+
+
+# --- torch datasets -----------------------------------------------------------------------------------------
+
+
+def load_codes(record: AudioRecord, sample_rate: int, encoding: str = "mu-law") -> np.ndarray:
+    """int64 8-bit codes of a record at `sample_rate` in `encoding`: in-memory codes are used as they are when
+    they match, else decoded, resampled and re-encoded; a file is read (`read_audio`) and encoded."""
+    _check_encoding(encoding)
+    if isinstance(record.audio, np.ndarray):
+        if record.encoding == encoding and record.sample_rate == sample_rate:
+            return record.audio.astype(np.int64)
+        samples = np.asarray(decode(record.audio, record.encoding or "mu-law"))
+        samples = resample(samples, record.sample_rate or sample_rate, sample_rate)
+    else:
+        samples = read_audio(record.audio, sample_rate)
+    return np.asarray(encode(samples, encoding)).astype(np.int64)
+
+
+def _fit(codes: np.ndarray, length: int, start: int, pad: int) -> tuple[torch.Tensor, int]:
+    """(codes[start : start + length] right-padded with `pad` to `length`, number of real samples)."""
+    window = codes[start : start + length]
+    out = torch.full((length,), pad, dtype=torch.long)
+    out[: len(window)] = torch.from_numpy(np.ascontiguousarray(window, dtype=np.int64))
+    return out, len(window)
+
+
+class AudioLMDataset(Dataset):
+    """Fixed-length windows of 8-bit codes for raw-waveform language modelling:
+    {"input_ids": int64 (crop_length,), "labels": the same ids with padded positions IGNORE_INDEX, and "class_ids":
+    int64 scalar when `class_names` is given}. The labels are not shifted (the LM head shifts them).
+
+    A clip longer than `crop_length` gives a window starting at a position drawn from torch's global RNG (the
+    trainer seeds it) when `random_crop`, else its start; a shorter one is right-padded with the code of silence.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[AudioRecord],
+        crop_length: int,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        encoding: str = "mu-law",
+        class_names: Sequence[str] | None = None,
+        random_crop: bool = True,
+    ) -> None:
+        if crop_length < 1:
+            raise UserError(f"crop length must be at least 1 sample, got {crop_length}")
+        _check_encoding(encoding)
+        self.records = list(records)
+        self.crop_length = int(crop_length)
+        self.sample_rate = int(sample_rate)
+        self.encoding = encoding
+        self.random_crop = random_crop
+        self.class_names = list(class_names) if class_names is not None else None
+        self.class_ids = encode_labels(self.records, self.class_names) if self.class_names is not None else None
+        self.pad_code = silence_code(encoding)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        codes = load_codes(self.records[index], self.sample_rate, self.encoding)
+        spare = len(codes) - self.crop_length
+        start = int(torch.randint(0, spare + 1, ()).item()) if self.random_crop and spare > 0 else 0
+        input_ids, real = _fit(codes, self.crop_length, start, self.pad_code)
+        labels = input_ids.clone()
+        labels[real:] = IGNORE_INDEX
+        item = {"input_ids": input_ids, "labels": labels}
+        if self.class_ids is not None:
+            item["class_ids"] = torch.tensor(self.class_ids[index], dtype=torch.long)
+        return item
+
+
+class AudioClassificationDataset(Dataset):
+    """Clips for classification: {"input_ids": int64 (crop_length,) codes, "attention_mask": int64 (crop_length,)
+    with 0 on padding, and "labels": int64 scalar class id unless `class_names` is None (unlabelled input, at
+    predict time)}. A longer clip gives its centred window, a shorter one is right-padded with the code of silence.
+    A label outside `class_names` is an error naming the record."""
+
+    def __init__(
+        self,
+        records: Sequence[AudioRecord],
+        class_names: Sequence[str] | None,
+        crop_length: int,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        encoding: str = "mu-law",
+    ) -> None:
+        if crop_length < 1:
+            raise UserError(f"crop length must be at least 1 sample, got {crop_length}")
+        _check_encoding(encoding)
+        self.records = list(records)
+        self.class_names = None if class_names is None else list(class_names)
+        self.crop_length = int(crop_length)
+        self.sample_rate = int(sample_rate)
+        self.encoding = encoding
+        self.labels = None if self.class_names is None else encode_labels(self.records, self.class_names)
+        self.pad_code = silence_code(encoding)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        codes = load_codes(self.records[index], self.sample_rate, self.encoding)
+        start = max(0, (len(codes) - self.crop_length) // 2)
+        input_ids, real = _fit(codes, self.crop_length, start, self.pad_code)
+        mask = torch.zeros(self.crop_length, dtype=torch.long)
+        mask[:real] = 1
+        item = {"input_ids": input_ids, "attention_mask": mask}
+        if self.labels is not None:
+            item["labels"] = torch.tensor(self.labels[index])
+        return item
