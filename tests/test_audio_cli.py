@@ -90,6 +90,7 @@ def test_classify_then_predict_a_folder_of_wavs(small_model, tmp_path):
     assert len(rows) == 6 and all(row["prediction"] in [str(d) for d in range(10)] for row in rows)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line(lm, small_model, tmp_path):
     folder, config = small_model
     unconditional = folder / "uncond"
