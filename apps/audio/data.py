@@ -13,7 +13,6 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 
 from __future__ import annotations
 
-import csv
 import re
 import warnings
 from collections.abc import Sequence
@@ -26,9 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mambakit import labelled_files
 from mambakit.errors import UserError
+from mambakit.labelled_files import read_label_table
 from mambakit.models import IGNORE_INDEX
-from mambakit.splits import SPLIT_NAMES, stratified_split
+from mambakit.splits import SPLIT_NAMES
 
 #: The mu-law variant of `mu_law_encode` / `mu_law_decode`, to record in checkpoints: torchaudio's
 #: `mu_law_encoding` with a fixed scale (no per-clip normalisation), mu = 255, 256 codes.
@@ -42,7 +43,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".a
 TABLE_SUFFIXES = (".csv", ".tsv")
 #: Header names accepted for a table's audio path and label columns (compared lowercased), first match wins.
 PATH_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "filepath")
-LABEL_COLUMNS = ("label", "class")
 #: The rate of the embedded data (FSDD: 8 kHz), the default rate of the audio tasks.
 DEFAULT_SAMPLE_RATE = 8000
 #: What to install for the audio I/O.
@@ -404,64 +404,8 @@ def read_audio_table(path: str | Path, require_label: bool = True) -> list[Audio
     filename, filepath), a `label` (or `class`) column (optional when `require_label` is false) and optionally a
     `split` column (train, val/valid/validation/dev, test). Relative paths are relative to the table's folder;
     every listed file must exist (it is decoded later)."""
-    path = Path(path)
-    _check_exists(path)
-    if path.is_dir():
-        raise AudioDataError(f"{path}: is a folder; expected a CSV/TSV file")
-    records: list[AudioRecord] = []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            header_line = handle.readline()
-            tab = path.suffix.lower() == ".tsv" or ("\t" in header_line and "," not in header_line)
-            delimiter = "\t" if tab else ","
-            header = [field.strip().lower() for field in next(csv.reader([header_line], delimiter=delimiter), [])]
-            columns = {name: i for i, name in reversed(list(enumerate(header)))}
-            path_column = next((columns[name] for name in PATH_COLUMNS if name in columns), None)
-            label_column = next((columns[name] for name in LABEL_COLUMNS if name in columns), None)
-            missing = [name for name, column in (("path", path_column), ("label", label_column)) if column is None]
-            if not require_label:
-                missing = [name for name in missing if name != "label"]
-            if missing or path_column is None:
-                raise AudioDataError(
-                    f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
-                    f"{header_line.strip()[:80]!r}); a table needs a header with path,label columns (and optionally "
-                    f"split)"
-                )
-            split_column = columns.get("split")
-            for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 2):
-                if not any(field.strip() for field in row):
-                    continue
-                if len(row) != len(header):
-                    raise AudioDataError(f"{path}:{number}: {len(row)} field(s), but the header has {len(header)}")
-                value = row[path_column].strip()
-                if not value:
-                    raise AudioDataError(f"{path}:{number}: empty audio path")
-                file = Path(value) if Path(value).is_absolute() else path.parent / value
-                if not file.is_file():
-                    raise AudioDataError(
-                        f"{path}:{number}: {file}: no such audio file (relative paths are relative to the table's "
-                        f"folder {path.parent})"
-                    )
-                label = row[label_column].strip() if label_column is not None else None
-                if require_label and not label:
-                    raise AudioDataError(f"{path}:{number}: empty label")
-                split = None
-                if split_column is not None:
-                    split = SPLIT_NAMES.get(row[split_column].strip().lower())
-                    if split is None:
-                        raise AudioDataError(
-                            f"{path}:{number}: split must be train, val or test, got {row[split_column]!r}"
-                        )
-                records.append(AudioRecord(file, label or None, f"{path}:{number} ({value})", split))
-    except UnicodeDecodeError as error:
-        raise AudioDataError(
-            f"{path}: not a UTF-8 text table (undecodable byte at offset {error.start}); expected CSV/TSV"
-        ) from None
-    except csv.Error as error:
-        raise AudioDataError(f"{path}: malformed CSV ({_one_line(error)})") from None
-    if not records:
-        raise AudioDataError(f"{path}: no rows below the header")
-    return records
+    rows = read_label_table(Path(path), PATH_COLUMNS, "audio", AudioDataError, require_label)
+    return [AudioRecord(row.file, row.label, row.source, row.split) for row in rows]
 
 
 def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -530,37 +474,18 @@ def read_audio_inputs(data: str | Path | Sequence[str | Path]) -> list[AudioReco
 
 
 def encode_labels(records: Sequence[AudioRecord], classes: Sequence[str]) -> np.ndarray:
-    """Class ids (int64) of the records' labels; a missing label or one outside `classes` is an error naming the
-    record's file (and row)."""
-    index = {name: i for i, name in enumerate(classes)}
-    ids = np.empty(len(records), dtype=np.int64)
-    for row, record in enumerate(records):
-        if record.label not in index:
-            if record.label is None:
-                raise AudioDataError(f"{record.source}: no label, though other clips have one")
-            raise AudioDataError(
-                f"{record.source}: label {record.label!r} is not one of the model's classes ({_some(list(classes))})"
-            )
-        ids[row] = index[record.label]
-    return ids
+    """Class ids (int64) of the records' labels; a missing label or one outside `classes` (e.g. at predict or eval
+    time, with a model trained on other classes) is an error naming the record's file (and row)."""
+    return labelled_files.encode_labels(records, classes, AudioDataError, "clips")
 
 
 def split_indices(
     data: LabelledAudio, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> dict[str, list[int]]:
-    """Record indices of "train", "val" and "test" (each sorted). The data's own split is kept (a missing val split
-    is carved from train, stratified and seeded; a missing test split stays empty); with none, a seeded
-    stratified split by class."""
+    """Record indices of "train", "val" and "test" (see `mambakit.labelled_files.split_indices`): the data's own
+    split kept (a missing val split carved from train), else a seeded stratified split by class."""
     labels = [str(record.label) for record in data.records]
-    if data.splits is None:
-        return stratified_split(labels, val_fraction, test_fraction, seed)
-    splits = {name: sorted(data.splits.get(name, [])) for name in ("train", "val", "test")}
-    if not splits["val"] and val_fraction > 0:
-        train = np.asarray(splits["train"])
-        carved = stratified_split([labels[i] for i in train], val_fraction, 0.0, seed)
-        splits["train"] = sorted(train[carved["train"]].tolist())
-        splits["val"] = sorted(train[carved["val"]].tolist())
-    return splits
+    return labelled_files.split_indices(labels, data.splits, val_fraction, test_fraction, seed)
 
 
 # --- the embedded data --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -28,8 +27,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from mambakit import labelled_files
 from mambakit.errors import UserError
-from mambakit.splits import SPLIT_NAMES, stratified_split
+from mambakit.labelled_files import read_label_table
+from mambakit.splits import SPLIT_NAMES
 
 #: Suffixes (compared lowercased) of the files an image folder's reader takes; other files are skipped with one
 #: warning. A file with one of these suffixes that does not decode is an error when it is decoded.
@@ -56,7 +57,6 @@ TABLE_SUFFIXES = (".csv", ".tsv")
 HF_SUFFIXES = (".parquet", ".arrow")
 #: Header names accepted for a table's image path and label columns (compared lowercased), first match wins.
 PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "filepath")
-LABEL_COLUMNS = ("label", "class")
 #: Column names tried for a `datasets` dump when its metadata names no Image / ClassLabel feature.
 HF_IMAGE_COLUMNS = ("image", "img")
 HF_LABEL_COLUMNS = ("label", "labels")
@@ -363,65 +363,8 @@ def read_image_table(path: str | Path, require_label: bool = True) -> list[Image
     filename, filepath), a `label` (or `class`) column (optional when `require_label` is false) and optionally
     a `split` column (train, val/valid/validation/dev, test). Relative paths are relative to the table's
     folder; every listed file must exist (it is decoded later)."""
-    path = Path(path)
-    _check_exists(path)
-    if path.is_dir():
-        raise VisionDataError(f"{path}: is a folder; expected a CSV/TSV file")
-    records = []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            header_line = handle.readline()
-            tab = path.suffix.lower() == ".tsv" or ("\t" in header_line and "," not in header_line)
-            delimiter = "\t" if tab else ","
-            header = [field.strip().lower() for field in next(csv.reader([header_line], delimiter=delimiter), [])]
-            columns = {name: i for i, name in reversed(list(enumerate(header)))}
-            path_column = next((columns[name] for name in PATH_COLUMNS if name in columns), None)
-            label_column = next((columns[name] for name in LABEL_COLUMNS if name in columns), None)
-            missing = [name for name, column in (("path", path_column), ("label", label_column)) if column is None]
-            if not require_label:
-                missing = [name for name in missing if name != "label"]
-            if missing:
-                raise VisionDataError(
-                    f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
-                    f"{header_line.strip()[:80]!r}); a table needs a header with path,label columns "
-                    f"(and optionally split)"
-                )
-            assert path_column is not None
-            split_column = columns.get("split")
-            for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 2):
-                if not any(field.strip() for field in row):
-                    continue
-                if len(row) != len(header):
-                    raise VisionDataError(f"{path}:{number}: {len(row)} field(s), but the header has {len(header)}")
-                value = row[path_column].strip()
-                if not value:
-                    raise VisionDataError(f"{path}:{number}: empty image path")
-                image = Path(value) if Path(value).is_absolute() else path.parent / value
-                if not image.is_file():
-                    raise VisionDataError(
-                        f"{path}:{number}: {image}: no such image file (relative paths are relative to the "
-                        f"table's folder {path.parent})"
-                    )
-                label = row[label_column].strip() if label_column is not None else None
-                if require_label and not label:
-                    raise VisionDataError(f"{path}:{number}: empty label")
-                split = None
-                if split_column is not None:
-                    split = SPLIT_NAMES.get(row[split_column].strip().lower())
-                    if split is None:
-                        raise VisionDataError(
-                            f"{path}:{number}: split must be train, val or test, got {row[split_column]!r}"
-                        )
-                records.append(ImageRecord(image, label or None, f"{path}:{number} ({value})", split))
-    except UnicodeDecodeError as error:
-        raise VisionDataError(
-            f"{path}: not a UTF-8 text table (undecodable byte at offset {error.start}); expected CSV/TSV"
-        ) from None
-    except csv.Error as error:
-        raise VisionDataError(f"{path}: malformed CSV ({_one_line(error)})") from None
-    if not records:
-        raise VisionDataError(f"{path}: no rows below the header")
-    return records
+    rows = read_label_table(Path(path), PATH_COLUMNS, "image", VisionDataError, require_label)
+    return [ImageRecord(row.file, row.label, row.source, row.split) for row in rows]
 
 
 # --- Hugging Face datasets dumps (Parquet / Arrow) ----------------------------------------------------------
@@ -704,19 +647,9 @@ def read_images(data: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
 
 
 def encode_labels(records: Sequence[ImageRecord], classes: Sequence[str]) -> np.ndarray:
-    """Class ids (int64) of the records' labels; a label outside `classes` (e.g. at predict or eval time, with a
-    model trained on other classes) or a missing one is an error naming the record's file (and row)."""
-    index = {name: i for i, name in enumerate(classes)}
-    ids = np.empty(len(records), dtype=np.int64)
-    for row, record in enumerate(records):
-        if record.label not in index:
-            if record.label is None:
-                raise VisionDataError(f"{record.source}: no label, though other images have one")
-            raise VisionDataError(
-                f"{record.source}: label {record.label!r} is not one of the model's classes ({_some(list(classes))})"
-            )
-        ids[row] = index[record.label]
-    return ids
+    """Class ids (int64) of the records' labels; a missing label or one outside `classes` (e.g. at predict or eval
+    time, with a model trained on other classes) is an error naming the record's file (and row)."""
+    return labelled_files.encode_labels(records, classes, VisionDataError, "images")
 
 
 # --- splits -------------------------------------------------------------------------------------------------
@@ -725,22 +658,10 @@ def encode_labels(records: Sequence[ImageRecord], classes: Sequence[str]) -> np.
 def split_indices(
     data: LabelledImages, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> dict[str, list[int]]:
-    """Record indices of "train", "val" and "test" (each sorted; a split may be empty).
-
-    The data's own split is kept; when it has none, a seeded stratified split by class (`mambakit.splits.
-    stratified_split`). A user split without validation data gets val_fraction of its train split (stratified,
-    seeded); a missing test split stays empty (test data is never taken from the user's train split).
-    """
+    """Record indices of "train", "val" and "test" (see `mambakit.labelled_files.split_indices`): the data's own
+    split kept (a missing val split carved from train), else a seeded stratified split by class."""
     labels = [str(record.label) for record in data.records]
-    if data.splits is None:
-        return stratified_split(labels, val_fraction, test_fraction, seed)
-    splits = {name: sorted(data.splits.get(name, [])) for name in ("train", "val", "test")}
-    if not splits["val"] and val_fraction > 0:
-        train = np.asarray(splits["train"])
-        carved = stratified_split([labels[i] for i in train], val_fraction, 0.0, seed)
-        splits["train"] = sorted(train[carved["train"]].tolist())
-        splits["val"] = sorted(train[carved["val"]].tolist())
-    return splits
+    return labelled_files.split_indices(labels, data.splits, val_fraction, test_fraction, seed)
 
 
 # --- the embedded data --------------------------------------------------------------------------------------

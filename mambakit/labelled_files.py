@@ -1,0 +1,150 @@
+"""Labelled files on disk, as every domain with file inputs (images, audio) reads them: a CSV/TSV table of
+path,label[,split] rows, class ids of labels, and train/val/test splits. One-line errors of the caller's type name
+the file and row. No domain knowledge here."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import UserError
+from .splits import SPLIT_NAMES, stratified_split
+
+LABEL_COLUMNS = ("label", "class")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a path,label table: the file (absolute, or relative to the table's folder), its label and split
+    when given, and `source` ("table:row (value)") for messages."""
+
+    file: Path
+    label: str | None
+    split: str | None
+    source: str
+
+
+class Labelled(Protocol):
+    """A record with a label (or None) and a source for messages."""
+
+    label: str | None
+    source: str
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_label_table(
+    path: Path, path_columns: Sequence[str], kind: str, error: type[UserError], require_label: bool = True
+) -> list[TableRow]:
+    """Rows of a CSV or TSV file whose header names a path column (the first of `path_columns` present), a
+    `label` (or `class`) column (optional unless `require_label`) and optionally a `split` column (train,
+    val/valid/validation/dev, test). Relative paths are relative to the table's folder; every listed file must
+    exist. `kind` names the files in messages ("image", "audio"); problems raise `error`, one line each."""
+    if not path.exists():
+        raise error(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        raise error(f"{path}: is a folder; expected a CSV/TSV file")
+    rows: list[TableRow] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header_line = handle.readline()
+            tab = path.suffix.lower() == ".tsv" or ("\t" in header_line and "," not in header_line)
+            delimiter = "\t" if tab else ","
+            header = [field.strip().lower() for field in next(csv.reader([header_line], delimiter=delimiter), [])]
+            columns = {name: i for i, name in reversed(list(enumerate(header)))}
+            path_column = next((columns[name] for name in path_columns if name in columns), None)
+            label_column = next((columns[name] for name in LABEL_COLUMNS if name in columns), None)
+            missing = [name for name, column in (("path", path_column), ("label", label_column)) if column is None]
+            if not require_label:
+                missing = [name for name in missing if name != "label"]
+            if missing or path_column is None:
+                raise error(
+                    f"{path}:1: no {' or '.join(repr(m) for m in missing)} column (header: "
+                    f"{header_line.strip()[:80]!r}); a table needs a header with path,label columns "
+                    f"(and optionally split)"
+                )
+            split_column = columns.get("split")
+            for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 2):
+                if not any(field.strip() for field in row):
+                    continue
+                if len(row) != len(header):
+                    raise error(f"{path}:{number}: {len(row)} field(s), but the header has {len(header)}")
+                value = row[path_column].strip()
+                if not value:
+                    raise error(f"{path}:{number}: empty {kind} path")
+                file = Path(value) if Path(value).is_absolute() else path.parent / value
+                if not file.is_file():
+                    raise error(
+                        f"{path}:{number}: {file}: no such {kind} file (relative paths are relative to the "
+                        f"table's folder {path.parent})"
+                    )
+                label = row[label_column].strip() if label_column is not None else None
+                if require_label and not label:
+                    raise error(f"{path}:{number}: empty label")
+                split = None
+                if split_column is not None:
+                    split = SPLIT_NAMES.get(row[split_column].strip().lower())
+                    if split is None:
+                        raise error(f"{path}:{number}: split must be train, val or test, got {row[split_column]!r}")
+                rows.append(TableRow(file, label or None, split, f"{path}:{number} ({value})"))
+    except UnicodeDecodeError as decode_error:
+        raise error(
+            f"{path}: not a UTF-8 text table (undecodable byte at offset {decode_error.start}); expected CSV/TSV"
+        ) from None
+    except csv.Error as csv_error:
+        raise error(f"{path}: malformed CSV ({_one_line(csv_error)})") from None
+    if not rows:
+        raise error(f"{path}: no rows below the header")
+    return rows
+
+
+def _some(names: Sequence[str], shown: int = 10) -> str:
+    listed = ", ".join(repr(name) for name in names[:shown])
+    return listed if len(names) <= shown else f"{listed} (and {len(names) - shown} more)"
+
+
+def encode_labels(
+    records: Sequence[Labelled], classes: Sequence[str], error: type[UserError], items: str = "items"
+) -> np.ndarray:
+    """Class ids (int64) of the records' labels; a missing label or one outside `classes` (e.g. at predict or eval
+    time, with a model trained on other classes) is an `error` naming the record's source; `items` names the
+    records in that message ("images", "clips")."""
+    index = {name: i for i, name in enumerate(classes)}
+    ids = np.empty(len(records), dtype=np.int64)
+    for row, record in enumerate(records):
+        if record.label not in index:
+            if record.label is None:
+                raise error(f"{record.source}: no label, though other {items} have one")
+            raise error(f"{record.source}: label {record.label!r} is not one of the model's classes ({_some(classes)})")
+        ids[row] = index[record.label]
+    return ids
+
+
+def split_indices(
+    labels: Sequence[str],
+    own_splits: dict[str, list[int]] | None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Record indices of "train", "val" and "test" (each sorted; a split may be empty). The data's own split
+    (`own_splits`) is kept, a missing val split carved from its train split (stratified, seeded), a missing test
+    split left empty (test data is never taken from the user's train split); with none, a seeded stratified split
+    by class (`mambakit.splits.stratified_split`)."""
+    if own_splits is None:
+        return stratified_split(list(labels), val_fraction, test_fraction, seed)
+    splits = {name: sorted(own_splits.get(name, [])) for name in ("train", "val", "test")}
+    if not splits["val"] and val_fraction > 0:
+        train = np.asarray(splits["train"])
+        carved = stratified_split([labels[i] for i in train], val_fraction, 0.0, seed)
+        splits["train"] = sorted(train[carved["train"]].tolist())
+        splits["val"] = sorted(train[carved["val"]].tolist())
+    return splits
