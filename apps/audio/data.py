@@ -41,7 +41,7 @@ NUM_CODES = 256
 #: Suffixes (compared lowercased) of the files a folder's reader takes as audio; others are skipped with a warning.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".mp3")
 TABLE_SUFFIXES = (".csv", ".tsv")
-#: Header names accepted for a table's audio path and label columns (compared lowercased), first match wins.
+#: Header names accepted for a table's audio path column (compared lowercased), first match wins.
 PATH_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "filepath")
 #: The rate of the embedded data (FSDD: 8 kHz), the default rate of the audio tasks.
 DEFAULT_SAMPLE_RATE = 8000

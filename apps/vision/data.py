@@ -55,7 +55,7 @@ IMAGE_SUFFIXES = (
 TABLE_SUFFIXES = (".csv", ".tsv")
 #: Files of a Hugging Face `datasets` dump: `to_parquet` / hub layout, or `save_to_disk` (Arrow streams).
 HF_SUFFIXES = (".parquet", ".arrow")
-#: Header names accepted for a table's image path and label columns (compared lowercased), first match wins.
+#: Header names accepted for a table's image path column (compared lowercased), first match wins.
 PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "filepath")
 #: Column names tried for a `datasets` dump when its metadata names no Image / ClassLabel feature.
 HF_IMAGE_COLUMNS = ("image", "img")
