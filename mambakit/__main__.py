@@ -1,0 +1,5 @@
+"""`python -m mambakit`: the same CLI as the `mambakit` command."""
+
+from .cli import run
+
+run()
