@@ -87,3 +87,48 @@ def test_generation_is_seeded_greedy_matches_forward_and_conditions():
     assert torch.equal(first, generate_audio(model, 2, 20, 128, SamplingConfig(temperature=1.0), classes, seed=3).ids)
     prompted = generate_audio(model, 1, 5, 128, SamplingConfig(temperature=0), classes[:1], prompt=torch.tensor([7, 9]))
     assert prompted.ids.shape == (1, 5)
+
+
+def test_gumbel_max_sampling_follows_the_filtered_distribution():
+    from mambakit.apps.audio.generate import gumbel_max_sample
+
+    from mambakit.models import SamplingConfig
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    draws = 40_000
+    generator = torch.Generator().manual_seed(0)
+    uniform = torch.rand(draws, 4, generator=generator)
+    ids = gumbel_max_sample(logits.expand(draws, -1), SamplingConfig(temperature=1.0), uniform)
+    frequencies = torch.bincount(ids, minlength=4).float() / draws
+    assert (frequencies - logits.softmax(-1)[0]).abs().max() < 0.01
+    # top_p 0.7 keeps the two most likely ids (0.64 + 0.24 reach it), renormalised.
+    nucleus = gumbel_max_sample(logits.expand(draws, -1), SamplingConfig(top_p=0.7), uniform)
+    kept = torch.bincount(nucleus, minlength=4).float() / draws
+    assert kept[2:].sum() == 0 and abs(kept[0] - logits[0, :2].softmax(-1)[0]) < 0.01
+    assert torch.equal(gumbel_max_sample(logits, SamplingConfig(temperature=0), uniform[:1]), torch.tensor([0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("prompt_length", [0, 7])
+def test_cuda_graph_generation_gives_the_eager_ids(prompt_length):
+    from mambakit.apps.audio.generate import generate_audio
+
+    from mambakit.models import SamplingConfig
+
+    torch.manual_seed(0)
+    config = AudioConfig(**{**CONFIG.to_dict(), "num_classes": 2})
+    model = _perturbed(AudioLM(config, labels=["zero", "one"])).cuda()
+    classes = torch.tensor([0, 1, 1], device="cuda")
+    prompt = torch.randint(0, 256, (prompt_length,)) if prompt_length else None
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95)
+    runs = [
+        generate_audio(model, 3, 45, 128, sampling, classes, prompt, seed=5, cuda_graph=graph).ids
+        for graph in (False, True, True)
+    ]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
+    greedy = generate_audio(model, 3, 23, 128, SamplingConfig(temperature=0), classes, prompt, cuda_graph=True).ids
+    start = prompt.cuda()[None].expand(3, -1) if prompt is not None else torch.full((3, 1), 128, device="cuda")
+    with torch.no_grad():
+        logits = model(torch.cat([start, greedy.cuda()[:, :-1]], dim=1), class_ids=classes).logits
+    assert torch.equal(logits[:, start.shape[1] - 1 :].argmax(-1).cpu(), greedy)

@@ -31,10 +31,10 @@ def test_step_updates_the_state_tensors_in_place(selective):
     model = tiny_model(selective=selective)
     state = model.allocate_state(2)
     model(torch.randint(0, 37, (2, 5)), state=state)
-    before = {id(t): t.clone() for t in generation._state_tensors(state)}
+    before = {id(t): t.clone() for t in generation.state_tensors(state)}
     with torch.no_grad():
         model.step(torch.randint(0, 37, (2,)), state)
-    after = generation._state_tensors(state)
+    after = generation.state_tensors(state)
     assert {id(t) for t in after} == set(before)
     constant = {id(layer.decay_rates) for layer in state.layers}  # A = -exp(A_log), cached for the steps
     assert all(not torch.equal(t, before[id(t)]) for t in after if id(t) not in constant)

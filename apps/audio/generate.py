@@ -1,5 +1,12 @@
 """Sampling waveforms from an `AudioLM`, one sample per step through the U-Net's streaming state: O(1) work and
-memory per sample, so the thousandth second costs what the first did."""
+memory per sample, so the thousandth second costs what the first did.
+
+A step samples the next id from the last logits by the Gumbel-max trick (argmax of the filtered logits plus
+Gumbel noise drawn from the seeded generator, one draw per `stride` steps), then runs the model on it. The U-Net
+runs its coarser stages every p-th sample, so a step depends on its position modulo the U-Net's stride only: on
+CUDA each of those phases is captured once as a CUDA graph (sampling included) and replayed, which removes the
+launch cost of the step's many small kernels. Graph and eager steps give the same ids.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mambakit.models import SamplingConfig
-from mambakit.models.generation import choose_next_token
+from mambakit.models.generation import PhaseGraphs, filter_logits, state_tensors
 
 from .models import AudioLM
 
@@ -29,6 +36,16 @@ class Generated:
         return self.ids.numel() / self.seconds if self.seconds > 0 else float("inf")
 
 
+def gumbel_max_sample(logits: Tensor, sampling: SamplingConfig, uniform: Tensor) -> Tensor:
+    """Ids (b,) drawn from softmax(filtered logits / temperature) with `uniform` (b, vocab) noise in [0, 1);
+    temperature 0 takes the argmax."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    filtered = filter_logits(logits / sampling.temperature, sampling)
+    return (filtered - torch.log(-torch.log(uniform))).argmax(-1)
+
+
 @torch.no_grad()
 def generate_audio(
     model: AudioLM,
@@ -40,13 +57,22 @@ def generate_audio(
     prompt: Tensor | None = None,
     seed: int | None = None,
     progress: Callable[[int], None] | None = None,
+    cuda_graph: bool | None = None,
 ) -> Generated:
     """`count` sequences of `length` new sample ids. Each starts from `start_id` (the id of silence, as SaShiMi
     starts from 128) or from `prompt` (1-D ids, read through the streaming state first); `class_ids` (count,)
-    conditions a conditioned model. `progress(samples_done)` is called every 1,000 steps."""
+    conditions a conditioned model. `progress(samples_done)` is called every 1,000 steps. `cuda_graph` (None:
+    when the model is on CUDA) replays the steps as CUDA graphs."""
     sampling = sampling or SamplingConfig()
+    if sampling.repetition_penalty != 1.0:
+        raise ValueError("audio generation has no repetition penalty: leave it at 1")
     device = next(model.parameters()).device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    period = model.backbone.stride
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -55,22 +81,38 @@ def generate_audio(
         history = torch.full((count, 1), start_id, dtype=torch.long, device=device)
         if prompt is not None and len(prompt) > 0:
             history = prompt.to(device).long().expand(count, -1)
-        logits = None
+        uniform = torch.zeros(period, count, model.config.vocab_size, device=device)
+        tokens = torch.zeros(period, count, dtype=torch.long, device=device)
+        logits = torch.zeros(count, model.config.vocab_size, device=device)
+
+        def advance(phase: int) -> None:
+            state.position = phase  # the step reads only its phase
+            token = gumbel_max_sample(logits, sampling, uniform[phase])
+            tokens[phase] = token
+            logits.copy_(model.step(token, state, class_ids))
+
+        step: Callable[[int], None] = advance
+        if (device.type == "cuda" if cuda_graph is None else cuda_graph) and length > 1:
+            step = PhaseGraphs(advance, period, device, keep=state_tensors(state))
         for position in range(history.shape[1]):
-            logits = model.step(history[:, position], state, class_ids)
-        assert logits is not None
-        # The penalty reads the history; without one it is never read, so it is not kept.
-        keep_history = sampling.repetition_penalty != 1.0
+            state.position = position
+            logits.copy_(model.step(history[:, position], state, class_ids))
         out = torch.empty(count, length, dtype=torch.long, device=device)
+        position = history.shape[1]
+        block_start = 0
         for index in range(length):
-            token = choose_next_token(logits, history, sampling, generator)
-            out[:, index] = token
-            if keep_history:
-                history = torch.cat([history, token[:, None]], dim=1)
-            if index + 1 < length:
-                logits = model.step(token, state, class_ids)
+            phase = position % period
+            if index == 0 or phase == 0:
+                uniform.uniform_(generator=generator)
+            step(phase)
+            position += 1
+            if phase == period - 1 or index == length - 1:
+                first = phase - (index - block_start)
+                out[:, block_start : index + 1] = tokens[first : phase + 1].t()
+                block_start = index + 1
             if progress is not None and (index + 1) % 1000 == 0:
                 progress(index + 1)
+        state.position = position
     finally:
         model.train(was_training)
     if device.type == "cuda":

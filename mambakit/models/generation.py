@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +104,8 @@ def _map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
     return state
 
 
-def _state_tensors(state: Any) -> list[Tensor]:
-    """Every tensor of a state, in the order _map_state visits them."""
+def state_tensors(state: Any) -> list[Tensor]:
+    """Every tensor of a state (tensors inside dataclasses, lists and tuples), in a fixed order."""
     tensors: list[Tensor] = []
 
     def collect(tensor: Tensor) -> Tensor:
@@ -147,7 +147,7 @@ class _DecodeGraph:
 
     def load(self, state: Any) -> None:
         """Continue from `state` (e.g. after the prefill): copy it into the static buffers."""
-        for static, value in zip(_state_tensors(self.state), _state_tensors(state), strict=True):
+        for static, value in zip(state_tensors(self.state), state_tensors(state), strict=True):
             static.copy_(value)
 
     def __call__(self, tokens: Tensor) -> Tensor:
@@ -156,6 +156,43 @@ class _DecodeGraph:
             self.tokens.copy_(tokens)
             self.graph.replay()
         return self.logits
+
+
+class PhaseGraphs:
+    """`advance(phase)` for phase in range(phases), each captured once as a CUDA graph, for steps whose kernels
+    depend only on a phase (a pooled U-Net runs its coarser stages every p-th position): calling the object with
+    a phase replays that phase's graph. Everything `advance` reads or writes must live in tensors allocated before
+    the capture and updated in place; the graphs share one memory pool, so replay them in phase order as captured
+    (cyclically) and use an output before the next replay."""
+
+    def __init__(
+        self, advance: Callable[[int], None], phases: int, device: torch.device, keep: Sequence[Tensor] = ()
+    ) -> None:
+        """`keep`: tensors (a state) whose values the warm-up and the captures must not change."""
+        self.device = device
+        saved = [t.clone() for t in keep]
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        with torch.cuda.device(device), _uncached_autocast("cuda"):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            # Every phase once on the side stream first, so that kernels compile and workspaces are allocated
+            # outside the captures.
+            with torch.cuda.stream(side):
+                for phase in range(phases):
+                    advance(phase)
+            torch.cuda.current_stream().wait_stream(side)
+            pool = torch.cuda.graph_pool_handle()
+            for phase in range(phases):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=side):
+                    advance(phase)
+                self.graphs.append(graph)
+            for tensor, value in zip(keep, saved, strict=True):
+                tensor.copy_(value)
+
+    def __call__(self, phase: int) -> None:
+        with torch.cuda.device(self.device):
+            self.graphs[phase].replay()
 
 
 class _GraphCache(dict):
@@ -190,7 +227,7 @@ def _decode_graph(model: Any, state: Any, batch: int, device: torch.device) -> _
         batch,
         torch.is_autocast_enabled("cuda"),
         torch.get_autocast_dtype("cuda"),
-        tuple((tuple(t.shape), t.dtype) for t in _state_tensors(state)),
+        tuple((tuple(t.shape), t.dtype) for t in state_tensors(state)),
     )
     graph = cache.pop(key, None) or _DecodeGraph(model, state, batch, device)
     cache[key] = graph

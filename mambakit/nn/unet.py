@@ -12,14 +12,16 @@ time-invariant (S4D-like, `selective=False`): the paper found LTI better next to
 
 `step` runs one position in O(1): stage k only runs every p_0 * ... * p_{k-1} positions, exactly as SaShiMi's
 streaming step (DownPool buffers the fine inputs of one coarse step; UpPool hands out the fine outputs of the last
-complete coarse step), so generation costs the same at sample 1 and at sample 1,000,000.
+complete coarse step), so generation costs the same at sample 1 and at sample 1,000,000. The buffers are fixed
+tensors written in place, and which stages run depends only on the position modulo `stride`: one CUDA graph per
+phase replays the step exactly.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -36,7 +38,7 @@ class DownPool(nn.Module):
 
     def __init__(self, d_model: int, pool: int, expand: int) -> None:
         super().__init__()
-        self.pool = pool
+        self.pool, self.width = pool, d_model
         self.linear = nn.Linear(pool * d_model, expand * d_model)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -101,14 +103,16 @@ class Stage(nn.Module):
 
 @dataclass
 class UNetState:
-    """Streaming state: every block's recurrent state, and per pooling level the fine inputs buffered for the
-    next coarse step and the fine outputs still to hand out from the last one."""
+    """Streaming state: every block's recurrent state; per pooling level the fine inputs buffered for the next
+    coarse step (b, pool, width) and the fine outputs still to hand out from the last one (b, pool, width/expand);
+    and the position (samples stepped so far), which says which buffer slots and stages the next step uses."""
 
     down: list[list[MambaLayerState]]
     up: list[list[MambaLayerState]]
     centre: list[MambaLayerState]
-    buffered: list[list[Tensor]] = field(default_factory=list)
-    pending: list[list[Tensor]] = field(default_factory=list)
+    buffered: list[Tensor]
+    pending: list[Tensor]
+    position: int = 0
 
 
 class PooledUNet(nn.Module):
@@ -173,18 +177,20 @@ class PooledUNet(nn.Module):
         """A zero state for `batch` streams: empty pooling buffers, zero pending outputs (the shift's zeros)."""
         weight = next(self.norm_f.parameters())
         device, dtype = device or weight.device, dtype or weight.dtype
-        pending = [
-            [torch.zeros(batch, self._up_pool(i).d_out, device=device, dtype=dtype) for _ in range(pool)]
-            for i, pool in enumerate(self.pools)
-        ]
         return UNetState(
             down=[
                 self._stage(self.down_stages, i).allocate_state(batch, device, dtype) for i in range(len(self.pools))
             ],
             up=[self._stage(self.up_stages, i).allocate_state(batch, device, dtype) for i in range(len(self.pools))],
             centre=self.centre.allocate_state(batch, device, dtype),
-            buffered=[[] for _ in self.pools],
-            pending=pending,
+            buffered=[
+                torch.zeros(batch, pool, cast(DownPool, self.down_pools[i]).width, device=device, dtype=dtype)
+                for i, pool in enumerate(self.pools)
+            ],
+            pending=[
+                torch.zeros(batch, pool, self._up_pool(i).d_out, device=device, dtype=dtype)
+                for i, pool in enumerate(self.pools)
+            ],
         )
 
     @staticmethod
@@ -196,17 +202,21 @@ class PooledUNet(nn.Module):
 
     def step(self, x: Tensor, state: UNetState) -> Tensor:
         """One position: x (b, d_model) -> (b, d_model); `state` advanced by one position."""
-        return self.norm_f(self._step(0, x, state))
+        out = self.norm_f(self._step(0, x, state, state.position))
+        state.position += 1
+        return out
 
-    def _step(self, level: int, x: Tensor, state: UNetState) -> Tensor:
+    def _step(self, level: int, x: Tensor, state: UNetState, position: int) -> Tensor:
+        """`position` counts the steps of this level."""
         if level == len(self.pools):
             return self.centre.step(x, state.centre)
+        pool, phase = self.pools[level], position % self.pools[level]
         h = self._stage(self.down_stages, level).step(x, state.down[level])
-        fine = state.pending[level].pop(0)
-        state.buffered[level].append(h)
-        if len(state.buffered[level]) == self.pools[level]:
-            coarse = cast(DownPool, self.down_pools[level]).linear(torch.cat(state.buffered[level], dim=-1))
-            state.buffered[level] = []
-            out = self._step(level + 1, coarse, state)
-            state.pending[level] = list(self._up_pool(level).fine(out).unbind(1))
-        return self._stage(self.up_stages, level).step(fine + h, state.up[level])
+        up_input = state.pending[level][:, phase] + h
+        state.buffered[level][:, phase] = h
+        if phase == pool - 1:
+            down_pool = cast(DownPool, self.down_pools[level])
+            coarse = down_pool.linear(state.buffered[level].flatten(1))
+            out = self._step(level + 1, coarse, state, position // pool)
+            state.pending[level].copy_(self._up_pool(level).fine(out))
+        return self._stage(self.up_stages, level).step(up_input, state.up[level])
