@@ -238,31 +238,33 @@ def _record(n: int, label: str = "a") -> AudioRecord:
 
 def test_lm_dataset_crop_pad_labels() -> None:
     dataset = AudioLMDataset([_record(50), _record(10, "b")], crop_length=20, class_names=["a", "b"])
-    torch.manual_seed(0)
-    item = dataset[0]
-    assert item["input_ids"].dtype == torch.int64 and item["input_ids"].shape == (20,)
-    assert torch.equal(item["input_ids"], item["labels"])
-    start = int(item["input_ids"][0]) - 10
-    assert torch.equal(item["input_ids"], torch.arange(start, start + 20) + 10)
-    assert item["class_ids"].shape == () and int(item["class_ids"]) == 0
+    # The clip is preceded by one silence sample (128): context, never a label.
+    clip = [128] + [10 + i for i in range(50)]
     starts = set()
-    for seed in range(20):
+    for seed in range(30):
         torch.manual_seed(seed)
-        starts.add(int(dataset[0]["input_ids"][0]))
-    assert len(starts) > 1 and min(starts) >= 10 and max(starts) <= 10 + 30
+        item = dataset[0]
+        assert item["input_ids"].dtype == torch.int64 and item["input_ids"].shape == (20,)
+        ids = item["input_ids"].tolist()
+        start = clip.index(ids[1]) - 1
+        assert ids == clip[start : start + 20]
+        expected_labels = [IGNORE_INDEX] + ids[1:] if start == 0 else ids
+        assert item["labels"].tolist() == expected_labels
+        starts.add(start)
+    assert len(starts) > 1 and min(starts) >= 0 and max(starts) <= 31
+    assert item["class_ids"].shape == () and int(item["class_ids"]) == 0
     torch.manual_seed(3)
     first = dataset[0]["input_ids"]
     torch.manual_seed(3)
     assert torch.equal(first, dataset[0]["input_ids"])
     short = dataset[1]
-    assert short["input_ids"][:10].tolist() == list(range(10, 20))
-    assert short["input_ids"][10:].tolist() == [128] * 10
-    assert short["labels"][10:].tolist() == [IGNORE_INDEX] * 10 and short["labels"][:10].tolist() == list(range(10, 20))
+    assert short["input_ids"].tolist() == [128] + list(range(10, 20)) + [128] * 9
+    assert short["labels"].tolist() == [IGNORE_INDEX] + list(range(10, 20)) + [IGNORE_INDEX] * 9
     assert int(short["class_ids"]) == 1
     fixed = AudioLMDataset([_record(50)], crop_length=20, random_crop=False)
-    assert fixed[0]["input_ids"][0] == 10 and "class_ids" not in fixed[0]
+    assert fixed[0]["input_ids"][:2].tolist() == [128, 10] and "class_ids" not in fixed[0]
     linear = AudioLMDataset([_record(5)], crop_length=8, encoding="linear")
-    assert linear[0]["input_ids"][5:].tolist() == [128] * 3  # re-encoded from mu-law, padded with linear silence
+    assert linear[0]["input_ids"][6:].tolist() == [128] * 2  # re-encoded from mu-law, padded with linear silence
 
 
 def test_lm_dataset_reads_files(tmp_path: Path) -> None:
@@ -270,8 +272,8 @@ def test_lm_dataset_reads_files(tmp_path: Path) -> None:
     dataset = AudioLMDataset([AudioRecord(tmp_path / "0_a_0.wav")], crop_length=400)
     item = dataset[0]
     expected = mu_law_encode(read_audio(tmp_path / "0_a_0.wav")).astype(np.int64)
-    assert item["input_ids"][:300].tolist() == expected.tolist()
-    assert (item["labels"][300:] == IGNORE_INDEX).all()
+    assert item["input_ids"][1:301].tolist() == expected.tolist()
+    assert (item["labels"][301:] == IGNORE_INDEX).all() and item["labels"][0] == IGNORE_INDEX
 
 
 def test_classification_dataset() -> None:

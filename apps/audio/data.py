@@ -565,8 +565,11 @@ class AudioLMDataset(Dataset):
     {"input_ids": int64 (crop_length,), "labels": the same ids with padded positions IGNORE_INDEX, and "class_ids":
     int64 scalar when `class_names` is given}. The labels are not shifted (the LM head shifts them).
 
-    A clip longer than `crop_length` gives a window starting at a position drawn from torch's global RNG (the
-    trainer seeds it) when `random_crop`, else its start; a shorter one is right-padded with the code of silence.
+    Each clip is preceded by one sample of silence, context that is not scored: a window from the clip's start
+    learns its first sample as generation sees it (which starts from silence), and NLL over such windows counts
+    every sample of the clip (the protocol of the baselines in bench/audio.py). A clip longer than `crop_length`
+    gives a window starting at a position drawn from torch's global RNG (the trainer seeds it) when `random_crop`,
+    else its start; a shorter one is right-padded with the code of silence.
     """
 
     def __init__(
@@ -594,12 +597,14 @@ class AudioLMDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        codes = load_codes(self.records[index], self.sample_rate, self.encoding)
+        codes = np.concatenate([[self.pad_code], load_codes(self.records[index], self.sample_rate, self.encoding)])
         spare = len(codes) - self.crop_length
         start = int(torch.randint(0, spare + 1, ()).item()) if self.random_crop and spare > 0 else 0
         input_ids, real = _fit(codes, self.crop_length, start, self.pad_code)
         labels = input_ids.clone()
         labels[real:] = IGNORE_INDEX
+        if start == 0:
+            labels[0] = IGNORE_INDEX  # the silence before the clip is context, not a sample of it
         item = {"input_ids": input_ids, "labels": labels}
         if self.class_ids is not None:
             item["class_ids"] = torch.tensor(self.class_ids[index], dtype=torch.long)
