@@ -117,8 +117,10 @@ def test_bf16_inputs_keep_fp32_state():
     assert relative_error(out, ref) < 1e-2
 
 
-def test_state_update_equals_one_scan_step():
-    inputs = scan_inputs(3, 8, 4, 1, "grouped:2", seed=2)
+@pytest.mark.parametrize("b_layout", ["shared", "grouped:2"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_state_update_equals_one_scan_step(backend, b_layout):
+    inputs = scan_inputs(3, 8, 4, 1, b_layout, seed=2)
     out = selective_scan_ref(**inputs, delta_softplus=True)
     state = inputs["initial_state"].clone()
     step = ops.selective_state_update(
@@ -132,6 +134,7 @@ def test_state_update_equals_one_scan_step():
         inputs["z"][..., 0],
         inputs["delta_bias"],
         dt_softplus=True,
+        backend=backend,
     )
     _, last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
     assert relative_error(step, out[..., 0]) < 1e-12

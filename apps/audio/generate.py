@@ -46,7 +46,7 @@ def gumbel_max_sample(logits: Tensor, sampling: SamplingConfig, uniform: Tensor)
     return (filtered - torch.log(-torch.log(uniform))).argmax(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_audio(
     model: AudioLM,
     count: int,
