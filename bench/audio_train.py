@@ -24,8 +24,8 @@ import report
 
 #: name -> (mambakit train audio arguments without --max-steps/--out, training seconds to spend)
 JOBS: dict[str, tuple[list[str], float]] = {
-    "lm-small": (["--task", "lm", "--preset", "small", "--batch-size", "16", "--lr", "2e-3"], 200.0),
-    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 90.0),
+    "lm-small": (["--task", "lm", "--preset", "small", "--batch-size", "16", "--lr", "2e-3"], 170.0),
+    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 70.0),
     "lm-large": (["--task", "lm", "--preset", "large", "--batch-size", "16", "--lr", "2e-3"], 270.0),
 }
 PROBE_STEPS = 30
