@@ -96,18 +96,43 @@ def info() -> None:
     console.print(table)
 
 
+#: Weight dtypes `convert --dtype` stores.
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+
+
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="state-spaces or Hugging Face Mamba checkpoint folder.")],
+    source: Annotated[Path, typer.Argument(help="mambakit, state-spaces or Hugging Face Mamba checkpoint folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the mambakit checkpoint.")],
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Store the weights as float32 | float16 | bfloat16 (loading casts back).")
+    ] = "float32",
 ) -> None:
-    """Convert a state-spaces/mamba or Hugging Face MambaForCausalLM checkpoint into a mambakit checkpoint."""
-    from .models import load_model, save_pretrained
+    """Convert a state-spaces/mamba or Hugging Face MambaForCausalLM checkpoint into a mambakit checkpoint, or
+    re-save a mambakit one, e.g. in float16 for a file half the size. The source's other files (run record,
+    tokenizer) are copied; its weight files and optimizer state are not."""
+    import torch
 
+    from .errors import UserError
+    from .models import load_model, save_pretrained
+    from .models.checkpoint import CONFIG_NAME, SAFETENSORS_NAME
+
+    if dtype not in STORAGE_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
+    if out.resolve() == source.resolve():
+        raise UserError(f"--out {out} is the source folder; write the converted checkpoint to another folder")
     model = load_model(source)
-    save_pretrained(model, out)
+    kept = {CONFIG_NAME, SAFETENSORS_NAME, "trainer_state.pt"}
+    extra_files = {
+        file.name: file.read_bytes()
+        for file in sorted(source.iterdir())
+        if file.is_file()
+        and file.name not in kept
+        and not file.name.endswith((".bin", ".safetensors", ".pt", ".index.json"))
+    }
+    save_pretrained(model.to(getattr(torch, dtype)), out, extra_files=extra_files)
     parameters = sum(p.numel() for p in model.parameters())
-    Console().print(f"wrote {out} ({model.architecture}, {parameters / 1e6:.1f}M parameters)")
+    Console().print(f"wrote {out} ({model.architecture}, {parameters / 1e6:.1f}M parameters, {dtype})")
 
 
 @bench_app.command("scan")
