@@ -196,6 +196,7 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
     )
     optimizer = None if spec.optimizer is None else spec.optimizer(inputs)
+    schedule = None if spec.schedule is None else spec.schedule(inputs)
     return run_training(
         domain.name,
         run,
@@ -206,6 +207,7 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
         files,
         domain.options_to_json(options),
         optimizer,
+        schedule,
     )
 
 
@@ -219,13 +221,14 @@ def run_training(
     extra_files: dict[str, str],
     domain_options: dict[str, Any],
     optimizer_factory: Any = None,
+    schedule_factory: Any = None,
 ) -> dict[str, float]:
     """Train through mambakit.train.fit with the run's options over the task's defaults, write the resolved
     configuration beside the checkpoints, print the held-out metrics (and, when `splits` has a test set, the test
     metrics of the best checkpoint), and exit non-zero unless the training completed."""
     from .models import load_model
     from .train import TrainConfig, TrainingDiverged, evaluate, fit
-    from .train.optim import adamw
+    from .train.optim import adamw, warmup_cosine
 
     out_dir = run.out or Path("runs") / f"{domain}-{run.task or 'default'}"
     given = {"max_steps": run.max_steps, "epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr}
@@ -269,6 +272,7 @@ def run_training(
             config,
             extra_files=extra_files,
             optimizer_factory=optimizer_factory or adamw,
+            schedule_factory=schedule_factory or warmup_cosine,
         )
     except TrainingDiverged as error:
         print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)

@@ -131,6 +131,9 @@ class DomainTask:
     optimizer: Callable[[TaskInputs], Any] | None = None
     """inputs -> an optimizer factory for `mambakit.train.fit` (see `mambakit.train.optim.OptimizerFactory`);
     default: the trainer's AdamW."""
+    schedule: Callable[[TaskInputs], Any] | None = None
+    """inputs -> a learning-rate schedule factory for `mambakit.train.fit` (see
+    `mambakit.train.optim.ScheduleFactory`); default: the trainer's warm-up + cosine."""
 
     def evaluation_data(self, inputs: TaskInputs) -> Any:
         """The dataset `eval` scores for these inputs."""

@@ -205,8 +205,9 @@ def test_timm_optimizer_with_layer_decay_scales_the_groups(tmp_path):
         == 0
     )
     groups = torch.load(out / "last" / "trainer_state.pt", weights_only=True)["optimizer"]["param_groups"]
-    initial = sorted({round(group["initial_lr"], 12) for group in groups})
-    assert len(initial) > 2 and initial[-1] <= 2e-3  # one lr per depth, the last layers' the largest
+    # timm's scheduler applies each depth's lr_scale: one lr per depth, the last layers' the largest.
+    rates = sorted({round(group["lr"], 12) for group in groups})
+    assert len(rates) > 2 and all(group["lr"] == pytest.approx(group["lr_scale"] * rates[-1]) for group in groups)
     result = cli("train", "vision", "--model", "test_vmamba", "--opt", "nope", "--max-steps", "1")
     assert result.returncode != 0 and "--opt 'nope'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -247,3 +248,39 @@ def test_predict_with_released_weights_names_imagenet_classes(image_folder, tmp_
     names = {ImageNetInfo().index_to_description(i) for i in range(1000)}
     assert rows and all(row["top1"] in names and row["top2"] in names for row in rows)
     assert all(float(row["p_top1"]) >= float(row["p_top2"]) for row in rows)
+
+
+@pytest.mark.parametrize("sched", ["cosine", "step"])
+def test_timm_schedules_warm_up_decay_and_resume(sched):
+    from types import SimpleNamespace
+
+    import torch
+    from mambakit.apps.vision.cli import VisionOptions, _schedule
+
+    from mambakit.errors import UserError
+    from mambakit.train import TrainConfig
+
+    config = TrainConfig(out_dir="unused", max_steps=40, lr=1e-2, min_lr_ratio=0.1)
+    build = _schedule(SimpleNamespace(options=VisionOptions(sched=sched)))
+
+    def rates(schedule, optimizer, steps):
+        out = []
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=config.lr)
+    schedule = build(optimizer, config, 4, 40)
+    first, rest = rates(schedule, optimizer, 10), None
+    state = schedule.state_dict()
+    rest = rates(schedule, optimizer, 30)
+    assert first[2] < first[3] == pytest.approx(1e-2)  # linear warm-up to the peak at step 4
+    assert rest[-1] == pytest.approx(1e-3, rel=0.05) if sched == "cosine" else rest[-1] == pytest.approx(1e-5)
+    resumed_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=config.lr)
+    resumed = build(resumed_optimizer, config, 4, 40)
+    resumed.load_state_dict(state)
+    assert rates(resumed, resumed_optimizer, 30) == rest
+    with pytest.raises(UserError, match="--sched 'plateau'"):
+        _schedule(SimpleNamespace(options=VisionOptions(sched="plateau")))

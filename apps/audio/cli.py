@@ -182,8 +182,16 @@ TASKS = (
 )
 
 
+#: The model `generate audio` uses without -c: trained by `mambakit train audio` on the embedded digits
+#: (pretrained/README.md has the command and its metrics).
+SHIPPED_MODEL = Path(__file__).resolve().with_name("pretrained") / "fsdd-small"
+
+
 def generate(
-    checkpoint: CheckpointOption,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", help="Language-model checkpoint (default: the shipped spoken-digit model)."),
+    ] = None,
     seconds: Annotated[float, typer.Option("--seconds", min=0.001, help="Length of each clip.")] = 1.0,
     n: Annotated[int, typer.Option("--n", min=1, help="Clips to generate (one batch).")] = 4,
     label: Annotated[str | None, typer.Option("--label", help="Class to ask for (conditioned models).")] = None,
@@ -202,6 +210,10 @@ def generate(
     from .data import decode, encode, read_audio, silence_code, write_wav
     from .generate import generate_audio
 
+    if checkpoint is None:
+        checkpoint = SHIPPED_MODEL
+        if not (checkpoint / "config.json").is_file():
+            raise UserError(f"{checkpoint}: the shipped model is missing from this installation; reinstall mambakit")
     loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device_name(device or "auto"), verb="generate")
     model = loaded.model
     if not isinstance(model, AudioLM):

@@ -49,6 +49,10 @@ def _needs_timm() -> None:
         raise UserError("the vision app needs timm: pip install 'mambakit[vision]'") from None
 
 
+#: timm schedulers offered by --sched (those that need no metric and no epoch structure).
+SCHEDULERS = ("cosine", "tanh", "poly", "step")
+
+
 @dataclass(frozen=True)
 class VisionOptions:
     """The vision app's own options (saved in each checkpoint's run record)."""
@@ -83,6 +87,13 @@ class VisionOptions:
         float | None,
         typer.Option("--layer-decay", min=0.0, max=1.0, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning)."),
     ] = None
+    sched: Annotated[
+        str,
+        typer.Option(
+            "--sched",
+            help="timm lr scheduler, stepped per update after the warm-up: " + " | ".join(SCHEDULERS) + ".",
+        ),
+    ] = "cosine"
 
 
 def _labelled(inputs: TaskInputs) -> Any:
@@ -168,10 +179,54 @@ def _optimizer(inputs: TaskInputs) -> Any:
             )
         except (AssertionError, ValueError) as error:  # timm asserts on an unknown optimizer name
             raise UserError(f"--opt {options.opt!r}: {error or 'not an optimizer timm knows'}") from None
-        # timm's schedulers apply a group's lr_scale (layer decay); mambakit's schedule scales lr itself.
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         return optimizer
+
+    return build
+
+
+class TimmUpdateSchedule:
+    """A timm scheduler stepped once per optimizer update (timm's `step_update`), with the state a resumed run
+    restores. timm's schedulers apply each group's lr_scale (layer decay) themselves."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler, self.updates = scheduler, 0
+
+    def step(self) -> None:
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.updates = state_dict["updates"]
+        self.scheduler.load_state_dict(state_dict["scheduler"])
+        self.scheduler.step_update(self.updates)
+
+
+def _schedule(inputs: TaskInputs) -> Any:
+    """timm's create_scheduler_v2 counted in optimizer updates: warm-up from the config's steps, decay to
+    lr * min_lr_ratio at the last step ("step" divides the lr by 10 at each third of the run)."""
+    options: VisionOptions = inputs.options
+    if options.sched not in SCHEDULERS:
+        raise UserError(f"--sched {options.sched!r}: choose one of {', '.join(SCHEDULERS)}")
+
+    def build(optimizer: Any, config: Any, warmup_steps: int, total_steps: int) -> TimmUpdateSchedule:
+        from timm.scheduler import create_scheduler_v2
+
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=options.sched,
+            num_epochs=max(1, total_steps - warmup_steps),
+            decay_epochs=max(1, (total_steps - warmup_steps) // 3),
+            decay_rate=0.1,
+            min_lr=config.lr * config.min_lr_ratio,
+            warmup_epochs=warmup_steps,
+            warmup_prefix=True,
+            step_on_epochs=False,
+            updates_per_epoch=1,
+        )
+        return TimmUpdateSchedule(scheduler)
 
     return build
 
@@ -331,6 +386,7 @@ DOMAIN = Domain(
             defaults=TRAIN_DEFAULTS,
             eval_data=_eval_data,
             optimizer=_optimizer,
+            schedule=_schedule,
         )
     ],
     options=VisionOptions,

@@ -1,11 +1,12 @@
-"""AdamW parameter groups and the warm-up + cosine learning-rate schedule."""
+"""AdamW parameter groups, the warm-up + cosine learning-rate schedule, and the factories a domain can replace
+them with."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 from torch.optim import AdamW, Optimizer
@@ -60,8 +61,24 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
 
 
 #: Builds the optimizer of a run from the model, the names exempt from weight decay and the config (e.g. timm's
-#: create_optimizer_v2 for a vision model); the trainer's warm-up + cosine schedule then scales every group's lr.
+#: create_optimizer_v2 for a vision model).
 OptimizerFactory = Callable[[nn.Module, set[str], TrainConfig], Optimizer]
+
+
+class LRSchedule(Protocol):
+    """What the trainer needs of a learning-rate schedule: `step()` after every optimizer step, and a state that a
+    resumed run restores (torch's LR schedulers have all three)."""
+
+    def step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+#: Builds the schedule of a run from its optimizer, the config, the warm-up steps and the total steps (e.g. one of
+#: timm's schedulers for a vision model).
+ScheduleFactory = Callable[[Optimizer, TrainConfig, int, int], LRSchedule]
 
 
 def adamw(model: nn.Module, exempt: set[str], config: TrainConfig) -> Optimizer:
@@ -69,11 +86,23 @@ def adamw(model: nn.Module, exempt: set[str], config: TrainConfig) -> Optimizer:
     return AdamW(_groups(model, exempt, config.weight_decay), lr=config.lr, betas=config.betas)
 
 
+def warmup_cosine(optimizer: Optimizer, config: TrainConfig, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """The default schedule: every group's lr scaled per step by `lr_factor` (linear warm-up, cosine to
+    config.min_lr_ratio)."""
+    schedule = partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
+    return LambdaLR(optimizer, schedule)
+
+
 def build_optimizer(
-    model: nn.Module, exempt: set[str], config: TrainConfig, total_steps: int, factory: OptimizerFactory = adamw
-) -> tuple[Optimizer, LambdaLR]:
-    """The optimizer `factory` builds over `model` (default AdamW) and its per-step warm-up + cosine schedule."""
+    model: nn.Module,
+    exempt: set[str],
+    config: TrainConfig,
+    total_steps: int,
+    factory: OptimizerFactory = adamw,
+    schedule: ScheduleFactory = warmup_cosine,
+) -> tuple[Optimizer, LRSchedule]:
+    """The optimizer `factory` builds over `model` (default AdamW) and its per-step `schedule` (default warm-up +
+    cosine), the warm-up steps taken from config."""
     optimizer = factory(model, exempt, config)
     warmup = config.warmup_steps or round(config.warmup_ratio * total_steps)
-    schedule = partial(lr_factor, warmup_steps=warmup, total_steps=total_steps, min_lr_ratio=config.min_lr_ratio)
-    return optimizer, LambdaLR(optimizer, schedule)
+    return optimizer, schedule(optimizer, config, warmup, total_steps)

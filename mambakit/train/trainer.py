@@ -61,7 +61,7 @@ from .distributed import (
     wrap_model,
 )
 from .metrics import MetricsLog
-from .optim import OptimizerFactory, adamw, build_optimizer, no_weight_decay_names
+from .optim import OptimizerFactory, ScheduleFactory, adamw, build_optimizer, no_weight_decay_names, warmup_cosine
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def fit(
     extra_files: Mapping[str, bytes | str] | None = None,
     callbacks: Sequence[Callback] = (),
     optimizer_factory: OptimizerFactory = adamw,
+    schedule_factory: ScheduleFactory = warmup_cosine,
 ) -> TrainResult:
     """Train `model` on `train_data` as `config` says; return how the run ended.
 
@@ -160,7 +161,8 @@ def fit(
 
     `config` is required (it may be passed by position or by name). `callbacks` are called after every step with
     a `StepInfo`, on every process. `optimizer_factory` builds the optimizer (default AdamW over config's lr, betas
-    and weight decay); the warm-up + cosine schedule scales each of its parameter groups' lr.
+    and weight decay) and `schedule_factory` its per-step learning-rate schedule (default: linear warm-up, then
+    cosine, scaling each parameter group's lr).
 
     SIGINT/SIGTERM stop at the next step boundary after writing last/ (status "interrupted"). A NaN/inf loss or
     gradient norm raises `TrainingDiverged` and writes nothing. Under torchrun (WORLD_SIZE > 1) the process group
@@ -179,7 +181,17 @@ def fit(
         check_dataset(eval_data, "eval_data")
     distributed, device = setup(config.device)
     trainer = _Trainer(
-        model, task, train_data, eval_data, config, extra_files, callbacks, distributed, device, optimizer_factory
+        model,
+        task,
+        train_data,
+        eval_data,
+        config,
+        extra_files,
+        callbacks,
+        distributed,
+        device,
+        optimizer_factory,
+        schedule_factory,
     )
     result = trainer.run()
     # Not on an exception: destroying the group can block on processes still inside a collective, while a process
@@ -325,6 +337,7 @@ class _Trainer:
         distributed: Distributed,
         device: torch.device,
         optimizer_factory: OptimizerFactory,
+        schedule_factory: ScheduleFactory,
     ) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
         self.extra_files, self.callbacks = dict(extra_files or {}), tuple(callbacks)
@@ -361,7 +374,9 @@ class _Trainer:
         self.model = wrap_model(model, config.distributed, device, distributed)
         self.core: Any = unwrap(self.model)  # the TrainableModel nn.Module holding the parameters
         self.sharded = is_sharded(self.model)
-        self.optimizer, self.scheduler = build_optimizer(self.core, exempt, config, self.total_steps, optimizer_factory)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.core, exempt, config, self.total_steps, optimizer_factory, schedule_factory
+        )
         if config.ema_decay and self.sharded:
             raise ValueError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
