@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--lm", type=Path, action="append", default=[], help="language-model checkpoint (repeat)")
     parser.add_argument("--classifier", type=Path, help="classifier checkpoint")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--batches", default="1,16,64", help="batch sizes to time generation at ('': none)")
     parser.add_argument("--speed-seconds", type=float, default=1.0)
     parser.add_argument("--per-digit", type=int, default=20, help="generated clips per digit to score")
     parser.add_argument("--skip-nll", action="store_true", help="only speed (and generation scoring)")
@@ -248,7 +248,7 @@ def main() -> None:
             if model.labels is not None
         ]
         report.log(results["conditional_generation"])
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b]
     for path, model in list(models.items())[:1]:
         results["speed"] += [
             {"checkpoint": str(path), **row} for row in speeds(model, args.device, batches, args.speed_seconds)

@@ -25,8 +25,8 @@ import report
 #: name -> (mambakit train audio arguments without --max-steps/--out, training seconds to spend)
 JOBS: dict[str, tuple[list[str], float]] = {
     "lm-small": (["--task", "lm", "--preset", "small", "--batch-size", "16", "--lr", "2e-3"], 170.0),
-    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 70.0),
-    "lm-large": (["--task", "lm", "--preset", "large", "--batch-size", "16", "--lr", "2e-3"], 270.0),
+    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 130.0),
+    "lm-large": (["--task", "lm", "--preset", "large", "--batch-size", "16", "--lr", "2e-3"], 120.0),
 }
 PROBE_STEPS = 30
 CROP = 8000
