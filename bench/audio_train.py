@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -56,10 +57,12 @@ def train_job(name: str, work: Path, out: Path) -> dict[str, Any]:
     arguments, budget = JOBS[name]
     batch = int(arguments[arguments.index("--batch-size") + 1])
     probe = work / f"{name}-probe"
+    shutil.rmtree(probe, ignore_errors=True)
     _run(["train", "audio", *arguments, "--max-steps", str(PROBE_STEPS), "--out", str(probe)])
     rate = _train_samples_per_second(probe)
     steps = max(PROBE_STEPS, int(budget * rate / (batch * CROP)) // 100 * 100)
     run = work / name
+    shutil.rmtree(run, ignore_errors=True)
     train_arguments = ["train", "audio", *arguments, "--max-steps", str(steps), "--out", str(run)]
     _, train_seconds = _run(train_arguments)
     evaluation, _ = _run(["eval", "audio", "-c", str(run / "best")])

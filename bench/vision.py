@@ -48,7 +48,7 @@ def check_correctness() -> dict[str, float]:
     x = torch.randn(8, 192, 56, 56, device="cuda")
     y = torch.randn(8, 4, 192, 56 * 56, device="cuda")
     return {
-        "vmamba_tiny_fp32_cuda_vs_float64_cpu": relative_error(actual, expected),
+        "vmamba_tiny_fp32_cuda_vs_float64_cpu": relative_error(actual.cpu(), expected),
         "cross_scan_triton_vs_reference": relative_error(cross_scan(x), cross_scan(x, backend="reference")),
         "cross_merge_triton_vs_reference": relative_error(
             cross_merge(y, 56, 56), cross_merge(y, 56, 56, backend="reference")
