@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,7 +36,6 @@ LrOption = Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak lear
 DeviceOption = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when present, else CPU).")
 ]
-PresetOption = Annotated[str | None, typer.Option("--preset", help="Model size: tiny | small | base.")]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -98,7 +97,11 @@ def _given(value: Any) -> bool:
 
 
 def resolve_run_options(
-    config: Path | None, options_class: type = NoOptions, option_flags: Mapping[str, Any] | None = None, **flags: Any
+    config: Path | None,
+    options_class: type = NoOptions,
+    option_flags: Mapping[str, Any] | None = None,
+    presets: Collection[str] = PRESETS,
+    **flags: Any,
 ) -> tuple[RunOptions, Any]:
     """Merge the --config file (if any) with the flags, for the common options and the domain's own
     (`options_class`); flags that were given win. Unknown keys in the file, an unknown preset or device, a
@@ -119,8 +122,8 @@ def resolve_run_options(
         merged["data"] = [Path(p) for p in (data if isinstance(data, list) else [data])]
     if merged.get("out") is not None:
         merged["out"] = Path(merged["out"])
-    if merged.get("preset", "tiny") not in PRESETS:
-        raise UserError(f"unknown preset {merged['preset']!r}; choose one of {', '.join(PRESETS)}")
+    if merged.get("preset", "tiny") not in presets:
+        raise UserError(f"unknown preset {merged['preset']!r}; choose one of {', '.join(presets)}")
     if merged.get("device", "auto") not in DEVICES:
         raise UserError(f"unknown device {merged['device']!r}; choose one of {', '.join(DEVICES)}")
     resolve_device(merged.get("device", "auto"))  # fail before any data is read
@@ -369,7 +372,9 @@ def train_command(domain: Domain) -> Callable[..., None]:
 
     def train(**values: Any) -> None:
         option_flags = {name: values.pop(name) for name in own}
-        run, options = resolve_run_options(values.pop("config"), domain.options, option_flags, **values)
+        run, options = resolve_run_options(
+            values.pop("config"), domain.options, option_flags, domain.presets or PRESETS, **values
+        )
         train_domain(domain, run, options)
 
     common = [
@@ -381,7 +386,13 @@ def train_command(domain: Domain) -> Callable[..., None]:
         _parameter("batch_size", BatchSizeOption, None),
         _parameter("lr", LrOption, None),
         _parameter("device", DeviceOption, None),
-        _parameter("preset", PresetOption, None),
+        _parameter(
+            "preset",
+            Annotated[
+                str | None, typer.Option("--preset", help=f"Model size: {' | '.join(domain.presets or PRESETS)}.")
+            ],
+            None,
+        ),
         _parameter("config", ConfigOption, None),
         _parameter("resume", ResumeOption, False),
         _parameter("seed", SeedOption, None),
