@@ -26,8 +26,8 @@ import report
 #: name -> (mambakit train audio arguments without --max-steps/--out, training seconds to spend)
 JOBS: dict[str, tuple[list[str], float]] = {
     "lm-small": (["--task", "lm", "--preset", "small", "--batch-size", "16", "--lr", "2e-3"], 170.0),
-    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 130.0),
-    "lm-large": (["--task", "lm", "--preset", "large", "--batch-size", "16", "--lr", "2e-3"], 120.0),
+    "classify-base": (["--task", "classify", "--preset", "base", "--batch-size", "32", "--lr", "2e-3"], 240.0),
+    "lm-large": (["--task", "lm", "--preset", "large", "--batch-size", "16", "--lr", "2e-3"], 150.0),
 }
 PROBE_STEPS = 30
 CROP = 8000
