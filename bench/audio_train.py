@@ -53,14 +53,17 @@ def _train_samples_per_second(run: Path) -> float:
     return rates[-1]
 
 
-def train_job(name: str, work: Path, out: Path) -> dict[str, Any]:
+def train_job(name: str, work: Path, out: Path, steps: int | None = None) -> dict[str, Any]:
+    """Train job `name` for `steps` (default: what its time budget allows at the probe's speed)."""
     arguments, budget = JOBS[name]
     batch = int(arguments[arguments.index("--batch-size") + 1])
-    probe = work / f"{name}-probe"
-    shutil.rmtree(probe, ignore_errors=True)
-    _run(["train", "audio", *arguments, "--max-steps", str(PROBE_STEPS), "--out", str(probe)])
-    rate = _train_samples_per_second(probe)
-    steps = max(PROBE_STEPS, int(budget * rate / (batch * CROP)) // 100 * 100)
+    rate = None
+    if steps is None:
+        probe = work / f"{name}-probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        _run(["train", "audio", *arguments, "--max-steps", str(PROBE_STEPS), "--out", str(probe)])
+        rate = _train_samples_per_second(probe)
+        steps = max(PROBE_STEPS, int(budget * rate / (batch * CROP)) // 100 * 100)
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     train_arguments = ["train", "audio", *arguments, "--max-steps", str(steps), "--out", str(run)]
@@ -89,12 +92,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/audio_train"))
     parser.add_argument("--commit", default="")
+    parser.add_argument("--max-steps", type=int, help="train every job this many steps (no probe run)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = report.git_commit(args.commit)
     results: dict[str, Any] = {"machine": report.gpu_machine(), "commit": commit, "jobs": []}
     for name in args.jobs.split(","):
-        results["jobs"].append(train_job(name, args.work, args.out))
+        results["jobs"].append(train_job(name, args.work, args.out, args.max_steps))
         report.log(json.dumps(results["jobs"][-1], indent=1))
         (args.out / f"audio_train_{commit or 'uncommitted'}.json").write_text(json.dumps(results, indent=1))
 
