@@ -11,6 +11,7 @@ Writes bench/results/vision_<commit>.json and .md. The accuracy comparison at eq
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,61 @@ def time_model(name: str, channels_last: bool, batch: int, size: int) -> dict[st
     }
 
 
+#: Kernel-name fragments -> the part of VMamba they belong to, for the profile's breakdown (first match wins).
+KERNEL_GROUPS = [
+    ("selective scan", ("scan", "selective")),
+    ("cross-scan / cross-merge", ("cross",)),
+    ("layer norm", ("layer_norm", "layernorm")),
+    ("matrix multiply (projections, MLP)", ("gemm", "sm90_", "cutlass", "matmul", "cublas", "nvjet")),
+    ("depthwise conv", ("conv", "depthwise")),
+    ("copies / layout", ("copy", "transpose", "cat", "permute")),
+]
+
+
+def profile_vmamba(batch: int, size: int) -> dict[str, Any]:
+    """Share of GPU time per part of vmamba_tiny_s1l8 in one training step (forward, backward, AdamW) under bf16
+    autocast, from torch.profiler's kernel times."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = timm.create_model("vmamba_tiny_s1l8", num_classes=1000).cuda().train()
+    images = torch.randn(batch, 3, size, size, device="cuda")
+    labels = torch.randint(0, 1000, (batch,), device="cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        train()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        train()
+        torch.cuda.synchronize()
+    groups: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        microseconds = getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0)
+        if microseconds <= 0:
+            continue
+        name = event.key.lower()
+        group = next((g for g, keys in KERNEL_GROUPS if any(k in name for k in keys)), "other elementwise")
+        groups[group] = groups.get(group, 0.0) + microseconds
+        kernels.append((microseconds, event.key[:90], event.count))
+    total = sum(groups.values())
+    return {
+        "step_gpu_ms": total / 1000,
+        "share": {group: value / total for group, value in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"ms": us / 1000, "kernel": name, "calls": count} for us, name, count in sorted(kernels, reverse=True)[:15]
+        ],
+    }
+
+
 def markdown(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
@@ -131,7 +187,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=report.RESULTS)
+    parser.add_argument("--profile-only", action="store_true", help="only the kernel-time breakdown of VMamba-T")
     args = parser.parse_args()
+    if args.profile_only:
+        breakdown = profile_vmamba(args.batch, args.size)
+        report.write(args.out, f"vision_profile_{report.git_commit(args.commit) or 'uncommitted'}", breakdown)
+        report.log(json.dumps(breakdown, indent=1))
+        return
     commit = report.git_commit(args.commit)
     results: dict[str, Any] = {
         "machine": report.gpu_machine(),

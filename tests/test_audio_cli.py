@@ -68,6 +68,19 @@ def test_train_lm_conditioned_then_generate_wavs_of_the_asked_length(lm, tmp_pat
     assert "real time" in capsys.readouterr().out
 
 
+def test_generate_without_a_checkpoint_uses_the_shipped_model(tmp_path, capsys):
+    import soundfile
+
+    out = tmp_path / "digits"
+    assert main(["generate", "audio", "--seconds", "0.02", "--n", "2", "--label", "3", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.wav"))
+    assert [f.name for f in files] == ["000_3.wav", "001_3.wav"]
+    for file in files:
+        info = soundfile.info(str(file))
+        assert (info.samplerate, info.frames, info.channels) == (8000, 160, 1)
+    assert "real time" in capsys.readouterr().out
+
+
 def test_eval_reports_bits_per_sample(lm, capsys):
     assert main(["eval", "audio", "-c", str(lm / "best"), "--batch-size", "32"]) == 0
     assert "bits_per_sample" in capsys.readouterr().out

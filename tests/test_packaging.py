@@ -26,3 +26,21 @@ def test_apps_import_under_the_core_namespace():
 
     for domain in ("genomics", "audio", "vision", "text"):
         assert importlib.import_module(f"mambakit.apps.{domain}").__name__ == f"mambakit.apps.{domain}"
+
+
+def test_package_data_globs_ship_every_data_and_model_file_within_the_size_budget():
+    from fnmatch import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = []
+    for folder in ("data", "pretrained"):
+        for file in (ROOT / "apps").glob(f"*/{folder}/**/*"):
+            if not file.is_file() or "__pycache__" in file.parts:
+                continue
+            relative = file.relative_to(ROOT / "apps")
+            app, inside = relative.parts[0], str(Path(*relative.parts[1:]))
+            patterns = globs.get(f"mambakit.apps.{app}", [])
+            assert any(fnmatch(inside, pattern) for pattern in patterns), f"{file} is not in package-data"
+            shipped.append(file)
+    assert (ROOT / "apps" / "audio" / "pretrained" / "fsdd-small" / "model.safetensors") in shipped
+    assert sum(f.stat().st_size for f in shipped) < 20 * 2**20  # the wheel stays well under 25 MB
