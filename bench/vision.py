@@ -106,8 +106,8 @@ def time_model(name: str, channels_last: bool, batch: int, size: int) -> dict[st
 
 #: Kernel-name fragments -> the part of VMamba they belong to, for the profile's breakdown (first match wins).
 KERNEL_GROUPS = [
-    ("selective scan", ("scan", "selective")),
     ("cross-scan / cross-merge", ("cross",)),
+    ("selective scan", ("scan", "selective")),
     ("layer norm", ("layer_norm", "layernorm")),
     ("matrix multiply (projections, MLP)", ("gemm", "sm90_", "cutlass", "matmul", "cublas", "nvjet")),
     ("depthwise conv", ("conv", "depthwise")),
