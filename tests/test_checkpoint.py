@@ -331,3 +331,23 @@ def test_cli_convert_writes_an_equivalent_mambakit_checkpoint(tmp_path: Path, hf
     assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "converted")]) == 0
     assert json.loads((tmp_path / "converted" / "config.json").read_text())["model_type"] == "mambakit"
     _assert_matches_hf(tmp_path / "converted", hf_logits)
+
+
+def test_cli_convert_resaves_a_mambakit_checkpoint_in_float16_with_its_files(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from mambakit.cli import main
+
+    model = MambaLMHeadModel(_tiny_config()).eval()
+    save_pretrained(model, tmp_path / "run", extra_files={"run_record.json": '{"domain": "text"}'})
+    (tmp_path / "run" / "trainer_state.pt").write_bytes(b"optimizer state")
+    assert main(["convert", str(tmp_path / "run"), "--out", str(tmp_path / "half"), "--dtype", "float16"]) == 0
+    half = tmp_path / "half"
+    assert sorted(p.name for p in half.iterdir()) == ["config.json", "model.safetensors", "run_record.json"]
+    assert {t.dtype for t in load_file(half / "model.safetensors").values()} == {torch.float16}
+    loaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=2e-2, rtol=2e-2)
+    assert main(["convert", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--dtype", "int8"]) != 0
