@@ -68,19 +68,13 @@ def _images_per_second(step: Callable[[], None], batch: int, warmup: int, iterat
     return batch * iterations / (time.perf_counter() - start)
 
 
-def time_model(name: str, channels_last: bool, batch: int, size: int) -> dict[str, Any]:
-    """Inference (no_grad) and training (forward, backward, AdamW step) images/s under bf16 autocast."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=1000).cuda()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+def _training_step(
+    model: torch.nn.Module, batch: int, size: int, memory_format: torch.memory_format
+) -> tuple[torch.Tensor, Callable[[], None]]:
+    """Random images (batch, 3, size, size) on the GPU and one AdamW training step on them under bf16 autocast."""
     images = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=memory_format)
     labels = torch.randint(0, 1000, (batch,), device="cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def infer() -> None:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model(images)
 
     def train() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -88,6 +82,21 @@ def time_model(name: str, channels_last: bool, batch: int, size: int) -> dict[st
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return images, train
+
+
+def time_model(name: str, channels_last: bool, batch: int, size: int) -> dict[str, Any]:
+    """Inference (no_grad) and training (forward, backward, AdamW step) images/s under bf16 autocast."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=1000).cuda()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images, train = _training_step(model, batch, size, memory_format)
+
+    def infer() -> None:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(images)
 
     model.eval()
     inference = _images_per_second(infer, batch, warmup=5, iterations=20)
@@ -122,16 +131,7 @@ def profile_vmamba(batch: int, size: int) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model = timm.create_model("vmamba_tiny_s1l8", num_classes=1000).cuda().train()
-    images = torch.randn(batch, 3, size, size, device="cuda")
-    labels = torch.randint(0, 1000, (batch,), device="cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def train() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(images).float(), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    _, train = _training_step(model, batch, size, torch.contiguous_format)
 
     for _ in range(3):
         train()
