@@ -33,7 +33,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check mambakit apps tests bench
 	$(VENV)/bin/ruff format --check mambakit apps tests bench
 	$(VENV)/bin/mypy mambakit/ops mambakit/nn mambakit/models mambakit/domains.py mambakit/errors.py mambakit/jsonfiles.py \
-		mambakit/predictions.py mambakit/cli_support.py mambakit/splits.py mambakit/labelled_files.py
+		mambakit/predictions.py mambakit/cli_support.py mambakit/splits.py mambakit/labelled_files.py mambakit/hf_dumps.py
 
 bench-cpu: $(INSTALLED)
 	$(PYTHON) bench/cpu_scan.py

@@ -286,3 +286,74 @@ def test_classification_dataset() -> None:
     assert long["labels"].dtype == torch.int64 and long["labels"].shape == ()
     with pytest.raises(AudioDataError, match="clip10"):
         AudioClassificationDataset([_record(10, "zebra")], ["a", "b"], crop_length=20)
+
+
+# --- Hugging Face inputs: datasets dumps and audiofolders -------------------------------------------------------
+
+
+def _wav_bytes(tmp_path: Path, n: int, freq: float) -> bytes:
+    write_wav(tmp_path / "clip.wav", _tone(n, freq=freq), 8000)
+    return (tmp_path / "clip.wav").read_bytes()
+
+
+def _write_dump(file: Path, audio: list, labels: list[int], names: list[str]) -> None:
+    import json
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    features = {"audio": {"_type": "Audio"}, "label": {"_type": "ClassLabel", "names": names}}
+    schema = pa.schema(
+        [("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64())],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})},
+    )
+    pq.write_table(pa.table({"audio": audio, "label": labels}, schema=schema), file)
+
+
+def test_datasets_dump_with_audio_bytes_and_class_label_names(tmp_path: Path) -> None:
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    clip = _wav_bytes(tmp_path, 300, 300.0)
+    rows = [{"bytes": clip, "path": None}] * 3
+    _write_dump(dump / "train-00000-of-00001.parquet", rows, [0, 1, 2], ["zero", "one", "two"])
+    _write_dump(dump / "test-00000-of-00001.parquet", rows[:2], [1, 0], ["zero", "one", "two"])
+    data = load_labelled_audio(dump)
+    assert data.classes == ["zero", "one", "two"]  # the ClassLabel order, not sorted
+    assert [r.label for r in data.records] == ["one", "zero", "zero", "one", "two"]
+    assert data.splits == {"test": [0, 1], "train": [2, 3, 4]}
+    item = AudioClassificationDataset(data.records, data.classes, crop_length=400)[4]
+    expected = mu_law_encode(read_audio(tmp_path / "clip.wav")).astype(np.int64)
+    assert item["input_ids"][:300].tolist() == expected.tolist() and int(item["labels"]) == 2
+    # Without labels (predict), a path instead of bytes, relative to the dump's folder.
+    (dump / "clips").mkdir()
+    write_wav(dump / "clips" / "a.wav", _tone(200), 8000)
+    _write_dump(tmp_path / "paths.parquet", [{"bytes": None, "path": "dump/clips/a.wav"}], [-1], ["x", "y"])
+    records = read_audio_inputs([tmp_path / "paths.parquet"])
+    assert records[0].label is None and records[0].audio == tmp_path / "dump" / "clips" / "a.wav"
+
+
+def test_datasets_dump_errors_are_one_line(tmp_path: Path) -> None:
+    _write_dump(tmp_path / "bad.parquet", [{"bytes": b"not audio", "path": None}] * 2, [0, 1], ["a", "b"])
+    data = load_labelled_audio(tmp_path / "bad.parquet")
+    with pytest.raises(AudioDataError, match=r"bad.parquet \(row 1\): unreadable audio") as error:
+        AudioClassificationDataset(data.records, data.classes, crop_length=50)[1]
+    assert "\n" not in str(error.value)
+    _write_dump(tmp_path / "range.parquet", [{"bytes": b"x", "path": None}], [5], ["a", "b"])
+    with pytest.raises(AudioDataError, match="out of range for the 2 ClassLabel names"):
+        load_labelled_audio(tmp_path / "range.parquet")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.parquet").write_bytes(b"garbage")
+    with pytest.raises(AudioDataError, match="not a readable Parquet file"):
+        load_labelled_audio(tmp_path / "empty")
+
+
+def test_hugging_face_audiofolder_metadata(tmp_path: Path) -> None:
+    folder = tmp_path / "audiofolder"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_wav(folder / name, _tone(100), 8000)
+    (folder / "metadata.csv").write_text("file_name,label\na.wav,yes\nb.wav,no\nc.wav,yes\n")
+    data = load_labelled_audio(folder)
+    assert data.classes == ["no", "yes"] and [r.audio for r in data.records] == [
+        folder / n for n in ("a.wav", "b.wav", "c.wav")
+    ]

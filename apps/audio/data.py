@@ -13,6 +13,7 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mambakit import labelled_files
+from mambakit import hf_dumps, labelled_files
 from mambakit.errors import UserError
+from mambakit.hf_dumps import HF_SUFFIXES
 from mambakit.labelled_files import read_label_table
 from mambakit.models import IGNORE_INDEX
 from mambakit.splits import SPLIT_NAMES
@@ -42,7 +44,9 @@ NUM_CODES = 256
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".mp3")
 TABLE_SUFFIXES = (".csv", ".tsv")
 #: Header names accepted for a table's audio path column (compared lowercased), first match wins.
-PATH_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "filepath")
+PATH_COLUMNS = ("path", "audio", "audio_path", "file", "file_name", "filename", "filepath")
+#: Column names tried for a `datasets` dump when its metadata names no Audio feature.
+HF_AUDIO_COLUMNS = ("audio",)
 #: The rate of the embedded data (FSDD: 8 kHz), the default rate of the audio tasks.
 DEFAULT_SAMPLE_RATE = 8000
 #: What to install for the audio I/O.
@@ -64,13 +68,14 @@ class AudioDataError(UserError):
 class AudioRecord:
     """One clip as read, not yet decoded.
 
-    `audio` is a file path, or the clip's 8-bit codes in memory (uint8, `encoding` at `sample_rate`, as the
-    embedded data holds them); `label` the class name when the input has one; `source` where it came from, for
-    messages ("file", "table.csv:3 (a.wav)", "fsdd_mulaw.npz (7_jackson_32.wav)"); `split` the split ("train",
-    "val", "test") the input assigns it to, if any.
+    `audio` is a file path, an encoded audio file in memory (bytes, e.g. from a `datasets` dump), or the clip's
+    8-bit codes (a uint8 array, `encoding` at `sample_rate`, as the embedded data holds them); `label` the class
+    name when the input has one; `source` where it came from, for messages ("file", "table.csv:3 (a.wav)",
+    "fsdd_mulaw.npz (7_jackson_32.wav)", "data.parquet (row 7)"); `split` the split ("train", "val", "test") the
+    input assigns it to, if any.
     """
 
-    audio: Path | np.ndarray
+    audio: Path | bytes | np.ndarray
     label: str | None = None
     source: str = ""
     split: str | None = None
@@ -217,35 +222,40 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return audio_functional.resample(tensor, int(from_rate), int(to_rate)).numpy()
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
-    """float32 mono samples of an audio file soundfile reads (WAV, FLAC, OGG, ...), channels averaged, resampled
-    to `sample_rate` when given and the file's rate differs (warning once per pair of rates in a process).
+def read_audio(path: str | Path | bytes, sample_rate: int | None = None, source: str | None = None) -> np.ndarray:
+    """float32 mono samples of an audio file soundfile reads (WAV, FLAC, OGG, ...), given as a path or as the
+    file's bytes, channels averaged, resampled to `sample_rate` when given and the file's rate differs (warning
+    once per pair of rates in a process).
 
     A missing file, one that does not decode (corrupt, truncated, not audio) or one with no samples is a one-line
-    `AudioDataError` naming the file.
+    `AudioDataError` naming the file (or `source`, which says where bytes came from).
     """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not an audio file" if path.is_dir() else "no such audio file"
-        raise AudioDataError(f"{path}: {what}; check the path")
     soundfile = _soundfile()
+    if isinstance(path, bytes):
+        where, readable = source or "audio bytes", io.BytesIO(path)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            what = "is a directory, not an audio file" if path.is_dir() else "no such audio file"
+            raise AudioDataError(f"{path}: {what}; check the path")
+        where, readable = source or str(path), path
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        samples, rate = soundfile.read(readable, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile.LibsndfileError, RuntimeError, TypeError on bad data
         raise AudioDataError(
-            f"{path}: unreadable audio, not a format soundfile reads or corrupt/truncated ({_one_line(error)}); "
+            f"{where}: unreadable audio, not a format soundfile reads or corrupt/truncated ({_one_line(error)}); "
             f"replace or remove the file, or convert it to WAV or FLAC"
         ) from None
     if samples.shape[0] == 0:
-        raise AudioDataError(f"{path}: zero-length clip (no samples); remove the file")
+        raise AudioDataError(f"{where}: zero-length clip (no samples); remove the file")
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     if not np.all(np.isfinite(mono)):
-        raise AudioDataError(f"{path}: holds NaN or infinite samples; replace the file")
+        raise AudioDataError(f"{where}: holds NaN or infinite samples; replace the file")
     if sample_rate is not None and rate != sample_rate:
         if (rate, sample_rate) not in _WARNED_RATES:
             _WARNED_RATES.add((rate, sample_rate))
             warnings.warn(
-                f"{path}: resampling {rate} Hz audio to {sample_rate} Hz (this warning is given once per pair of "
+                f"{where}: resampling {rate} Hz audio to {sample_rate} Hz (this warning is given once per pair of "
                 f"rates)",
                 stacklevel=2,
             )
@@ -408,6 +418,40 @@ def read_audio_table(path: str | Path, require_label: bool = True) -> list[Audio
     return [AudioRecord(row.file, row.label, row.source, row.split) for row in rows]
 
 
+#: How the core's `datasets` dump reader finds and names audio.
+AUDIO_DUMP = hf_dumps.DumpKind("Audio", HF_AUDIO_COLUMNS, "audio", AudioDataError, AUDIO_EXTRA)
+
+
+def read_hf_audio(path: str | Path, require_label: bool = True) -> tuple[list[AudioRecord], list[str] | None]:
+    """(records, ClassLabel names or None) of a Hugging Face `datasets` dump (`mambakit.hf_dumps.read_dump`):
+    one `.parquet` file or a folder of them, or a `save_to_disk` folder of `.arrow` files. The audio column is
+    the feature typed `Audio` (else `audio`): encoded bytes or paths, decoded when used. Needs pyarrow
+    (`mambakit[audio]`)."""
+    path = Path(path)
+    _check_exists(path)
+    rows, class_names = hf_dumps.read_dump(path, AUDIO_DUMP, require_label)
+    return [AudioRecord(row.media, row.label, row.source, row.split) for row in rows], class_names
+
+
+def read_hf_audio_dataset(path: str | Path) -> LabelledAudio:
+    """Labelled clips of a `datasets` dump (see `read_hf_audio`); classes are the ClassLabel names when the
+    metadata has them, else the sorted labels (integers in numeric order)."""
+    records, names = read_hf_audio(path, require_label=True)
+    labelled = _labelled(records, path)
+    if names is not None:
+        missing = sorted(set(labelled.classes) - set(names))
+        if missing:
+            raise AudioDataError(f"{path}: labels {_some(missing)} are not among the ClassLabel names")
+        labelled.classes = list(names)
+    return labelled
+
+
+def _audiofolder_metadata(folder: Path) -> Path | None:
+    """The metadata table of a Hugging Face audiofolder (`metadata.csv` beside the clips, a `file_name` column)."""
+    table = folder / "metadata.csv"
+    return table if table.is_file() else None
+
+
 def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
     paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
     for path in paths:
@@ -421,6 +465,8 @@ def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudi
     - a folder with class subfolders (optionally inside train/val/test folders), or a flat folder of FSDD-style
       `{label}_{...}.wav` files (`read_audio_folder`);
     - a CSV/TSV file of path,label[,split] rows (`read_audio_table`);
+    - a Hugging Face audiofolder (clips beside a `metadata.csv` with `file_name` and `label` columns);
+    - a Hugging Face `datasets` dump: a .parquet file, or a folder of .parquet or .arrow files (`read_hf_audio`);
     - several folders, one per class (the class is the folder's name).
     """
     paths = _paths(data)
@@ -438,27 +484,35 @@ def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudi
         return _labelled(records, paths[0].parent)
     path = paths[0]
     if path.is_dir():
-        return read_audio_folder(path)
+        if hf_dumps.is_dump_folder(path):
+            return read_hf_audio_dataset(path)
+        metadata = _audiofolder_metadata(path)
+        return _labelled(read_audio_table(metadata), metadata) if metadata else read_audio_folder(path)
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         return _labelled(read_audio_table(path), path)
+    if suffix in HF_SUFFIXES:
+        return read_hf_audio_dataset(path)
     if suffix in AUDIO_SUFFIXES:
         raise AudioDataError(
             f"{path}: one audio file holds no labels; give a folder of clips (class subfolders or "
             f"{{label}}_....wav names) or a CSV/TSV of path,label rows"
         )
     raise AudioDataError(
-        f"{path}: unknown data file type {suffix or '(no suffix)'!r}; give an audio folder or a .csv/.tsv of "
-        f"path,label rows"
+        f"{path}: unknown data file type {suffix or '(no suffix)'!r}; give an audio folder, a .csv/.tsv of "
+        f"path,label rows or a .parquet file"
     )
 
 
 def read_audio_inputs(data: str | Path | Sequence[str | Path]) -> list[AudioRecord]:
     """Clips to predict on, labels kept where the input has them: audio files; folders (every audio file under
-    them, recursively, sorted; others skipped with a warning); CSV/TSV tables (the label column optional)."""
+    them, recursively, sorted; others skipped with a warning); CSV/TSV tables and `datasets` dumps (the label
+    column optional)."""
     records: list[AudioRecord] = []
     for path in _paths(data):
-        if path.is_dir():
+        if (path.is_dir() and hf_dumps.is_dump_folder(path)) or path.suffix.lower() in HF_SUFFIXES:
+            records += read_hf_audio(path, require_label=False)[0]
+        elif path.is_dir():
             audio, others = _audio_files(path)
             _warn_skipped(path, others)
             if not audio:
@@ -540,7 +594,7 @@ def embedded_dataset(seed: int = 0, val_per_class: int = 30) -> LabelledAudio:
 
 def load_codes(record: AudioRecord, sample_rate: int, encoding: str = "mu-law") -> np.ndarray:
     """int64 8-bit codes of a record at `sample_rate` in `encoding`: in-memory codes are used as they are when
-    they match, else decoded, resampled and re-encoded; a file is read (`read_audio`) and encoded."""
+    they match, else decoded, resampled and re-encoded; a file (path or bytes) is read (`read_audio`) and encoded."""
     _check_encoding(encoding)
     if isinstance(record.audio, np.ndarray):
         if record.encoding == encoding and record.sample_rate == sample_rate:
@@ -548,7 +602,7 @@ def load_codes(record: AudioRecord, sample_rate: int, encoding: str = "mu-law") 
         samples = np.asarray(decode(record.audio, record.encoding or "mu-law"))
         samples = resample(samples, record.sample_rate or sample_rate, sample_rate)
     else:
-        samples = read_audio(record.audio, sample_rate)
+        samples = read_audio(record.audio, sample_rate, record.source)
     return np.asarray(encode(samples, encoding)).astype(np.int64)
 
 

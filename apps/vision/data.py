@@ -13,7 +13,6 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 from __future__ import annotations
 
 import io
-import json
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -27,8 +26,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from mambakit import labelled_files
+from mambakit import hf_dumps, labelled_files
 from mambakit.errors import UserError
+from mambakit.hf_dumps import HF_SUFFIXES
 from mambakit.labelled_files import read_label_table
 from mambakit.splits import SPLIT_NAMES
 
@@ -53,13 +53,10 @@ IMAGE_SUFFIXES = (
     ".tga",
 )
 TABLE_SUFFIXES = (".csv", ".tsv")
-#: Files of a Hugging Face `datasets` dump: `to_parquet` / hub layout, or `save_to_disk` (Arrow streams).
-HF_SUFFIXES = (".parquet", ".arrow")
 #: Header names accepted for a table's image path column (compared lowercased), first match wins.
-PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "filepath")
-#: Column names tried for a `datasets` dump when its metadata names no Image / ClassLabel feature.
+PATH_COLUMNS = ("path", "image", "image_path", "file", "file_name", "filename", "filepath")
+#: Column names tried for a `datasets` dump when its metadata names no Image feature.
 HF_IMAGE_COLUMNS = ("image", "img")
-HF_LABEL_COLUMNS = ("label", "labels")
 #: What to install for the optional readers.
 VISION_EXTRA = "pip install 'mambakit[vision]'"
 
@@ -369,181 +366,18 @@ def read_image_table(path: str | Path, require_label: bool = True) -> list[Image
 
 # --- Hugging Face datasets dumps (Parquet / Arrow) ----------------------------------------------------------
 
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise VisionDataError(f"reading Parquet/Arrow data needs pyarrow; install it with: {VISION_EXTRA}") from None
-    return pyarrow
-
-
-def _hf_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    for suffix in HF_SUFFIXES:
-        found = sorted(p for p in path.rglob(f"*{suffix}") if p.is_file() and _visible(p, path))
-        if found:
-            return found
-    raise VisionDataError(f"{path}: no .parquet or .arrow files in this folder")
-
-
-def _split_of(file: Path, root: Path) -> str | None:
-    """The split a `datasets` file belongs to, from its name ("train-00000-of-00001.parquet") or a folder
-    between it and the root ("train/data-00000-of-00001.arrow"); None when neither names one."""
-    prefix = re.split(r"[-_.]", file.stem, maxsplit=1)[0].lower()
-    if prefix in SPLIT_NAMES:
-        return SPLIT_NAMES[prefix]
-    if file == root:
-        return None
-    for part in reversed(file.relative_to(root).parent.parts):
-        if part.lower() in SPLIT_NAMES:
-            return SPLIT_NAMES[part.lower()]
-    return None
-
-
-def _read_table(file: Path) -> Any:
-    pa = _pyarrow()
-    try:
-        if file.suffix.lower() == ".arrow":
-            with pa.memory_map(str(file)) as source:
-                try:
-                    return pa.ipc.open_stream(source).read_all()
-                except pa.ArrowInvalid:
-                    source.seek(0)
-                    return pa.ipc.open_file(source).read_all()
-        return pa.parquet.read_table(file)
-    except (pa.ArrowException, OSError) as error:
-        kind = "Arrow" if file.suffix.lower() == ".arrow" else "Parquet"
-        raise VisionDataError(f"{file}: not a readable {kind} file ({_one_line(error)})") from None
-
-
-def _features(file: Path, table: Any) -> dict[str, Any]:
-    """The `datasets` features of a table: from its schema metadata, else a dataset_info.json beside it."""
-    metadata = table.schema.metadata or {}
-    try:
-        if b"huggingface" in metadata:
-            info = json.loads(metadata[b"huggingface"])
-            features = info.get("info", {}).get("features") or info.get("features")
-            if isinstance(features, dict):
-                return features
-        info_file = file.parent / "dataset_info.json"
-        if info_file.is_file():
-            features = json.loads(info_file.read_text(encoding="utf-8")).get("features")
-            if isinstance(features, dict):
-                return features
-    except (ValueError, AttributeError):
-        pass  # unreadable metadata: fall back to the column names
-    return {}
-
-
-def _hf_column(
-    features: dict[str, Any], names: Sequence[str], feature_type: str, fallback: Sequence[str]
-) -> str | None:
-    typed = [name for name, spec in features.items() if isinstance(spec, dict) and spec.get("_type") == feature_type]
-    for name in typed + list(fallback):
-        if name in names:
-            return name
-    return None
-
-
-def _hf_images(file: Path, column: Any, name: str) -> list[Path | bytes]:
-    pa = _pyarrow()
-    kind = column.type
-    values = column.to_pylist()
-    images: list[Path | bytes] = []
-    for row, value in enumerate(values):
-        if isinstance(value, dict):  # the datasets Image feature: struct<bytes: binary, path: string>
-            data, where = value.get("bytes"), value.get("path")
-        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            data, where = value, None
-        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            data, where = None, value
-        else:
-            raise VisionDataError(
-                f"{file}: column {name!r} holds {kind}; expected image bytes or paths (a datasets Image feature)"
-            )
-        if data is not None:
-            images.append(bytes(data))
-        elif where:
-            images.append(Path(where) if Path(where).is_absolute() else file.parent / where)
-        else:
-            raise VisionDataError(f"{file} (row {row}): no image (neither bytes nor a path)")
-    return images
-
-
-def _hf_labels(file: Path, column: Any, name: str, names: list[str] | None) -> list[str | None]:
-    pa = _pyarrow()
-    values = column.to_pylist()
-    if pa.types.is_integer(column.type):
-        labels: list[str | None] = []
-        for row, value in enumerate(values):
-            if value is None or value < 0:  # datasets writes -1 for "no label"
-                labels.append(None)
-            elif names is None:
-                labels.append(str(value))
-            elif value >= len(names):
-                raise VisionDataError(
-                    f"{file} (row {row}): label {value} is out of range for the {len(names)} ClassLabel names"
-                )
-            else:
-                labels.append(names[value])
-        return labels
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return [value if value else None for value in values]
-    raise VisionDataError(f"{file}: label column {name!r} holds {column.type}; expected integers or strings")
+#: How the core's `datasets` dump reader finds and names images.
+IMAGE_DUMP = hf_dumps.DumpKind("Image", HF_IMAGE_COLUMNS, "image", VisionDataError, VISION_EXTRA)
 
 
 def read_hf_images(path: str | Path, require_label: bool = True) -> tuple[list[ImageRecord], list[str] | None]:
-    """(records, ClassLabel names or None) of a Hugging Face `datasets` dump: one `.parquet` file or a folder
-    of them (as `Dataset.to_parquet` or the hub write; the split comes from the file name, "train-00000-of-00001
-    .parquet", or a folder name), or a `save_to_disk` folder of `.arrow` files (split from the folder names).
-
-    The image column is the feature typed `Image` (else `image`/`img`): a struct of bytes and path, raw bytes,
-    or paths (relative to the file's folder). The label column is the `ClassLabel` feature (else `label`/
-    `labels`): integers named by the ClassLabel names in the schema metadata (no names: the integers as text;
-    -1: no label) or strings. Needs pyarrow (`mambakit[vision]`)."""
+    """(records, ClassLabel names or None) of a Hugging Face `datasets` dump (`mambakit.hf_dumps.read_dump`):
+    one `.parquet` file or a folder of them, or a `save_to_disk` folder of `.arrow` files. The image column is
+    the feature typed `Image` (else `image`/`img`). Needs pyarrow (`mambakit[vision]`)."""
     path = Path(path)
     _check_exists(path)
-    records: list[ImageRecord] = []
-    class_names: list[str] | None = None
-    files = _hf_files(path)
-    for file in files:
-        table = _read_table(file)
-        features = _features(file, table)
-        columns = list(table.column_names)
-        image_column = _hf_column(features, columns, "Image", HF_IMAGE_COLUMNS)
-        if image_column is None:
-            raise VisionDataError(
-                f"{file}: no image column (columns: {', '.join(columns)}); expected an Image feature or a column "
-                f"named image"
-            )
-        label_column = _hf_column(features, columns, "ClassLabel", HF_LABEL_COLUMNS)
-        if label_column is None and require_label:
-            raise VisionDataError(
-                f"{file}: no label column (columns: {', '.join(columns)}); expected a ClassLabel feature or a "
-                f"column named label"
-            )
-        names = None
-        spec = features.get(label_column) if label_column is not None else None
-        if isinstance(spec, dict) and spec.get("_type") == "ClassLabel" and isinstance(spec.get("names"), list):
-            names = [str(name) for name in spec["names"]]
-            if class_names is not None and names != class_names:
-                raise VisionDataError(f"{file}: its ClassLabel names differ from those of {files[0]}")
-            class_names = names
-        images = _hf_images(file, table.column(image_column), image_column)
-        labels: list[str | None] = [None] * len(images)
-        if label_column is not None:
-            labels = _hf_labels(file, table.column(label_column), label_column, names)
-        split = _split_of(file, path) if path.is_dir() else None
-        records += [
-            ImageRecord(image, label, f"{file} (row {row})", split)
-            for row, (image, label) in enumerate(zip(images, labels, strict=True))
-        ]
-    if not records:
-        raise VisionDataError(f"{path}: no rows")
-    return records, class_names
+    rows, class_names = hf_dumps.read_dump(path, IMAGE_DUMP, require_label)
+    return [ImageRecord(row.media, row.label, row.source, row.split) for row in rows], class_names
 
 
 def _numeric_aware(names: Iterable[str]) -> list[str]:
@@ -564,15 +398,6 @@ def read_hf_dataset(path: str | Path) -> LabelledImages:
 
 
 # --- what --data names --------------------------------------------------------------------------------------
-
-
-def _is_hf_folder(folder: Path) -> bool:
-    return any(
-        p.is_file() and _visible(p, folder)
-        for suffix in HF_SUFFIXES
-        for pattern in (f"*{suffix}", f"*/*{suffix}", f"*/*/*{suffix}")
-        for p in folder.glob(pattern)
-    )
 
 
 def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -603,7 +428,7 @@ def load_labelled_images(data: str | Path | Sequence[str | Path]) -> LabelledIma
         return _labelled(_class_folder_records(folders, None), folders[0].parent)
     path = paths[0]
     if path.is_dir():
-        return read_hf_dataset(path) if _is_hf_folder(path) else read_image_folder(path)
+        return read_hf_dataset(path) if hf_dumps.is_dump_folder(path) else read_image_folder(path)
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         return _labelled(read_image_table(path), path)
@@ -627,7 +452,7 @@ def read_images(data: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
     records: list[ImageRecord] = []
     for path in _paths(data):
         suffix = path.suffix.lower()
-        if path.is_dir() and _is_hf_folder(path):
+        if path.is_dir() and hf_dumps.is_dump_folder(path):
             records += read_hf_images(path, require_label=False)[0]
         elif path.is_dir():
             images, others = _image_files(path)
