@@ -149,6 +149,9 @@ def test_bad_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(AudioDataError, match="zero-length") as error:
         read_audio(tmp_path / "silent.wav")
     _one_line(error, "silent.wav")
+    write_wav(tmp_path / "zeros.wav", np.zeros(50, np.float32), 8000)
+    with pytest.warns(UserWarning, match=r"zeros.wav: silent clip"):
+        assert not read_audio(tmp_path / "zeros.wav").any()
     write_wav(tmp_path / "full.wav", _tone(), 8000)
     (tmp_path / "truncated.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:44])
     with pytest.raises(AudioDataError) as error:

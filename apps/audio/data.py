@@ -251,6 +251,8 @@ def read_audio(path: str | Path | bytes, sample_rate: int | None = None, source:
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioDataError(f"{where}: holds NaN or infinite samples; replace the file")
+    if not np.any(mono):
+        warnings.warn(f"{where}: silent clip (every sample is zero); it is used as it is", stacklevel=2)
     if sample_rate is not None and rate != sample_rate:
         if (rate, sample_rate) not in _WARNED_RATES:
             _WARNED_RATES.add((rate, sample_rate))
