@@ -77,7 +77,7 @@ def test_generation_is_seeded_greedy_matches_forward_and_conditions():
     model = _perturbed(AudioLM(config, labels=["zero", "one"], scan_backend="torch"))
     classes = torch.tensor([0, 1])
     greedy = generate_audio(model, 2, 30, start_id=128, sampling=SamplingConfig(temperature=0), class_ids=classes)
-    assert greedy.ids.shape == (2, 30) and greedy.samples_per_second > 0
+    assert greedy.ids.shape == (2, 30) and 0 < greedy.samples_per_second <= greedy.decode_samples_per_second
     # Greedy decoding through the streaming state equals re-running the whole sequence with forward.
     sequence = torch.cat([torch.full((2, 1), 128), greedy.ids], dim=1)
     with torch.no_grad():
