@@ -80,6 +80,9 @@ def main() -> None:
     report = {"digest": parameter_digest(model), "written": written, "status": result.status, "step": result.step}
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
     if dist.is_initialized():
+        # Every process past its last collective before any tears its connections down: gloo aborts a process
+        # whose peer closed the group while it was still reading ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -85,6 +85,7 @@ class Distributed:
     def close(self) -> None:
         """Destroy the process group if `setup` created it."""
         if self.owns_group:
+            dist.barrier()  # no process tears down its connections while a peer still reads from them
             dist.destroy_process_group()
             self.owns_group = False
 
