@@ -1,6 +1,7 @@
-"""Modules: the Mamba mixer with its recurrent step, pre-norm residual blocks, norms, pooling, the
-bidirectional wrapper, and SS2D (VMamba's 2-D cross-scan layer)."""
+"""Modules: the Mamba mixer with its recurrent step, causal self-attention with a KV cache, pre-norm residual
+blocks, norms, pooling, the bidirectional wrapper, SS2D (VMamba's 2-D cross-scan layer) and the pooled U-Net."""
 
+from .attention import AttentionState, CausalSelfAttention
 from .bidirectional import BiMamba, NonCausalBlock, padded_reverse_index, reverse_padded
 from .block import Block, ResidualBlock
 from .mixer import Mamba, MambaLayerState, no_weight_decay_names
@@ -12,8 +13,10 @@ from .unet import DownPool, PooledUNet, UNetState, UpPool
 __all__ = [
     "POOLINGS",
     "SS2D",
+    "AttentionState",
     "BiMamba",
     "Block",
+    "CausalSelfAttention",
     "DownPool",
     "LayerNorm2d",
     "Linear2d",
