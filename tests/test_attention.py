@@ -14,7 +14,7 @@ from mambakit.nn.attention import CausalSelfAttention, rotate
 def _oracle(layer: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     """Softmax attention written out: q k^T / sqrt(d) with -inf above the diagonal."""
     batch, length, _ = x.shape
-    qkv = layer.qkv_proj(x).view(batch, length, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = layer.in_proj(x).view(batch, length, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     if layer.positions == "rope":
         positions = torch.arange(length)

@@ -51,7 +51,9 @@ def rotate(x: Tensor, positions: Tensor, base: float) -> Tensor:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through `F.scaled_dot_product_attention`: one fused projection to queries,
-    keys and values, rotary positions or none, and an output projection."""
+    keys and values, rotary positions or none, and an output projection. Parameter names and the projection's
+    [q | k | v] row layout are those of mamba-ssm's `MHA` (in_proj, out_proj), as is the rotary form (full
+    head dimension, not interleaved), so its hybrid checkpoints can map onto this module."""
 
     def __init__(
         self,
@@ -73,14 +75,14 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"rotary positions need an even head dimension, got {self.head_dim}")
         self.positions, self.rope_base = positions, rope_base
         factory = {"device": device, "dtype": dtype}
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
 
     def allocate_state(
         self, batch: int, max_length: int, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> AttentionState:
         """An empty cache for `batch` sequences of up to `max_length` positions."""
-        weight = self.qkv_proj.weight
+        weight = self.in_proj.weight
         device, dtype = device or weight.device, dtype or weight.dtype
         shape = (batch, self.n_heads, max_length, self.head_dim)
         return AttentionState(
@@ -92,7 +94,7 @@ class CausalSelfAttention(nn.Module):
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (b, l, d_model) -> queries, keys, values (b, h, l, head_dim)."""
         batch, length, _ = x.shape
-        qkv = self.qkv_proj(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        qkv = self.in_proj(x).view(batch, length, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
