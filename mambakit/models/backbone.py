@@ -12,8 +12,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn import (
+    AttentionState,
     BiMamba,
     Block,
+    CausalSelfAttention,
+    GatedMLP,
     Mamba,
     MambaLayerState,
     NonCausalBlock,
@@ -26,9 +29,9 @@ from .config import MambaConfig
 
 @dataclass
 class MambaState:
-    """Recurrent state of a whole backbone: one MambaLayerState per layer."""
+    """Recurrent state of a whole backbone: per layer, a MambaLayerState (Mamba) or an AttentionState (KV cache)."""
 
-    layers: list[MambaLayerState]
+    layers: list[MambaLayerState | AttentionState]
 
     def detach(self) -> MambaState:
         """The same state cut from the autograd graph."""
@@ -61,11 +64,17 @@ class MambaModel(nn.Module):
         block = Block if config.causal else NonCausalBlock
         self.layers: nn.ModuleList = nn.ModuleList(
             block(
-                self._make_mixer(config, scan_backend, factory),
+                self._make_attention(config, factory)
+                if index in config.attn_layer_idx
+                else self._make_mixer(config, scan_backend, factory),
                 self._make_norm(config, factory),
                 config.residual_in_fp32,
+                GatedMLP(config.d_model, config.d_intermediate, device=device, dtype=dtype)
+                if config.d_intermediate
+                else None,
+                self._make_norm(config, factory) if config.d_intermediate else None,
             )
-            for _ in range(config.n_layer)
+            for index in range(config.n_layer)
         )
         self.norm_f: nn.Module = self._make_norm(config, factory)
         self.gradient_checkpointing = False
@@ -98,6 +107,16 @@ class MambaModel(nn.Module):
             return BiMamba(mamba(), mamba(), config.bidirectional_strategy, config.bidirectional_weight_tie)
         return mamba()
 
+    def _make_attention(self, config: MambaConfig, factory: dict) -> nn.Module:
+        return CausalSelfAttention(
+            config.d_model,
+            config.attn_num_heads,
+            config.attn_positions,
+            config.attn_rope_base,
+            config.attn_bias,
+            **factory,
+        )
+
     def _make_norm(self, config: MambaConfig, factory: dict) -> nn.Module:
         return create_norm(config.d_model, config.rms_norm, config.norm_epsilon, **factory)
 
@@ -120,21 +139,36 @@ class MambaModel(nn.Module):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
-        elif isinstance(module, Mamba) and self.config.rescale_prenorm_residual:
-            nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+        elif self.config.rescale_prenorm_residual and isinstance(module, Mamba | CausalSelfAttention | GatedMLP):
+            output = module.fc2 if isinstance(module, GatedMLP) else module.out_proj
+            nn.init.kaiming_uniform_(output.weight, a=math.sqrt(5))
             with torch.no_grad():
-                module.out_proj.weight /= math.sqrt(self.config.n_layer)
+                output.weight /= math.sqrt(self.config.n_layer * (2 if self.config.d_intermediate else 1))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward instead of storing its activations (long sequences)."""
         self.gradient_checkpointing = enable
 
     def allocate_state(
-        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_length: int | None = None,
     ) -> MambaState:
-        """Zero recurrent state for `batch` sequences."""
+        """Zero recurrent state for `batch` sequences. Attention layers keep every position's key and value:
+        they need `max_length`, the most positions the state will see (prompt and generated tokens)."""
         self._check_recurrent()
-        return MambaState([self._block(i).mixer.allocate_state(batch, device, dtype) for i in range(len(self.layers))])
+        if self.config.attn_layer_idx and max_length is None:
+            raise ValueError("this model has attention layers: allocate_state needs max_length (the KV cache size)")
+        return MambaState(
+            [
+                self._block(i).mixer.allocate_state(batch, max_length, device, dtype)
+                if i in self.config.attn_layer_idx
+                else self._block(i).mixer.allocate_state(batch, device, dtype)
+                for i in range(len(self.layers))
+            ]
+        )
 
     def _block(self, index: int) -> Any:
         """Layer `index`, typed loosely: a causal Block or a subclass's own block around its own mixer."""
@@ -164,7 +198,7 @@ class MambaModel(nn.Module):
         real token reads the padding after it); a non-causal one uses it to keep padding from real tokens.
         """
         hidden, residual = self._embed(input_ids, inputs_embeds), None
-        per_layer: Sequence[MambaLayerState | Tensor | None]
+        per_layer: Sequence[MambaLayerState | AttentionState | Tensor | None]
         if self.config.causal:
             per_layer = [None] * len(self.layers) if state is None else state.layers
         else:

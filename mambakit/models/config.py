@@ -52,6 +52,44 @@ _HF_KEYS = {
 #: How a bidirectional mixer combines its forward pass and its pass over the flipped sequence (Caduceus names).
 BIDIRECTIONAL_STRATEGIES = ("add", "ew_multiply")
 
+#: Position schemes of the attention layers (mambakit.nn.attention.POSITIONS; this module imports no torch).
+ATTENTION_POSITIONS = ("rope", "none")
+#: mamba-ssm MHA arguments (attn_cfg) and the values mambakit's attention layers can take.
+_ATTN_CFG_FIXED = {"causal": True, "d_conv": 0, "mlp_dim": 0, "rotary_emb_interleaved": False, "softmax_scale": None}
+
+
+def _attention_fields(attn_cfg: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """mambakit's attention fields from a state-spaces (mamba-ssm) `attn_cfg`; what they cannot express (grouped
+    KV heads, partial or interleaved rotary, a conv before attention, a fused MLP) is a ValueError."""
+    if not attn_cfg:
+        return {}
+    cfg = dict(attn_cfg)
+    for key, value in _ATTN_CFG_FIXED.items():
+        if key in cfg and cfg.pop(key) != value:
+            raise ValueError(f"config: attn_cfg.{key} = {attn_cfg[key]!r} is not supported (mambakit: {value!r})")
+    heads = int(cfg.pop("num_heads", 8))
+    head_dim = int(cfg.pop("head_dim", 0) or data.get("d_model", 768) // heads)
+    if int(cfg.pop("num_heads_kv", 0) or heads) != heads:
+        raise ValueError("config: attn_cfg.num_heads_kv != num_heads (grouped KV heads) is not supported")
+    if head_dim * heads != data.get("d_model", 768):
+        raise ValueError("config: attn_cfg.head_dim * num_heads must equal d_model")
+    rotary = int(cfg.pop("rotary_emb_dim", 0))
+    if rotary not in (0, head_dim):
+        raise ValueError(f"config: attn_cfg.rotary_emb_dim {rotary} is not supported: 0 or the head dim ({head_dim})")
+    biases = {bool(cfg.pop("qkv_proj_bias", True)), bool(cfg.pop("out_proj_bias", True))}
+    if len(biases) != 1:
+        raise ValueError("config: attn_cfg.qkv_proj_bias and out_proj_bias must be equal")
+    fields_out = {
+        "attn_num_heads": heads,
+        "attn_positions": "rope" if rotary else "none",
+        "attn_rope_base": float(cfg.pop("rotary_emb_base", 10000.0)),
+        "attn_bias": biases.pop(),
+    }
+    if cfg:
+        raise ValueError(f"config: unknown attn_cfg keys {sorted(cfg)}")
+    return fields_out
+
+
 #: state-spaces ssm_cfg keys that are mambakit keys of the same meaning.
 _SSM_CFG_KEYS = {
     "d_state",
@@ -107,6 +145,17 @@ class MambaConfig:
     """How the two directions combine: "add" or "ew_multiply" (elementwise product)."""
     bidirectional_weight_tie: bool = True
     """The backward mixer shares in_proj and out_proj (most of the parameters) with the forward one."""
+    d_intermediate: int = 0
+    """Width of a gated MLP after every mixer (mamba-ssm's `d_intermediate`, rounded up to a multiple of 128);
+    0: no MLP."""
+    attn_layer_idx: tuple[int, ...] = ()
+    """Layers whose mixer is causal self-attention instead of Mamba (mamba-ssm's hybrid layout)."""
+    attn_num_heads: int = 8
+    attn_positions: str = "rope"
+    """Positions in the attention layers: "rope" (rotary) or "none"."""
+    attn_rope_base: float = 10000.0
+    attn_bias: bool = False
+    """Biases in the attention projections (mamba-ssm's qkv_proj_bias and out_proj_bias)."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
@@ -124,6 +173,26 @@ class MambaConfig:
         for name in ("bidirectional", "bidirectional_weight_tie"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
+        object.__setattr__(self, "attn_layer_idx", tuple(self.attn_layer_idx))
+        if not isinstance(self.d_intermediate, int) or self.d_intermediate < 0:
+            raise ValueError(f"config: d_intermediate must be an integer >= 0, got {self.d_intermediate!r}")
+        layers = self.attn_layer_idx
+        if any(not isinstance(i, int) or not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"config: attn_layer_idx must hold distinct layer indices in 0..{self.n_layer - 1}, got {list(layers)}"
+            )
+        if layers:
+            if self.bidirectional:
+                raise ValueError("config: attention layers are causal; a bidirectional model cannot have them")
+            if self.attn_positions not in ATTENTION_POSITIONS:
+                raise ValueError(
+                    f"config: attn_positions must be one of {', '.join(ATTENTION_POSITIONS)}, "
+                    f"got {self.attn_positions!r}"
+                )
+            if self.attn_num_heads < 1 or self.d_model % self.attn_num_heads:
+                raise ValueError(
+                    f"config: d_model {self.d_model} must be a multiple of attn_num_heads {self.attn_num_heads}"
+                )
         if self.bidirectional_strategy not in BIDIRECTIONAL_STRATEGIES:
             raise ValueError(
                 f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
@@ -155,10 +224,6 @@ class MambaConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
         """Build from mambakit, state-spaces or Hugging Face config keys. Unknown keys raise ValueError."""
@@ -175,11 +240,7 @@ class MambaConfig:
         if unknown_ssm:
             raise ValueError(f"config: unknown ssm_cfg keys {sorted(unknown_ssm)}; known: {sorted(_SSM_CFG_KEYS)}")
         data.update(ssm_cfg)
-        if data.pop("attn_layer_idx", None):
-            raise ValueError("config: hybrid attention layers (attn_layer_idx) are not supported yet")
-        data.pop("attn_cfg", None)
-        if data.pop("d_intermediate", 0):
-            raise ValueError("config: MLP layers between mixers (d_intermediate > 0) are not supported yet")
+        data.update(_attention_fields(data.pop("attn_cfg", None), data))
         # A kernel choice, not part of the architecture: results are the same either way.
         data.pop("fused_add_norm", None)
         known = {f.name for f in fields(cls)}
@@ -187,6 +248,12 @@ class MambaConfig:
         if unknown:
             raise ValueError(f"config: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        data = asdict(self)
+        data["attn_layer_idx"] = list(self.attn_layer_idx)
+        return data
 
     @classmethod
     def _from_hf(cls, data: dict[str, Any]) -> MambaConfig:

@@ -274,7 +274,11 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        state = model.allocate_state(input_ids.shape[0], device=input_ids.device)
+        # Attention layers keep a key/value cache of every position: it must hold the prompt and the new tokens.
+        cache = (
+            {"max_length": input_ids.shape[1] + max_new_tokens} if getattr(model.config, "attn_layer_idx", ()) else {}
+        )
+        state = model.allocate_state(input_ids.shape[0], device=input_ids.device, **cache)
         logits = model(input_ids, state=state).logits[:, -1]
         step: Callable[[Tensor], Tensor] = functools.partial(model.step, state=state)
         # A graph pays off only when there are steps to replay (the last token needs no step).

@@ -72,10 +72,14 @@ class MambaPreTrainedModel(nn.Module):
         return no_weight_decay_names(self)
 
     def allocate_state(
-        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        batch: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_length: int | None = None,
     ) -> MambaState:
-        """Zero recurrent state for `batch` sequences."""
-        return self.backbone.allocate_state(batch, device, dtype)
+        """Zero recurrent state for `batch` sequences (`max_length`: see `MambaModel.allocate_state`)."""
+        return self.backbone.allocate_state(batch, device, dtype, max_length)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory: recompute each block in the backward."""

@@ -5,6 +5,7 @@ from .attention import AttentionState, CausalSelfAttention
 from .bidirectional import BiMamba, NonCausalBlock, padded_reverse_index, reverse_padded
 from .block import Block, ResidualBlock
 from .mixer import Mamba, MambaLayerState, no_weight_decay_names
+from .mlp import GatedMLP, gated_mlp_width
 from .norm import RMSNorm, create_norm
 from .pooling import POOLINGS, pool_sequence
 from .ss2d import SS2D, LayerNorm2d, Linear2d
@@ -18,6 +19,7 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "DownPool",
+    "GatedMLP",
     "LayerNorm2d",
     "Linear2d",
     "Mamba",
@@ -29,6 +31,7 @@ __all__ = [
     "UNetState",
     "UpPool",
     "create_norm",
+    "gated_mlp_width",
     "no_weight_decay_names",
     "padded_reverse_index",
     "pool_sequence",

@@ -78,4 +78,4 @@ class NonCausalBlock(ResidualBlock):
     ) -> tuple[Tensor, Tensor]:
         """hidden_states, residual: (b, l, d); reverse_index from `padded_reverse_index`."""
         normed, residual = self._pre_norm(hidden_states, residual)
-        return self.mixer(normed, reverse_index), residual
+        return self._feed_forward(self.mixer(normed, reverse_index), residual)
