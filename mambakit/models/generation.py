@@ -276,7 +276,9 @@ def generate(
     try:
         # Attention layers keep a key/value cache of every position: it must hold the prompt and the new tokens.
         cache = (
-            {"max_length": input_ids.shape[1] + max_new_tokens} if getattr(model.config, "attn_layer_idx", ()) else {}
+            {"max_length": input_ids.shape[1] + max_new_tokens}
+            if getattr(getattr(model, "config", None), "attn_layer_idx", ())
+            else {}
         )
         state = model.allocate_state(input_ids.shape[0], device=input_ids.device, **cache)
         logits = model(input_ids, state=state).logits[:, -1]
