@@ -1,5 +1,10 @@
 """mambakit synthetic app (installed as mambakit.apps.synthetic): the capability suite of issue #12, in progress.
 
-generators   seeded batches of the token tasks: selective copying (Mamba paper), induction heads (H3 / Mamba
-             paper) and multi-query associative recall (Zoology), as ../shared/notes/capabilities.md defines them
+generators   seeded batch generators of selective copying (Mamba paper), induction heads (H3 / Mamba paper) and
+             multi-query associative recall (Zoology; the Mamba-2 paper's harder variant), as
+             ../shared/notes/capabilities.md defines them
+data         the tasks as datasets: example i from a seed hashed from (run seed, i); fixed validation examples
+tasks        cross-entropy and accuracy over the scored positions only
+cli          the domain: `mambakit train|eval synthetic --task T --model mamba|mamba-lti|transformer|mambaformer|
+             hybrid`
 """

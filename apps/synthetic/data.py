@@ -1,0 +1,87 @@
+"""The capability tasks as datasets: every example is generated from (seed, index), so the training set is a large
+virtual set of fresh sequences, the validation set a fixed one that shares no example seed with it, and a run
+repeats exactly from its seed.
+
+torch's CPU generator takes 32-bit seeds, so (seed, index) is hashed into 31 bits, the 32nd telling validation
+from training: within an epoch of 2^20 training examples about 250 pairs of them share a seed (one example in
+4,000 seen twice), and no validation example is ever a training one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from . import generators
+
+#: Examples in one epoch of the virtual training set.
+TRAIN_EXAMPLES = 1 << 20
+#: Fixed validation examples.
+VALIDATION_EXAMPLES = 512
+_MASK64 = (1 << 64) - 1
+
+
+def example_seed(seed: int, index: int, validation: bool) -> int:
+    """The 32-bit generator seed of example `index` of a run seeded `seed` (splitmix64 of both, 31 bits kept; the
+    top bit set for validation examples)."""
+    z = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15 & _MASK64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+    z ^= z >> 31
+    return (z & 0x7FFFFFFF) | (0x80000000 if validation else 0)
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """A task's sizes: sequence length, vocabulary, and its count (data tokens to copy, key-value pairs)."""
+
+    length: int
+    vocab: int
+    count: int
+
+
+Generate = Callable[[TaskShape, torch.Generator], tuple[Tensor, Tensor]]
+
+#: task name -> (one example's generator, the CPU-smoke sizes of ../shared/notes/capabilities.md).
+TASKS: dict[str, tuple[Generate, TaskShape]] = {
+    "selective-copying": (
+        lambda s, g: generators.selective_copying(1, s.length, s.count, s.vocab, g),
+        TaskShape(length=64, vocab=8, count=4),
+    ),
+    "induction-heads": (
+        lambda s, g: generators.induction_heads(1, s.length, s.vocab, g),
+        TaskShape(length=64, vocab=16, count=1),
+    ),
+    "mqar": (
+        lambda s, g: generators.mqar(1, s.length, s.count, s.vocab, g),
+        TaskShape(length=64, vocab=256, count=8),
+    ),
+    "mqar-hard": (
+        lambda s, g: generators.mqar(1, s.length, s.count, s.vocab, g, random_non_queries=True),
+        TaskShape(length=64, vocab=256, count=8),
+    ),
+}
+
+
+class SyntheticTask(Dataset):
+    """Examples {"input_ids": (length,), "targets": (length,)} of one task; example i comes from the generator
+    seeded with `example_seed(seed, i, validation)`."""
+
+    def __init__(self, task: str, shape: TaskShape, seed: int, size: int, validation: bool = False) -> None:
+        self.generate = TASKS[task][0]
+        self.shape, self.seed, self.size, self.validation = shape, seed, size, validation
+        # Fail now, in one line, on sizes the task cannot have (not at the first batch).
+        self.generate(shape, torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        generator = torch.Generator().manual_seed(example_seed(self.seed, index, self.validation))
+        inputs, targets = self.generate(self.shape, generator)
+        return {"input_ids": inputs[0], "targets": targets[0]}
