@@ -133,7 +133,8 @@ def resolve_run_options(
     for path in merged.get("data", []):
         if not path.exists():
             raise UserError(f"{path}: no such file or folder (given with --data)")
-    values = {key: value for key, value in from_file.items() if key in own}
+    # A key that is also a common option (vision's --model beside the file's `model:` section) is the common one.
+    values = {key: value for key, value in from_file.items() if key in own and key not in common}
     values.update({key: value for key, value in (option_flags or {}).items() if _given(value)})
     try:
         options = options_class(**values)
@@ -318,14 +319,18 @@ def evaluate_domain(
     run = RunOptions(data=list(data), task=spec.name, seed=loaded.record.seed, device=resolved)
     labels = tuple(getattr(loaded.model, "labels", None) or ())
     inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model, labels=labels)
-    metrics = evaluate(
-        loaded.model,
-        spec.task(inputs),
-        spec.evaluation_data(inputs),
-        EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed),
-    )
-    print_metrics(f"{domain.name} {spec.name}: {checkpoint}", metrics)
-    return metrics
+    task, data = spec.task(inputs), spec.evaluation_data(inputs)
+    config = EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed)
+    if not isinstance(data, Mapping):
+        metrics = evaluate(loaded.model, task, data, config)
+        print_metrics(f"{domain.name} {spec.name}: {checkpoint}", metrics)
+        return metrics
+    scored: dict[str, float] = {}
+    for name, dataset in data.items():
+        metrics = evaluate(loaded.model, task, dataset, config)
+        print_metrics(f"{domain.name} {spec.name}: {checkpoint} ({name})", metrics)
+        scored.update({f"{name}/{metric}": value for metric, value in metrics.items()})
+    return scored
 
 
 def _parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:

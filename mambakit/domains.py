@@ -127,7 +127,8 @@ class DomainTask:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """TrainConfig settings that the flags and the config file override."""
     eval_data: Callable[[TaskInputs], Any] | None = None
-    """What `eval` scores (inputs.model is the checkpoint's model); default: the test split of `data`, else val."""
+    """What `eval` scores (inputs.model is the checkpoint's model); default: the test split of `data`, else val.
+    A mapping of names to datasets (one per sequence length, say) is scored and reported per name."""
     optimizer: Callable[[TaskInputs], Any] | None = None
     """inputs -> an optimizer factory for `mambakit.train.fit` (see `mambakit.train.optim.OptimizerFactory`);
     default: the trainer's AdamW."""

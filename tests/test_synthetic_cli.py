@@ -41,7 +41,7 @@ def test_train_then_eval_at_another_length(task, family, small, tmp_path, capsys
     attention = [i for i, layer in enumerate(model.backbone.layers) if isinstance(layer.mixer, CausalSelfAttention)]
     assert attention == expected.get("attn_layer_idx", [])
     record = json.loads((out / "best" / "run_record.json").read_text())
-    assert record["domain"] == "synthetic" and record["task"] == task and record["options"]["model"] == family
+    assert record["domain"] == "synthetic" and record["task"] == task and record["options"]["family"] == family
     capsys.readouterr()
     assert main(["eval", "synthetic", "-c", str(out / "best"), "--length", "96"]) == 0
     assert "accuracy" in capsys.readouterr().out
@@ -75,3 +75,34 @@ def test_families_and_errors(small, tmp_path, capsys):
         assert main(["train", "synthetic", "--out", str(tmp_path / "x"), *extra, *TINY, str(small)]) != 0
         error = capsys.readouterr().err.strip()
         assert message in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", ["mamba", "mambaformer"])
+def test_chunked_evaluation_equals_one_pass(family, monkeypatch):
+    from mambakit.apps.synthetic import tasks
+
+    from mambakit.models import MambaLMHeadModel
+
+    torch.manual_seed(0)
+    config = MambaConfig(d_model=16, vocab_size=16, d_state=4, attn_num_heads=2, **family_fields(family, 2, 16))
+    model = MambaLMHeadModel(config, scan_backend="torch").eval()
+    data = SyntheticTask("induction-heads", TaskShape(length=50, vocab=16, count=1), seed=0, size=6)
+    batch = {key: torch.stack([data[i][key] for i in range(6)]) for key in ("input_ids", "targets")}
+    batch["targets"][:, 10:40:3] = batch["input_ids"][:, 11:41:3]  # more scored positions, across chunk borders
+    with torch.no_grad():
+        whole = tasks.ScoredTokensTask().evaluate(model, [batch])
+        monkeypatch.setattr(tasks, "EVAL_CHUNK", 16)
+        chunked = tasks.ScoredTokensTask().evaluate(model, [batch])
+    assert chunked["accuracy"] == whole["accuracy"] and chunked["sequence_accuracy"] == whole["sequence_accuracy"]
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_eval_at_several_lengths(small, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "synthetic", "--task", "induction-heads", "--out", str(out), *TINY, str(small)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "32,128"]) == 0
+    printed = "".join(capsys.readouterr().out.split())  # rich wraps long titles
+    assert "(length32)" in printed and "(length128)" in printed
+    assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "a,b"]) != 0
+    assert "--lengths 'a,b'" in capsys.readouterr().err

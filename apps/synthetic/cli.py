@@ -6,6 +6,7 @@ synthetic`."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -40,7 +41,7 @@ TRAIN_DEFAULTS = {
 class SyntheticOptions:
     """The synthetic app's own options (saved in each checkpoint's run record)."""
 
-    model: Annotated[str, typer.Option("--model", help="Model family: " + " | ".join(FAMILIES) + ".")] = "mamba"
+    family: Annotated[str, typer.Option("--model", help="Model family: " + " | ".join(FAMILIES) + ".")] = "mamba"
     length: Annotated[
         int | None,
         typer.Option("--length", min=4, help="Sequence length (default: the task's; eval: length to test at)."),
@@ -49,6 +50,10 @@ class SyntheticOptions:
     count: Annotated[
         int | None, typer.Option("--count", min=1, help="Tokens to copy / key-value pairs (default: the task's).")
     ] = None
+    lengths: Annotated[
+        str | None,
+        typer.Option("--lengths", help="eval: comma-separated lengths to test at, e.g. 64,256,4096 (extrapolation)."),
+    ] = field(default=None, metadata=EVAL_OPTION)
 
 
 def family_fields(family: str, n_layer: int, d_model: int) -> dict[str, Any]:
@@ -96,11 +101,29 @@ def _data(task: str) -> Any:
     return build
 
 
+def _eval_lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 4:
+        raise UserError(f"--lengths {text!r}: give comma-separated sequence lengths of at least 4, e.g. 64,256,1024")
+    return lengths
+
+
 def _eval_data(task: str) -> Any:
-    """The fixed validation examples, at --length when given (length extrapolation)."""
+    """The fixed validation examples, at --length when given, or one set per length of --lengths."""
 
     def build(inputs: TaskInputs) -> Any:
-        return _data(task)(inputs).val
+        options: SyntheticOptions = inputs.options
+        if options.lengths is None:
+            return _data(task)(inputs).val
+        return {
+            f"length {length}": _data(task)(
+                dataclasses.replace(inputs, options=dataclasses.replace(options, length=length))
+            ).val
+            for length in _eval_lengths(options.lengths)
+        }
 
     return build
 
@@ -111,7 +134,7 @@ def _model(task: str) -> Any:
 
         options: SyntheticOptions = inputs.options
         sizes = {**inputs.presets.get(inputs.run.preset, {}), **inputs.run.model}
-        fields = family_fields(options.model, int(sizes.get("n_layer", 2)), int(sizes.get("d_model", 32)))
+        fields = family_fields(options.family, int(sizes.get("n_layer", 2)), int(sizes.get("d_model", 32)))
         config = inputs.model_config(MambaConfig, vocab_size=_shape(inputs, task).vocab, **fields)
         return MambaLMHeadModel(config)
 
@@ -121,7 +144,7 @@ def _model(task: str) -> Any:
 def _task(inputs: TaskInputs) -> Any:
     from .tasks import ScoredTokensTask
 
-    family_fields(inputs.options.model, 2, 32)  # an unknown --model fails before any data is made
+    family_fields(inputs.options.family, 2, 32)  # an unknown --model fails before any data is made
     return ScoredTokensTask()
 
 

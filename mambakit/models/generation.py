@@ -236,6 +236,14 @@ def _decode_graph(model: Any, state: Any, batch: int, device: torch.device) -> _
     return graph
 
 
+def allocate_state_for(model: Any, batch: int, device: torch.device, max_length: int) -> Any:
+    """`model.allocate_state` for `batch` sequences of up to `max_length` positions: attention layers keep a
+    key/value cache of every position, sized to it; a model without attention layers takes no length."""
+    if getattr(getattr(model, "config", None), "attn_layer_idx", ()):
+        return model.allocate_state(batch, device=device, max_length=max_length)
+    return model.allocate_state(batch, device=device)
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -274,13 +282,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        # Attention layers keep a key/value cache of every position: it must hold the prompt and the new tokens.
-        cache = (
-            {"max_length": input_ids.shape[1] + max_new_tokens}
-            if getattr(getattr(model, "config", None), "attn_layer_idx", ())
-            else {}
-        )
-        state = model.allocate_state(input_ids.shape[0], device=input_ids.device, **cache)
+        state = allocate_state_for(model, input_ids.shape[0], input_ids.device, input_ids.shape[1] + max_new_tokens)
         logits = model(input_ids, state=state).logits[:, -1]
         step: Callable[[Tensor], Tensor] = functools.partial(model.step, state=state)
         # A graph pays off only when there are steps to replay (the last token needs no step).
