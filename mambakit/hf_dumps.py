@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, described
+from .labelled_files import visible
 from .splits import SPLIT_NAMES
 
 #: Files of a `datasets` dump: `to_parquet` / hub layout, or `save_to_disk` (Arrow streams).
@@ -46,11 +47,6 @@ class DumpKind:
     install: str
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _pyarrow(kind: DumpKind) -> Any:
     try:
         import pyarrow
@@ -60,14 +56,10 @@ def _pyarrow(kind: DumpKind) -> Any:
     return pyarrow
 
 
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def is_dump_folder(folder: Path) -> bool:
     """Whether `folder` holds `.parquet` or `.arrow` files (up to three levels down)."""
     return any(
-        p.is_file() and _visible(p, folder)
+        p.is_file() and visible(p, folder)
         for suffix in HF_SUFFIXES
         for pattern in (f"*{suffix}", f"*/*{suffix}", f"*/*/*{suffix}")
         for p in folder.glob(pattern)
@@ -78,7 +70,7 @@ def _dump_files(path: Path, kind: DumpKind) -> list[Path]:
     if path.is_file():
         return [path]
     for suffix in HF_SUFFIXES:
-        found = sorted(p for p in path.rglob(f"*{suffix}") if p.is_file() and _visible(p, path))
+        found = sorted(p for p in path.rglob(f"*{suffix}") if p.is_file() and visible(p, path))
         if found:
             return found
     raise kind.error(f"{path}: no .parquet or .arrow files in this folder")
@@ -111,7 +103,7 @@ def _read_table(file: Path, kind: DumpKind) -> Any:
         return pa.parquet.read_table(file)
     except (pa.ArrowException, OSError) as error:
         what = "Arrow" if file.suffix.lower() == ".arrow" else "Parquet"
-        raise kind.error(f"{file}: not a readable {what} file ({_one_line(error)})") from None
+        raise kind.error(f"{file}: not a readable {what} file ({described(error)})") from None
 
 
 def _features(file: Path, table: Any) -> dict[str, Any]:

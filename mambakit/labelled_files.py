@@ -1,18 +1,22 @@
-"""Labelled files on disk, as every domain with file inputs (images, audio) reads them: a CSV/TSV table of
-path,label[,split] rows, class ids of labels, and train/val/test splits. One-line errors of the caller's type name
-the file and row. No domain knowledge here."""
+"""Labelled files on disk, as every domain with file inputs (images, audio) reads them: the paths a user passes,
+folders listed without hidden files, a CSV/TSV table of path,label[,split] rows, class ids of labels, train/val/test
+splits, and the NumPy archive of a domain's embedded data. One-line errors of the caller's type name the file and
+row. No domain knowledge here."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, described, first_line
 from .splits import SPLIT_NAMES, stratified_split
 
 LABEL_COLUMNS = ("label", "class")
@@ -36,9 +40,61 @@ class Labelled(Protocol):
     source: str
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+class LabelledData(Protocol):
+    """Labelled records and the split the data names, if any (an app's LabelledImages, LabelledAudio)."""
+
+    records: Any
+    splits: dict[str, list[int]] | None
+
+
+def existing_paths(data: str | Path | Sequence[str | Path], error: type[UserError]) -> list[Path]:
+    """What --data names, as paths; one that does not exist is an `error`."""
+    paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
+    for path in paths:
+        if not path.exists():
+            raise error(f"{path}: no such file or folder; check the path")
+    return paths
+
+
+def visible(path: Path, root: Path) -> bool:
+    """Whether no part of `path` below `root` is hidden (a dot file or folder)."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def warn_skipped(where: Path, skipped: list[Path], kind: str) -> None:
+    """One warning for the files under `where` that are not `kind` ("audio", "images") by their suffix, attributed
+    to the caller of the reader that calls this."""
+    if skipped:
+        warnings.warn(
+            f"{where}: skipped {len(skipped)} file(s) that are not {kind} by their suffix (e.g. {skipped[0].name})",
+            stacklevel=3,
+        )
+
+
+def numeric_aware(names: Iterable[str]) -> list[str]:
+    """The distinct names sorted, in numeric order when every one is an integer ("2" before "10")."""
+    unique = sorted(set(names))
+    if all(re.fullmatch(r"-?\d+", name) for name in unique):
+        return sorted(unique, key=int)
+    return unique
+
+
+@lru_cache(maxsize=4)
+def load_embedded_arrays(file: Path, error: type[UserError], what: str) -> dict[str, np.ndarray]:
+    """The arrays of a domain's embedded `.npz` (read once, read-only, never unpickling); a missing or unreadable
+    file is an `error` saying to reinstall. `what` names the data in messages ("image", "audio")."""
+    if not file.is_file():
+        raise error(
+            f"{file}: the embedded {what} data is missing from this installation; reinstall mambakit or pass --data"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as cause:
+        raise error(f"{file}: unreadable embedded data ({described(cause)}); reinstall mambakit") from None
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
 
 
 def read_label_table(
@@ -100,13 +156,13 @@ def read_label_table(
             f"{path}: not a UTF-8 text table (undecodable byte at offset {decode_error.start}); expected CSV/TSV"
         ) from None
     except csv.Error as csv_error:
-        raise error(f"{path}: malformed CSV ({_one_line(csv_error)})") from None
+        raise error(f"{path}: malformed CSV ({first_line(csv_error)})") from None
     if not rows:
         raise error(f"{path}: no rows below the header")
     return rows
 
 
-def _some(names: Sequence[str], shown: int = 10) -> str:
+def some(names: Sequence[str], shown: int = 10) -> str:
     listed = ", ".join(repr(name) for name in names[:shown])
     return listed if len(names) <= shown else f"{listed} (and {len(names) - shown} more)"
 
@@ -123,7 +179,7 @@ def encode_labels(
         if record.label not in index:
             if record.label is None:
                 raise error(f"{record.source}: no label, though other {items} have one")
-            raise error(f"{record.source}: label {record.label!r} is not one of the model's classes ({_some(classes)})")
+            raise error(f"{record.source}: label {record.label!r} is not one of the model's classes ({some(classes)})")
         ids[row] = index[record.label]
     return ids
 
@@ -148,3 +204,11 @@ def split_indices(
         splits["train"] = sorted(train[carved["train"]].tolist())
         splits["val"] = sorted(train[carved["val"]].tolist())
     return splits
+
+
+def split_labelled(
+    data: LabelledData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[int]]:
+    """`split_indices` of labelled data: its records' labels and its own split, if any."""
+    labels = [str(record.label) for record in data.records]
+    return split_indices(labels, data.splits, val_fraction, test_fraction, seed)

@@ -14,11 +14,9 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, overload
 
@@ -27,9 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mambakit import hf_dumps, labelled_files
-from mambakit.errors import UserError
+from mambakit.errors import UserError, described
 from mambakit.hf_dumps import HF_SUFFIXES
-from mambakit.labelled_files import read_label_table
+from mambakit.labelled_files import read_label_table, some
 from mambakit.models import IGNORE_INDEX
 from mambakit.splits import SPLIT_NAMES
 
@@ -195,11 +193,6 @@ def silence_code(encoding: str = "mu-law") -> int:
 # --- files --------------------------------------------------------------------------------------------------
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _soundfile() -> Any:
     try:
         import soundfile
@@ -243,7 +236,7 @@ def read_audio(path: str | Path | bytes, sample_rate: int | None = None, source:
         samples, rate = soundfile.read(readable, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile.LibsndfileError, RuntimeError, TypeError on bad data
         raise AudioDataError(
-            f"{where}: unreadable audio, not a format soundfile reads or corrupt/truncated ({_one_line(error)}); "
+            f"{where}: unreadable audio, not a format soundfile reads or corrupt/truncated ({described(error)}); "
             f"replace or remove the file, or convert it to WAV or FLAC"
         ) from None
     if samples.shape[0] == 0:
@@ -275,7 +268,7 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     except AudioDataError:
         raise
     except Exception as error:
-        raise AudioDataError(f"{path}: unreadable audio ({_one_line(error)}); replace or remove the file") from None
+        raise AudioDataError(f"{path}: unreadable audio ({described(error)}); replace or remove the file") from None
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
@@ -298,43 +291,14 @@ def is_audio_file(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """(audio files, other files) under `folder`, recursively, sorted; hidden files and folders are left out."""
     audio: list[Path] = []
     others: list[Path] = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and _visible(path, folder):
+        if path.is_file() and labelled_files.visible(path, folder):
             (audio if is_audio_file(path) else others).append(path)
     return audio, others
-
-
-def _warn_skipped(where: Path, skipped: list[Path]) -> None:
-    if skipped:
-        warnings.warn(
-            f"{where}: skipped {len(skipped)} file(s) that are not audio by their suffix (e.g. {skipped[0].name})",
-            stacklevel=3,
-        )
-
-
-def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise AudioDataError(f"{path}: no such file or folder; check the path")
-
-
-def _numeric_aware(names: Sequence[str]) -> list[str]:
-    names = sorted(set(names))
-    if all(re.fullmatch(r"-?\d+", name) for name in names):
-        return sorted(names, key=int)
-    return names
-
-
-def _some(names: Sequence[str], shown: int = 10) -> str:
-    text = ", ".join(repr(name) for name in names[:shown])
-    return text if len(names) <= shown else f"{text} (and {len(names) - shown} more)"
 
 
 def _labelled(records: list[AudioRecord], where: Path | str) -> LabelledAudio:
@@ -344,9 +308,9 @@ def _labelled(records: list[AudioRecord], where: Path | str) -> LabelledAudio:
     unlabelled = next((record for record in records if record.label is None), None)
     if unlabelled is not None:
         raise AudioDataError(f"{unlabelled.source}: no label; every clip needs one for classification")
-    classes = _numeric_aware([str(record.label) for record in records])
+    classes = labelled_files.numeric_aware([str(record.label) for record in records])
     if len(classes) < 2:
-        raise AudioDataError(f"{where}: found 1 class ({_some(classes)}); classification needs at least 2 classes")
+        raise AudioDataError(f"{where}: found 1 class ({some(classes)}); classification needs at least 2 classes")
     splits: dict[str, list[int]] | None = None
     if any(record.split is not None for record in records):
         splits = {}
@@ -378,7 +342,7 @@ def read_audio_folder(root: str | Path) -> LabelledAudio:
     `{label}_{...}.wav` (the label is the name's first field). Hidden files are ignored; files whose suffix is
     not audio are skipped with one warning."""
     root = Path(root)
-    _check_exists(root)
+    labelled_files.existing_paths(root, AudioDataError)
     if not root.is_dir():
         raise AudioDataError(f"{root}: not a folder")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -391,7 +355,7 @@ def read_audio_folder(root: str | Path) -> LabelledAudio:
     if folders:
         return _labelled(_class_records(root, None), root)
     audio, others = _audio_files(root)
-    _warn_skipped(root, others)
+    labelled_files.warn_skipped(root, others, "audio")
     return _labelled([AudioRecord(path, name_label(path), str(path)) for path in audio], root)
 
 
@@ -407,7 +371,7 @@ def _class_records(root: Path, split: str | None) -> list[AudioRecord]:
         if not audio:
             raise AudioDataError(f"{folder}: class folder holds no audio files; add clips or remove the folder")
         records += [AudioRecord(path, folder.name, str(path), split) for path in audio]
-    _warn_skipped(root, skipped)
+    labelled_files.warn_skipped(root, skipped, "audio")
     return records
 
 
@@ -430,7 +394,7 @@ def read_hf_audio(path: str | Path, require_label: bool = True) -> tuple[list[Au
     the feature typed `Audio` (else `audio`): encoded bytes or paths, decoded when used. Needs pyarrow
     (`mambakit[audio]`)."""
     path = Path(path)
-    _check_exists(path)
+    labelled_files.existing_paths(path, AudioDataError)
     rows, class_names = hf_dumps.read_dump(path, AUDIO_DUMP, require_label)
     return [AudioRecord(row.media, row.label, row.source, row.split) for row in rows], class_names
 
@@ -443,7 +407,7 @@ def read_hf_audio_dataset(path: str | Path) -> LabelledAudio:
     if names is not None:
         missing = sorted(set(labelled.classes) - set(names))
         if missing:
-            raise AudioDataError(f"{path}: labels {_some(missing)} are not among the ClassLabel names")
+            raise AudioDataError(f"{path}: labels {some(missing)} are not among the ClassLabel names")
         labelled.classes = list(names)
     return labelled
 
@@ -452,13 +416,6 @@ def _audiofolder_metadata(folder: Path) -> Path | None:
     """The metadata table of a Hugging Face audiofolder (`metadata.csv` beside the clips, a `file_name` column)."""
     table = folder / "metadata.csv"
     return table if table.is_file() else None
-
-
-def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
-    paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
-    for path in paths:
-        _check_exists(path)
-    return paths
 
 
 def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudio:
@@ -471,7 +428,7 @@ def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudi
     - a Hugging Face `datasets` dump: a .parquet file, or a folder of .parquet or .arrow files (`read_hf_audio`);
     - several folders, one per class (the class is the folder's name).
     """
-    paths = _paths(data)
+    paths = labelled_files.existing_paths(data, AudioDataError)
     if not paths:
         raise AudioDataError("no data given; pass an audio folder or a CSV/TSV of path,label rows")
     if len(paths) > 1:
@@ -481,7 +438,7 @@ def load_labelled_audio(data: str | Path | Sequence[str | Path]) -> LabelledAudi
         records: list[AudioRecord] = []
         for folder in paths:
             audio, others = _audio_files(folder)
-            _warn_skipped(folder, others)
+            labelled_files.warn_skipped(folder, others, "audio")
             records += [AudioRecord(p, folder.name, str(p)) for p in audio]
         return _labelled(records, paths[0].parent)
     path = paths[0]
@@ -511,12 +468,12 @@ def read_audio_inputs(data: str | Path | Sequence[str | Path]) -> list[AudioReco
     them, recursively, sorted; others skipped with a warning); CSV/TSV tables and `datasets` dumps (the label
     column optional)."""
     records: list[AudioRecord] = []
-    for path in _paths(data):
+    for path in labelled_files.existing_paths(data, AudioDataError):
         if (path.is_dir() and hf_dumps.is_dump_folder(path)) or path.suffix.lower() in HF_SUFFIXES:
             records += read_hf_audio(path, require_label=False)[0]
         elif path.is_dir():
             audio, others = _audio_files(path)
-            _warn_skipped(path, others)
+            labelled_files.warn_skipped(path, others, "audio")
             if not audio:
                 raise AudioDataError(f"{path}: no audio files in this folder (looked for {', '.join(AUDIO_SUFFIXES)})")
             records += [AudioRecord(p, None, str(p)) for p in audio]
@@ -535,32 +492,11 @@ def encode_labels(records: Sequence[AudioRecord], classes: Sequence[str]) -> np.
     return labelled_files.encode_labels(records, classes, AudioDataError, "clips")
 
 
-def split_indices(
-    data: LabelledAudio, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, list[int]]:
-    """Record indices of "train", "val" and "test" (see `mambakit.labelled_files.split_indices`): the data's own
-    split kept (a missing val split carved from train), else a seeded stratified split by class."""
-    labels = [str(record.label) for record in data.records]
-    return labelled_files.split_indices(labels, data.splits, val_fraction, test_fraction, seed)
+#: Train/val/test record indices of labelled data (`mambakit.labelled_files.split_labelled`).
+split_indices = labelled_files.split_labelled
 
 
 # --- the embedded data --------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _embedded_arrays(file: Path) -> dict[str, np.ndarray]:
-    if not file.is_file():
-        raise AudioDataError(
-            f"{file}: the embedded audio data is missing from this installation; reinstall mambakit or pass --data"
-        )
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:
-        raise AudioDataError(f"{file}: unreadable embedded data ({_one_line(error)}); reinstall mambakit") from None
-    for array in arrays.values():
-        array.flags.writeable = False
-    return arrays
 
 
 def embedded_dataset(seed: int = 0, val_per_class: int = 30) -> LabelledAudio:
@@ -569,7 +505,7 @@ def embedded_dataset(seed: int = 0, val_per_class: int = 30) -> LabelledAudio:
 
     Splits: "test" = recordings with index 0-4 (FSDD's own convention, 300 clips); "val" = `val_per_class`
     recordings of each digit drawn (with `seed`) from the others; "train" = the rest (2,400 by default)."""
-    arrays = _embedded_arrays(EMBEDDED_FILE)
+    arrays = labelled_files.load_embedded_arrays(EMBEDDED_FILE, AudioDataError, "audio")
     codes, offsets = arrays["codes"], arrays["offsets"]
     digits, speakers, index = arrays["digit"], arrays["speaker"], arrays["index"]
     names = [str(name) for name in arrays["speaker_names"]]

@@ -13,11 +13,9 @@ exits with code 2): one line naming the file (and the table row) and what to do.
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,9 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from mambakit import hf_dumps, labelled_files
-from mambakit.errors import UserError
+from mambakit.errors import UserError, described
 from mambakit.hf_dumps import HF_SUFFIXES
-from mambakit.labelled_files import read_label_table
+from mambakit.labelled_files import read_label_table, some
 from mambakit.splits import SPLIT_NAMES
 
 #: Suffixes (compared lowercased) of the files an image folder's reader takes; other files are skipped with one
@@ -99,11 +97,6 @@ class LabelledImages:
 
 
 # --- decoding -----------------------------------------------------------------------------------------------
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _on_white(image: Image.Image) -> Image.Image:
@@ -178,7 +171,7 @@ def load_image(image: ImageInput, source: str | None = None) -> Image.Image:
         ) from None
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad data
         raise VisionDataError(
-            f"{where}: unreadable image, truncated or corrupt ({_one_line(error)}); replace or remove the file"
+            f"{where}: unreadable image, truncated or corrupt ({described(error)}); replace or remove the file"
         ) from None
 
 
@@ -205,18 +198,9 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 # --- shared checks ------------------------------------------------------------------------------------------
 
 
-def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise VisionDataError(f"{path}: no such file or folder; check the path")
-
-
 def is_image_file(path: Path) -> bool:
     """Whether a file is taken as an image by its (lowercased) suffix; hidden files never are."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -224,23 +208,10 @@ def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     images: list[Path] = []
     others: list[Path] = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not _visible(path, folder):
+        if not path.is_file() or not labelled_files.visible(path, folder):
             continue
         (images if is_image_file(path) else others).append(path)
     return images, others
-
-
-def _warn_skipped(where: Path, skipped: list[Path]) -> None:
-    if skipped:
-        warnings.warn(
-            f"{where}: skipped {len(skipped)} file(s) that are not images by their suffix (e.g. {skipped[0].name})",
-            stacklevel=3,
-        )
-
-
-def _some(names: Sequence[str], shown: int = 10) -> str:
-    text = ", ".join(repr(name) for name in names[:shown])
-    return text if len(names) <= shown else f"{text} (and {len(names) - shown} more)"
 
 
 def _labelled(records: list[ImageRecord], where: Path | str, classes: Sequence[str] | None = None) -> LabelledImages:
@@ -253,7 +224,7 @@ def _labelled(records: list[ImageRecord], where: Path | str, classes: Sequence[s
     present = sorted({record.label for record in records if record.label is not None})
     if len(present) < 2:
         raise VisionDataError(
-            f"{where}: found {len(present)} class ({_some(present)}); classification needs at least 2 classes"
+            f"{where}: found {len(present)} class ({some(present)}); classification needs at least 2 classes"
         )
     return LabelledImages(records, list(classes) if classes is not None else present, _record_splits(where, records))
 
@@ -273,7 +244,7 @@ def _record_splits(where: Path | str, records: Sequence[ImageRecord]) -> dict[st
         unseen = sorted({records[i].label for i in splits.get(split, [])} - trained, key=str)
         if unseen:
             raise VisionDataError(
-                f"{where}: class {_some([str(u) for u in unseen])} is in the {split} split but not in train; "
+                f"{where}: class {some([str(u) for u in unseen])} is in the {split} split but not in train; "
                 f"a model cannot learn it"
             )
     return splits
@@ -307,7 +278,7 @@ def _class_folder_records(class_folders: Sequence[Path], split: str | None) -> l
             )
         records += [ImageRecord(path, folder.name, str(path), split) for path in images]
     if skipped:
-        _warn_skipped(class_folders[0].parent, skipped)
+        labelled_files.warn_skipped(class_folders[0].parent, skipped, "images")
     return records
 
 
@@ -337,7 +308,7 @@ def read_image_folder(root: str | Path) -> LabelledImages:
     whose suffix is not an image suffix are skipped with one warning; an empty class folder, a single class, or
     a val/test class missing from train are errors."""
     root = Path(root)
-    _check_exists(root)
+    labelled_files.existing_paths(root, VisionDataError)
     if not root.is_dir():
         raise VisionDataError(f"{root}: not a folder; an image folder holds one subfolder of images per class")
     splits = _split_folders(root)
@@ -375,16 +346,9 @@ def read_hf_images(path: str | Path, require_label: bool = True) -> tuple[list[I
     one `.parquet` file or a folder of them, or a `save_to_disk` folder of `.arrow` files. The image column is
     the feature typed `Image` (else `image`/`img`). Needs pyarrow (`mambakit[vision]`)."""
     path = Path(path)
-    _check_exists(path)
+    labelled_files.existing_paths(path, VisionDataError)
     rows, class_names = hf_dumps.read_dump(path, IMAGE_DUMP, require_label)
     return [ImageRecord(row.media, row.label, row.source, row.split) for row in rows], class_names
-
-
-def _numeric_aware(names: Iterable[str]) -> list[str]:
-    names = list(names)
-    if all(re.fullmatch(r"-?\d+", name) for name in names):
-        return sorted(names, key=int)
-    return sorted(names)
 
 
 def read_hf_dataset(path: str | Path) -> LabelledImages:
@@ -393,18 +357,11 @@ def read_hf_dataset(path: str | Path) -> LabelledImages:
     records, names = read_hf_images(path, require_label=True)
     labelled = _labelled(records, path, names)
     if names is None:
-        labelled.classes = _numeric_aware(labelled.classes)
+        labelled.classes = labelled_files.numeric_aware(labelled.classes)
     return labelled
 
 
 # --- what --data names --------------------------------------------------------------------------------------
-
-
-def _paths(data: str | Path | Sequence[str | Path]) -> list[Path]:
-    paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
-    for path in paths:
-        _check_exists(path)
-    return paths
 
 
 def load_labelled_images(data: str | Path | Sequence[str | Path]) -> LabelledImages:
@@ -415,7 +372,7 @@ def load_labelled_images(data: str | Path | Sequence[str | Path]) -> LabelledIma
     - a Hugging Face `datasets` dump: a .parquet file, or a folder of .parquet or .arrow files (`read_hf_dataset`);
     - several folders, one per class (the class is the folder's name).
     """
-    paths = _paths(data)
+    paths = labelled_files.existing_paths(data, VisionDataError)
     if not paths:
         raise VisionDataError("no data given; pass an image folder, a CSV/TSV of path,label rows or a Parquet file")
     if len(paths) > 1:
@@ -450,13 +407,13 @@ def read_images(data: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
     them, recursively, sorted; non-images skipped with a warning); CSV/TSV tables (the label column optional);
     `datasets` dumps (the label column optional)."""
     records: list[ImageRecord] = []
-    for path in _paths(data):
+    for path in labelled_files.existing_paths(data, VisionDataError):
         suffix = path.suffix.lower()
         if path.is_dir() and hf_dumps.is_dump_folder(path):
             records += read_hf_images(path, require_label=False)[0]
         elif path.is_dir():
             images, others = _image_files(path)
-            _warn_skipped(path, others)
+            labelled_files.warn_skipped(path, others, "images")
             if not images:
                 raise VisionDataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
             records += [ImageRecord(image, None, str(image)) for image in images]
@@ -480,32 +437,11 @@ def encode_labels(records: Sequence[ImageRecord], classes: Sequence[str]) -> np.
 # --- splits -------------------------------------------------------------------------------------------------
 
 
-def split_indices(
-    data: LabelledImages, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, list[int]]:
-    """Record indices of "train", "val" and "test" (see `mambakit.labelled_files.split_indices`): the data's own
-    split kept (a missing val split carved from train), else a seeded stratified split by class."""
-    labels = [str(record.label) for record in data.records]
-    return labelled_files.split_indices(labels, data.splits, val_fraction, test_fraction, seed)
+#: Train/val/test record indices of labelled data (`mambakit.labelled_files.split_labelled`).
+split_indices = labelled_files.split_labelled
 
 
 # --- the embedded data --------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _embedded_arrays(file: Path) -> dict[str, np.ndarray]:
-    if not file.is_file():
-        raise VisionDataError(
-            f"{file}: the embedded image data is missing from this installation; reinstall mambakit or pass --data"
-        )
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:
-        raise VisionDataError(f"{file}: unreadable embedded data ({_one_line(error)}); reinstall mambakit") from None
-    for array in arrays.values():
-        array.flags.writeable = False
-    return arrays
 
 
 def embedded_dataset(val_fraction: float = 0.1, seed: int = 0) -> LabelledImages:
@@ -513,7 +449,7 @@ def embedded_dataset(val_fraction: float = 0.1, seed: int = 0) -> LabelledImages
     10 balanced classes, as records holding their pixels; splits "train" (the training images less
     `val_fraction` of them, carved per class with `seed`), "val" and "test" (Fashion-MNIST's own test images).
     Classes keep Fashion-MNIST's label order (T-shirt/top = 0 ... Ankle boot = 9)."""
-    arrays = _embedded_arrays(EMBEDDED_FILE)
+    arrays = labelled_files.load_embedded_arrays(EMBEDDED_FILE, VisionDataError, "image")
     classes = [str(name) for name in arrays["class_names"]]
     records: list[ImageRecord] = []
     for split in ("train", "test"):

@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..errors import first_line
 from ..jsonfiles import read_json_file
 from .config import CONFIG_VERSION, META_KEYS, V1_MOVED_FIELDS, MambaConfig
 from .heads import MambaLMHeadModel
@@ -280,7 +281,7 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as error:
             raise CheckpointError(
-                f"{path}: not a readable safetensors file ({_one_line(error)}); it may be "
+                f"{path}: not a readable safetensors file ({first_line(error)}); it may be "
                 f"truncated or corrupt: copy or download it again"
             ) from None
     try:
@@ -338,11 +339,6 @@ def _load_state(model: torch.nn.Module, tensors: dict[str, Tensor], source: Path
 def _some(names: list[str]) -> str:
     shown = ", ".join(names[:_NAMES_SHOWN])
     return shown if len(names) <= _NAMES_SHOWN else f"{shown} (and {len(names) - _NAMES_SHOWN} more)"
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextmanager
