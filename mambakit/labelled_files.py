@@ -40,6 +40,13 @@ class Labelled(Protocol):
     source: str
 
 
+class Split(Protocol):
+    """A record with the split its input assigns it to (or None) and a source for messages."""
+
+    split: str | None
+    source: str
+
+
 class LabelledData(Protocol):
     """Labelled records and the split the data names, if any (an app's LabelledImages, LabelledAudio)."""
 
@@ -182,6 +189,24 @@ def encode_labels(
             raise error(f"{record.source}: label {record.label!r} is not one of the model's classes ({some(classes)})")
         ids[row] = index[record.label]
     return ids
+
+
+def record_splits(
+    records: Sequence[Split], where: Path | str, error: type[UserError], items: str
+) -> dict[str, list[int]] | None:
+    """Record indices per split the input names ("train", "val", "test"), or None when it names none; records
+    without a split among others with one, or splits without "train", are an `error` (`items` names the records:
+    "images", "clips")."""
+    if all(record.split is None for record in records):
+        return None
+    splits: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        if record.split is None:
+            raise error(f"{record.source}: no split, though other {items} name theirs")
+        splits.setdefault(record.split, []).append(index)
+    if "train" not in splits:
+        raise error(f"{where}: the data names splits {sorted(splits)} but no train split")
+    return splits
 
 
 def split_indices(

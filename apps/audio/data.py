@@ -311,16 +311,7 @@ def _labelled(records: list[AudioRecord], where: Path | str) -> LabelledAudio:
     classes = labelled_files.numeric_aware([str(record.label) for record in records])
     if len(classes) < 2:
         raise AudioDataError(f"{where}: found 1 class ({some(classes)}); classification needs at least 2 classes")
-    splits: dict[str, list[int]] | None = None
-    if any(record.split is not None for record in records):
-        splits = {}
-        for index, record in enumerate(records):
-            if record.split is None:
-                raise AudioDataError(f"{record.source}: no split, though other clips name theirs")
-            splits.setdefault(record.split, []).append(index)
-        if "train" not in splits:
-            raise AudioDataError(f"{where}: the data names splits {sorted(splits)} but no train split")
-    return LabelledAudio(records, classes, splits)
+    return LabelledAudio(records, classes, labelled_files.record_splits(records, where, AudioDataError, "clips"))
 
 
 def name_label(path: Path) -> str:

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambakit.models import IGNORE_INDEX, ModelOutput, register_architecture, register_config
+from mambakit.models import ModelOutput, register_architecture, register_config
+from mambakit.models.heads import next_token_loss
 from mambakit.nn import PooledUNet, UNetState, no_weight_decay_names, pool_sequence
 
 from .data import DEFAULT_SAMPLE_RATE, ENCODINGS, MU_LAW_VARIANT
@@ -146,13 +147,7 @@ class AudioLM(_AudioModel):
         """input_ids (b, L) sample ids -> logits (b, L, vocab_size); labels (b, L), usually input_ids, give the
         next-sample cross-entropy (IGNORE_INDEX positions skipped)."""
         logits = self.lm_head(self.backbone(self._inputs(input_ids, class_ids)))
-        loss = None
-        if labels is not None:
-            next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return ModelOutput(logits, loss)
+        return ModelOutput(logits, None if labels is None else next_token_loss(logits, labels))
 
     def allocate_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None

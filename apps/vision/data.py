@@ -230,15 +230,9 @@ def _labelled(records: list[ImageRecord], where: Path | str, classes: Sequence[s
 
 
 def _record_splits(where: Path | str, records: Sequence[ImageRecord]) -> dict[str, list[int]] | None:
-    if all(record.split is None for record in records):
+    splits = labelled_files.record_splits(records, where, VisionDataError, "images")
+    if splits is None:
         return None
-    splits: dict[str, list[int]] = {}
-    for index, record in enumerate(records):
-        if record.split is None:
-            raise VisionDataError(f"{record.source}: no split, though other images name theirs")
-        splits.setdefault(record.split, []).append(index)
-    if "train" not in splits:
-        raise VisionDataError(f"{where}: the data names splits {sorted(splits)} but no train split")
     trained = {records[i].label for i in splits["train"]}
     for split in ("val", "test"):
         unseen = sorted({records[i].label for i in splits.get(split, [])} - trained, key=str)

@@ -120,6 +120,16 @@ class _VocabularyHeadModel(MambaPreTrainedModel):
         return self.backbone.vocabulary_logits(self.lm_head, features)[..., : self.config.vocab_size]
 
 
+def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of position t predicting labels[t + 1] (logits (b, l, v), labels (b, l), usually the
+    input ids); IGNORE_INDEX positions and the last position are skipped."""
+    # Shifting the labels rather than slicing the logits spares a copy of the largest tensor of the step.
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
 @register_architecture()
 class MambaLMHeadModel(_VocabularyHeadModel):
     """Causal language model: backbone + (tied) linear head over the vocabulary."""
@@ -148,14 +158,7 @@ class MambaLMHeadModel(_VocabularyHeadModel):
         """input_ids (b, l) -> logits (b, l, vocab_size). `labels` (b, l), usually input_ids, are shifted inside:
         position t predicts labels[t+1]; IGNORE_INDEX (-100) positions are skipped."""
         logits = self.forward_head(self.forward_features(input_ids, inputs_embeds, state))
-        loss = None
-        if labels is not None:
-            # Shifting the labels rather than slicing the logits spares a copy of the largest tensor of the step.
-            next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return ModelOutput(logits, loss)
+        return ModelOutput(logits, None if labels is None else next_token_loss(logits, labels))
 
     def step(self, input_ids: Tensor, state: MambaState) -> Tensor:
         """One token per sequence: input_ids (b,) -> next-token logits (b, vocab_size); `state` updated."""
