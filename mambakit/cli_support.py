@@ -406,8 +406,8 @@ def train_command(domain: Domain) -> Callable[..., None]:
     return _command(
         train,
         common + _domain_option_parameters(domain, for_eval=False),
-        f"Train a {domain.name} model ({domain.help}) {_tasks_help(domain)}. Without --data: the "
-        f"domain's embedded default data.",
+        f"Train a model of the {domain.name} domain ({domain.help}). {_tasks_help(domain)}. Without --data: the "
+        f"domain's default data (embedded, or generated).",
     )
 
 
