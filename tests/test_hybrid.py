@@ -14,6 +14,14 @@ from mambakit.nn import AttentionState, CausalSelfAttention, GatedMLP, Mamba
 MAMBAFORMER = {"n_layer": 5, "attn_layer_idx": (1, 3), "attn_positions": "none"}
 TRANSFORMER = {"n_layer": 2, "attn_layer_idx": (0, 1), "d_intermediate": 64}
 HYBRID_MLP = {"n_layer": 3, "attn_layer_idx": (1,), "d_intermediate": 40}
+#: GPT-2's layout: learned absolute positions added to the input.
+GPT2 = {
+    "n_layer": 2,
+    "attn_layer_idx": (0, 1),
+    "d_intermediate": 64,
+    "attn_positions": "learned",
+    "max_position_embeddings": 16,
+}
 
 
 def _model(layout: dict, seed: int = 0) -> MambaLMHeadModel:
@@ -22,7 +30,9 @@ def _model(layout: dict, seed: int = 0) -> MambaLMHeadModel:
     return MambaLMHeadModel(config, scan_backend="torch").eval()
 
 
-@pytest.mark.parametrize("layout", [MAMBAFORMER, TRANSFORMER, HYBRID_MLP], ids=["mambaformer", "transformer", "mlp"])
+@pytest.mark.parametrize(
+    "layout", [MAMBAFORMER, TRANSFORMER, HYBRID_MLP, GPT2], ids=["mambaformer", "transformer", "mlp", "learned"]
+)
 def test_prefill_steps_and_generation_reproduce_forward(layout):
     model = _model(layout)
     mixers = [type(layer.mixer) for layer in model.backbone.layers]
@@ -39,6 +49,19 @@ def test_prefill_steps_and_generation_reproduce_forward(layout):
     out = generate(model, ids[:, :5], max_new_tokens=9, sampling=SamplingConfig(temperature=0))
     with torch.no_grad():
         assert torch.equal(model(out[:, :-1]).logits[:, 4:].argmax(-1), out[:, 5:])
+
+
+def test_learned_positions_are_used_and_bounded():
+    model = _model(GPT2)
+    assert model.backbone.position_embedding.weight.shape == (16, 32)
+    ids = torch.full((1, 6), 3)
+    with torch.no_grad():
+        logits = model(ids).logits
+        assert not torch.allclose(logits[0, 0], logits[0, 5])  # the same token at two positions differs
+        with pytest.raises(ValueError, match="past the 16 learned positions"):
+            model(torch.zeros(1, 17, dtype=torch.long))
+        with pytest.raises(ValueError, match="past the 16 learned positions"):
+            model.allocate_state(1, max_length=17)
 
 
 def test_checkpoints_round_trip_and_attention_trains(tmp_path):

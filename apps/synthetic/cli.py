@@ -25,6 +25,11 @@ PRESETS = {
 }
 #: Model families (--model).
 FAMILIES = ("mamba", "mamba-lti", "transformer", "mambaformer", "hybrid")
+#: Positions of the attention layers (--positions); MambaFormer has none (its first Mamba block orders the input).
+POSITIONS = ("rope", "learned", "none")
+#: Learned position tables cover this many positions at least (the longest the Mamba paper tests attention at),
+#: so extrapolation can be measured; positions past the training length keep their initial values.
+LEARNED_POSITIONS = 1 << 14
 TRAIN_DEFAULTS = {
     "max_steps": 400,
     "batch_size": 32,
@@ -42,6 +47,13 @@ class SyntheticOptions:
     """The synthetic app's own options (saved in each checkpoint's run record)."""
 
     family: Annotated[str, typer.Option("--model", help="Model family: " + " | ".join(FAMILIES) + ".")] = "mamba"
+    positions: Annotated[
+        str,
+        typer.Option(
+            "--positions",
+            help="Positions of the attention layers (transformer, hybrid): rope | learned (absolute, GPT-2) | none.",
+        ),
+    ] = "rope"
     length: Annotated[
         int | None,
         typer.Option("--length", min=4, help="Sequence length (default: the task's; eval: length to test at)."),
@@ -56,19 +68,25 @@ class SyntheticOptions:
     ] = field(default=None, metadata=EVAL_OPTION)
 
 
-def family_fields(family: str, n_layer: int, d_model: int) -> dict[str, Any]:
-    """The MambaConfig fields that make `family` from a preset of `n_layer` mixers of width `d_model`."""
+def family_fields(family: str, n_layer: int, d_model: int, positions: str = "rope", length: int = 0) -> dict[str, Any]:
+    """The MambaConfig fields that make `family` from a preset of `n_layer` mixers of width `d_model`; attention
+    layers get `positions` (learned ones a table of at least `length` positions)."""
+    if positions not in POSITIONS:
+        raise UserError(f"--positions {positions!r}: choose one of {', '.join(POSITIONS)}")
+    attention = {"attn_positions": positions}
+    if positions == "learned":
+        attention["max_position_embeddings"] = max(length, LEARNED_POSITIONS)
     if family == "mamba":
         return {}
     if family == "mamba-lti":
         return {"selective": False}
     if family == "transformer":
-        return {"attn_layer_idx": list(range(n_layer)), "d_intermediate": 4 * d_model}
+        return {"attn_layer_idx": list(range(n_layer)), "d_intermediate": 4 * d_model, **attention}
     if family == "mambaformer":
         # One Mamba block first, then attention (odd) and Mamba (even) alternating: n_layer + 1 mixers.
         return {"n_layer": n_layer + 1, "attn_layer_idx": list(range(1, n_layer + 1, 2)), "attn_positions": "none"}
     if family == "hybrid":
-        return {"attn_layer_idx": list(range(0, n_layer, 2))}
+        return {"attn_layer_idx": list(range(0, n_layer, 2)), **attention}
     raise UserError(f"--model {family!r}: choose one of {', '.join(FAMILIES)}")
 
 
@@ -134,8 +152,11 @@ def _model(task: str) -> Any:
 
         options: SyntheticOptions = inputs.options
         sizes = {**inputs.presets.get(inputs.run.preset, {}), **inputs.run.model}
-        fields = family_fields(options.family, int(sizes.get("n_layer", 2)), int(sizes.get("d_model", 32)))
-        config = inputs.model_config(MambaConfig, vocab_size=_shape(inputs, task).vocab, **fields)
+        shape = _shape(inputs, task)
+        fields = family_fields(
+            options.family, int(sizes.get("n_layer", 2)), int(sizes.get("d_model", 32)), options.positions, shape.length
+        )
+        config = inputs.model_config(MambaConfig, vocab_size=shape.vocab, **fields)
         return MambaLMHeadModel(config)
 
     return build
@@ -144,7 +165,7 @@ def _model(task: str) -> Any:
 def _task(inputs: TaskInputs) -> Any:
     from .tasks import ScoredTokensTask
 
-    family_fields(inputs.options.family, 2, 32)  # an unknown --model fails before any data is made
+    family_fields(inputs.options.family, 2, 32, inputs.options.positions)  # bad names fail before any data is made
     return ScoredTokensTask()
 
 

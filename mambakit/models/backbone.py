@@ -32,10 +32,12 @@ class MambaState:
     """Recurrent state of a whole backbone: per layer, a MambaLayerState (Mamba) or an AttentionState (KV cache)."""
 
     layers: list[MambaLayerState | AttentionState]
+    position: Tensor | None = None
+    """Positions read so far (a long scalar tensor), kept by backbones with learned absolute positions."""
 
     def detach(self) -> MambaState:
         """The same state cut from the autograd graph."""
-        return MambaState([layer.detach() for layer in self.layers])
+        return MambaState([layer.detach() for layer in self.layers], self.position)
 
 
 class MambaModel(nn.Module):
@@ -61,6 +63,12 @@ class MambaModel(nn.Module):
         self.config = config
         factory = {"device": device, "dtype": dtype}
         self.embedding = None if config.vocab_size == 0 else self._make_embedding(config, factory)
+        # GPT-2's learned absolute positions, added to the input of the first layer.
+        self.position_embedding = (
+            nn.Embedding(config.max_position_embeddings, config.d_model, **factory)
+            if config.attn_positions == "learned" and config.attn_layer_idx
+            else None
+        )
         block = Block if config.causal else NonCausalBlock
         self.layers: nn.ModuleList = nn.ModuleList(
             block(
@@ -111,7 +119,7 @@ class MambaModel(nn.Module):
         return CausalSelfAttention(
             config.d_model,
             config.attn_num_heads,
-            config.attn_positions,
+            "none" if config.attn_positions == "learned" else config.attn_positions,
             config.attn_rope_base,
             config.attn_bias,
             **factory,
@@ -161,14 +169,21 @@ class MambaModel(nn.Module):
         self._check_recurrent()
         if self.config.attn_layer_idx and max_length is None:
             raise ValueError("this model has attention layers: allocate_state needs max_length (the KV cache size)")
-        return MambaState(
-            [
-                self._block(i).mixer.allocate_state(batch, max_length, device, dtype)
-                if i in self.config.attn_layer_idx
-                else self._block(i).mixer.allocate_state(batch, device, dtype)
-                for i in range(len(self.layers))
-            ]
-        )
+        layers = [
+            self._block(i).mixer.allocate_state(batch, max_length, device, dtype)
+            if i in self.config.attn_layer_idx
+            else self._block(i).mixer.allocate_state(batch, device, dtype)
+            for i in range(len(self.layers))
+        ]
+        if self.position_embedding is None:
+            return MambaState(layers)
+        table = self.position_embedding.weight.shape[0]
+        if max_length is not None and max_length > table:
+            raise ValueError(
+                f"max_length {max_length} is past the {table} learned positions of this model (max_position_embeddings)"
+            )
+        device = device or self.position_embedding.weight.device
+        return MambaState(layers, torch.zeros((), dtype=torch.long, device=device))
 
     def _block(self, index: int) -> Any:
         """Layer `index`, typed loosely: a causal Block or a subclass's own block around its own mixer."""
@@ -182,6 +197,21 @@ class MambaModel(nn.Module):
         if self.embedding is None:
             raise ValueError("this backbone has no embedding (vocab_size = 0): pass inputs_embeds")
         return self.embedding(input_ids)
+
+    def _add_positions(self, hidden: Tensor, state: MambaState | None) -> Tensor:
+        """hidden (b, l, d) plus the learned embeddings of its positions, which continue from `state`'s."""
+        if self.position_embedding is None:
+            return hidden
+        length, table = hidden.shape[1], self.position_embedding.weight.shape[0]
+        start = 0 if state is None or state.position is None else int(state.position)
+        if start + length > table:
+            raise ValueError(
+                f"positions {start}..{start + length - 1} are past the {table} learned positions of this model "
+                f"(max_position_embeddings): use shorter sequences, or rotary positions"
+            )
+        if state is not None and state.position is not None:
+            state.position.fill_(start + length)
+        return hidden + self.position_embedding(torch.arange(start, start + length, device=hidden.device))
 
     def forward(
         self,
@@ -197,7 +227,7 @@ class MambaModel(nn.Module):
         attention_mask (b, l), 1 on real tokens, must be right padding. A causal backbone does not need it (no
         real token reads the padding after it); a non-causal one uses it to keep padding from real tokens.
         """
-        hidden, residual = self._embed(input_ids, inputs_embeds), None
+        hidden, residual = self._add_positions(self._embed(input_ids, inputs_embeds), state), None
         per_layer: Sequence[MambaLayerState | AttentionState | Tensor | None]
         if self.config.causal:
             per_layer = [None] * len(self.layers) if state is None else state.layers
@@ -221,6 +251,13 @@ class MambaModel(nn.Module):
         """One position: input_ids (b,) or inputs_embeds (b, d_model) -> (b, d_model); `state` updated."""
         self._check_recurrent()
         hidden, residual = self._embed(input_ids, inputs_embeds), None
+        if self.position_embedding is not None:
+            # No host synchronisation: the position is read and advanced on the device (CUDA-graph safe);
+            # allocate_state refused a max_length past the table, so the clamp only guards a state used too long.
+            assert state.position is not None, "allocate the state with this model's allocate_state"
+            position = state.position.clamp(max=self.position_embedding.weight.shape[0] - 1)
+            hidden = hidden + self.position_embedding(position)
+            state.position.add_(1)
         for index, layer_state in enumerate(state.layers):
             hidden, residual = self._block(index).step(hidden, residual, layer_state)
         return self._final_norm(hidden, residual)

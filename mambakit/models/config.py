@@ -53,7 +53,7 @@ _HF_KEYS = {
 BIDIRECTIONAL_STRATEGIES = ("add", "ew_multiply")
 
 #: Position schemes of the attention layers (mambakit.nn.attention.POSITIONS; this module imports no torch).
-ATTENTION_POSITIONS = ("rope", "none")
+ATTENTION_POSITIONS = ("rope", "learned", "none")
 #: mamba-ssm MHA arguments (attn_cfg) and the values mambakit's attention layers can take.
 _ATTN_CFG_FIXED = {"causal": True, "d_conv": 0, "mlp_dim": 0, "rotary_emb_interleaved": False, "softmax_scale": None}
 
@@ -152,13 +152,24 @@ class MambaConfig:
     """Layers whose mixer is causal self-attention instead of Mamba (mamba-ssm's hybrid layout)."""
     attn_num_heads: int = 8
     attn_positions: str = "rope"
-    """Positions in the attention layers: "rope" (rotary) or "none"."""
+    """Positions of a model with attention layers: "rope" (rotary, in each attention layer), "learned" (GPT-2's
+    absolute embeddings added to the input, max_position_embeddings of them) or "none"."""
+    max_position_embeddings: int = 2048
+    """Length of the learned position table (attn_positions "learned"); longer sequences are refused."""
     attn_rope_base: float = 10000.0
     attn_bias: bool = False
     """Biases in the attention projections (mamba-ssm's qkv_proj_bias and out_proj_bias)."""
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layer", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
+        for name in (
+            "d_model",
+            "n_layer",
+            "d_state",
+            "d_conv",
+            "expand",
+            "pad_vocab_size_multiple",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"config: {name} must be a positive integer, got {value!r}")

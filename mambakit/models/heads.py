@@ -298,3 +298,53 @@ class MambaForTokenClassification(_ClassifierModel):
                 logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
             )
         return ModelOutput(logits, loss)
+
+
+@register_architecture()
+class MambaForVectorSequences(MambaPreTrainedModel):
+    """Vectors in, vectors out, one per position: a linear read-in (in_features -> d_model), the causal backbone,
+    a linear read-out (d_model -> out_features). The model of in-context regression studies (Garg et al.; Park et
+    al.'s MambaFormer code), whose prompts are sequences of real vectors; also any real-valued sequence task."""
+
+    def __init__(
+        self,
+        config: MambaConfig,
+        in_features: int,
+        out_features: int = 1,
+        scan_backend: str = "auto",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if config.vocab_size != 0:
+            raise ValueError("a vector-sequence model reads vectors, not tokens: set vocab_size 0")
+        if not config.causal:
+            raise ValueError("a vector-sequence model needs a causal backbone")
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
+        super().__init__(config, scan_backend, device, dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.read_in = nn.Linear(in_features, config.d_model, device=device, dtype=dtype)
+        self.read_out = nn.Linear(config.d_model, out_features, device=device, dtype=dtype)
+
+    def head_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Backbone features (…, d_model) -> outputs (…, out_features)."""
+        return self.read_out(features)
+
+    def forward(
+        self, input_vectors: Tensor, labels: Tensor | None = None, state: MambaState | None = None
+    ) -> ModelOutput:
+        """input_vectors (b, l, in_features) -> outputs (b, l, out_features) in `logits`; with `labels` of the same
+        shape, the loss is their mean squared error (positions whose labels are NaN do not count)."""
+        outputs = self.forward_head(self.forward_features(inputs_embeds=self.read_in(input_vectors), state=state))
+        loss = None
+        if labels is not None:
+            scored = ~labels.isnan()
+            loss = F.mse_loss(outputs.float()[scored], labels.float()[scored])
+        return ModelOutput(outputs, loss)
+
+    def step(self, input_vectors: Tensor, state: MambaState) -> Tensor:
+        """One position: input_vectors (b, in_features) -> outputs (b, out_features); `state` updated."""
+        return self.forward_head(self.backbone.step(inputs_embeds=self.read_in(input_vectors), state=state))

@@ -74,6 +74,12 @@ class Task:
             return batch["inputs_embeds"].shape[:2].numel()
         return len(next(iter(batch.values())))
 
+    def curriculum(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """The batch as training step `step` (0-based, completed steps) sees it: a task with a curriculum (fewer
+        points or dimensions early on, as in-context regression studies train) reduces it here; evaluation
+        always sees whole batches. The default leaves it unchanged."""
+        return batch
+
     def crop(self, batch: dict[str, Tensor], length: int) -> dict[str, Tensor]:
         """The batch cut to at most `length` positions, for the sequence-length warm-up.
 

@@ -579,6 +579,7 @@ class _Trainer:
         limit = self.config.max_length_at(self.step)
         losses, tokens = [], 0
         for index, batch in enumerate(group):
+            batch = self.task.curriculum(batch, self.step)
             if limit is not None:
                 batch = self.task.crop(batch, limit)
             tokens += self.task.count_tokens(batch)
