@@ -55,7 +55,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Micro-benchmarks of the kernels on this machine.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: the kernels on this machine, and those domains add.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -66,6 +66,9 @@ def _domain_command(domain: Domain, verb: str) -> Callable[..., None]:
 
 
 def _add_domain_commands(domains: dict[str, Domain]) -> None:
+    for domain in domains.values():
+        for name, command in domain.benchmarks.items():
+            bench_app.command(name, help=command.__doc__ or domain.help)(command)
     for verb in VERBS:
         group = typer.Typer(cls=DomainGroup, help=VERB_HELP[verb], no_args_is_help=True)
         for domain in domains.values():
@@ -164,7 +167,7 @@ def bench_scan(
 
 @bench_app.callback()
 def _bench() -> None:
-    """Micro-benchmarks of the kernels on this machine."""
+    """Benchmarks: the kernels on this machine, and those domains add (capabilities: the synthetic suite)."""
 
 
 @app.callback()

@@ -219,6 +219,8 @@ class Domain:
     """--preset name -> model config sizes."""
     commands: Mapping[str, Callable[..., None]] = field(default_factory=dict)
     """Further verbs (generate, predict) -> command function."""
+    benchmarks: Mapping[str, Callable[..., None]] = field(default_factory=dict)
+    """`mambakit bench NAME` commands the domain adds (e.g. the synthetic domain's `capabilities`)."""
     read_legacy: Callable[[Path, Any], RunRecord | None] | None = None
     """For checkpoints written before run records existed: (checkpoint dir, model) -> the record, or None when
     the checkpoint is not this domain's."""

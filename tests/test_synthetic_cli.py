@@ -31,6 +31,7 @@ def small(tmp_path_factory):
         ("induction-heads", "mambaformer"),
         ("mqar", "transformer"),
         ("mqar-hard", "hybrid"),
+        ("copying", "transformer"),
     ],
 )
 def test_train_then_eval_at_another_length(task, family, small, tmp_path, capsys):
@@ -106,3 +107,19 @@ def test_eval_at_several_lengths(small, tmp_path, capsys):
     assert "(length32)" in printed and "(length128)" in printed
     assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "a,b"]) != 0
     assert "--lengths 'a,b'" in capsys.readouterr().err
+
+
+def test_copying_evaluates_strings_of_exactly_each_length_and_model_settings_change_the_layout(tmp_path, capsys):
+    config = tmp_path / "model.yaml"
+    config.write_text("model:\n  d_model: 16\n  n_layer: 2\n  attn_num_heads: 2\n  d_intermediate: 0\n")
+    out = tmp_path / "run"
+    arguments = ["train", "synthetic", "--task", "copying", "--model", "transformer", "--positions", "learned"]
+    assert main([*arguments, "--out", str(out), *TINY, str(config)]) == 0
+    model = load_model(out / "best")
+    # The config file's d_intermediate 0 wins over the family's MLP: attention-only layers.
+    assert all(layer.mlp is None for layer in model.backbone.layers)
+    assert model.backbone.position_embedding is not None
+    capsys.readouterr()
+    assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "5,12"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(length 5)" in printed and "(length 12)" in printed

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mambakit.apps.synthetic.generators import induction_heads, mqar, selective_copying
+from mambakit.apps.synthetic.generators import copying, induction_heads, mqar, selective_copying
 
 from mambakit.models import IGNORE_INDEX
 
@@ -67,3 +67,22 @@ def test_mqar_keys_are_distinct_and_each_query_asks_for_its_value(random_non_que
     assert (torch.tensor(offsets) < (length - 2 * pairs) // 2).float().mean() > 0.6
     with pytest.raises(ValueError, match="4 \\* pairs <= length"):
         mqar(1, 16, 8, 256, _generator())
+
+
+def test_copying_scores_the_copy_and_the_end_mark():
+    inputs, targets = copying(32, 9, 3, 12, _generator())
+    assert inputs.shape == targets.shape == (32, 21)
+    for row in range(32):
+        size = int((inputs[row] >= 4).sum()) // 2
+        assert 3 <= size <= 9 and inputs[row, 0] == 1 and inputs[row, size + 1] == 2 and inputs[row, 2 * size + 2] == 3
+        letters = inputs[row, 1 : size + 1]
+        assert letters.min() >= 4 and letters.max() <= 11
+        assert torch.equal(inputs[row, size + 2 : 2 * size + 2], letters)
+        scored = (targets[row] != IGNORE_INDEX).nonzero().flatten()
+        assert scored.tolist() == list(range(size + 1, 2 * size + 2))
+        assert targets[row, scored].tolist() == letters.tolist() + [3]
+        assert (inputs[row, 2 * size + 3 :] == 0).all()
+    exact, _ = copying(4, 6, 6, 12, _generator())
+    assert ((exact >= 4).sum(1) == 12).all()
+    with pytest.raises(ValueError, match="shortest"):
+        copying(1, 3, 4, 12, _generator())

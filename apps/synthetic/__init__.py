@@ -5,6 +5,8 @@ generators   seeded batch generators of selective copying (Mamba paper), inducti
              ../shared/notes/capabilities.md defines them
 data         the tasks as datasets: example i from a seed hashed from (run seed, i); fixed validation examples
 tasks        cross-entropy and accuracy over the scored positions only
+icl          Park et al.'s in-context learning tasks on vector prompts (linear regression with its curriculum, sparse
+             parity, vector-valued MQAR): seeded prompt ingredients, their datasets and trainer Task
 cli          the domain: `mambakit train|eval synthetic --task T --model mamba|mamba-lti|transformer|mambaformer|
              hybrid`
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,7 +37,8 @@ def example_seed(seed: int, index: int, validation: bool) -> int:
 
 @dataclass(frozen=True)
 class TaskShape:
-    """A task's sizes: sequence length, vocabulary, and its count (data tokens to copy, key-value pairs)."""
+    """A task's sizes: sequence length (copying: the longest string), vocabulary, and its count (data tokens to
+    copy, key-value pairs; copying: the shortest string)."""
 
     length: int
     vocab: int
@@ -63,18 +65,26 @@ TASKS: dict[str, tuple[Generate, TaskShape]] = {
         lambda s, g: generators.mqar(1, s.length, s.count, s.vocab, g, random_non_queries=True),
         TaskShape(length=64, vocab=256, count=8),
     ),
+    # length: the longest string, count: the shortest; vocab counts the 4 specials (8 letters here).
+    "copying": (
+        lambda s, g: generators.copying(1, s.length, s.count, s.vocab, g),
+        TaskShape(length=10, vocab=12, count=2),
+    ),
 }
 
 
-class SyntheticTask(Dataset):
-    """Examples {"input_ids": (length,), "targets": (length,)} of one task; example i comes from the generator
-    seeded with `example_seed(seed, i, validation)`."""
+class SeededExamples(Dataset):
+    """A virtual dataset of `size` examples of a generated task; example i comes from a generator seeded with
+    `example_seed(seed, i, validation)`. Subclasses say how one example is made (`example`)."""
 
-    def __init__(self, task: str, shape: TaskShape, seed: int, size: int, validation: bool = False) -> None:
-        self.generate = TASKS[task][0]
+    def __init__(self, shape: Any, seed: int, size: int, validation: bool = False) -> None:
         self.shape, self.seed, self.size, self.validation = shape, seed, size, validation
         # Fail now, in one line, on sizes the task cannot have (not at the first batch).
-        self.generate(shape, torch.Generator().manual_seed(0))
+        self.example(torch.Generator().manual_seed(0))
+
+    def example(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """One example drawn from `generator`."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.size
@@ -82,6 +92,16 @@ class SyntheticTask(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        generator = torch.Generator().manual_seed(example_seed(self.seed, index, self.validation))
+        return self.example(torch.Generator().manual_seed(example_seed(self.seed, index, self.validation)))
+
+
+class SyntheticTask(SeededExamples):
+    """Examples {"input_ids": (length,), "targets": (length,)} of one token task."""
+
+    def __init__(self, task: str, shape: TaskShape, seed: int, size: int, validation: bool = False) -> None:
+        self.generate = TASKS[task][0]
+        super().__init__(shape, seed, size, validation)
+
+    def example(self, generator: torch.Generator) -> dict[str, Tensor]:
         inputs, targets = self.generate(self.shape, generator)
         return {"input_ids": inputs[0], "targets": targets[0]}

@@ -105,3 +105,38 @@ def mqar(
         noise = torch.randint(0, vocab, inputs.shape, generator=generator)
         inputs = torch.where(inputs == 0, noise, inputs)
     return inputs, targets
+
+
+#: Copying's special ids; letters are the ids after them.
+COPY_PAD, COPY_BEGIN, COPY_SEPARATOR, COPY_END = 0, 1, 2, 3
+
+
+def copying(batch: int, longest: int, shortest: int, vocab: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Copying (Jelassi et al. 2024, "Repeat After Me"; sjelassi/transformers_ssm_copy's `copy` task).
+
+    Each row is `$ s | s .` then padding: a string s of n letters (n uniform in shortest..longest; letters uniform
+    over ids 4..vocab-1, so vocab 30 is their 26 lowercase letters) and its copy; rows are padded to the length of
+    the longest string's example, 2 * longest + 3. The model is scored on the copy and the end mark (at the
+    separator it must give s[0], ..., at the copy's last letter the end), the loss only on those, as in the paper.
+    Open choices: one example per row, not several packed into a fixed context; ids 0-3 are pad, $, | and ."""
+    if vocab < 5:
+        raise ValueError(f"copying needs vocab >= 5 (four specials and a letter), got {vocab}")
+    if not 1 <= shortest <= longest:
+        raise ValueError(f"copying needs 1 <= shortest <= longest string length, got {shortest} and {longest}")
+    width = 2 * longest + 3
+    inputs = torch.full((batch, width), COPY_PAD, dtype=torch.long)
+    targets = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+    sizes = torch.randint(shortest, longest + 1, (batch,), generator=generator).tolist()
+    for row, size in enumerate(sizes):
+        letters = torch.randint(COPY_END + 1, vocab, (size,), generator=generator)
+        inputs[row, : 2 * size + 3] = torch.cat(
+            [
+                torch.tensor([COPY_BEGIN]),
+                letters,
+                torch.tensor([COPY_SEPARATOR]),
+                letters,
+                torch.tensor([COPY_END]),
+            ]
+        )
+        targets[row, size + 1 : 2 * size + 2] = inputs[row, size + 2 : 2 * size + 3]
+    return inputs, targets

@@ -65,7 +65,7 @@ class MambaModel(nn.Module):
         self.embedding = None if config.vocab_size == 0 else self._make_embedding(config, factory)
         # GPT-2's learned absolute positions, added to the input of the first layer.
         self.position_embedding = (
-            nn.Embedding(config.max_position_embeddings, config.d_model, **factory)
+            nn.Embedding(config.max_position_embeddings, config.d_model, device=device, dtype=dtype)
             if config.attn_positions == "learned" and config.attn_layer_idx
             else None
         )

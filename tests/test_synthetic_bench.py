@@ -1,0 +1,73 @@
+"""`mambakit bench capabilities`: a part of the CPU tier end to end (its records, report and check, deterministic
+with the seed), and how the checks and the papers' numbers are read from records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mambakit.apps.synthetic import bench
+
+from mambakit.cli import main
+
+
+def test_cpu_tier_selective_copying_shows_selection_beats_time_invariance(tmp_path, capsys):
+    out = tmp_path / "capabilities"
+    other = {
+        "task": "mqar",
+        "model": "mamba",
+        "length": 64,
+        "metric": "accuracy",
+        "value": 0.5,
+        "steps": 1,
+        "seconds": 1,
+    }
+    out.mkdir()
+    (out / "capabilities.json").write_text(json.dumps([other]))
+    arguments = ["bench", "capabilities", "--tier", "cpu", "--tasks", "selective-copying", "--out", str(out)]
+    assert main([*arguments, "--device", "cpu"]) == 0
+    records = json.loads((out / "capabilities.json").read_text())
+    assert other in records  # records of tasks this call did not run are kept
+    ours = {r["model"]: r for r in records if r["task"] == "selective-copying"}
+    assert set(ours) == {"mamba", "mamba-lti"}
+    for record in ours.values():
+        assert set(record) == {"task", "model", "length", "metric", "value", "steps", "seconds"}
+        assert record["metric"] == "accuracy" and 0 <= record["value"] <= 1 and record["steps"] == 600
+    # Chance is 1/6 (six data ids); S6 learns, the LTI layer does not (the Mamba paper's Table 1, at toy size).
+    assert ours["mamba"]["value"] > ours["mamba-lti"]["value"] + 0.03
+    report = (out / "capabilities.md").read_text()
+    assert "| selective copying: S6 above LTI (Mamba paper Table 1) | yes |" in report
+    assert "99.8%" in report  # the paper's number beside ours
+    capsys.readouterr()
+    assert main(["bench", "capabilities", "--tier", "tpu"]) == 2
+    assert "choose cpu or gpu" in capsys.readouterr().err
+
+
+def test_checks_and_paper_numbers_read_the_records():
+    values = {
+        ("induction-heads", "mamba", 256): 1.0,
+        ("induction-heads", "mamba", 1048576): 0.98,
+        ("induction-heads", "attention-rope", 1024): 0.3,
+        ("icl-linear-regression", "mamba", 41): 0.4,
+        ("icl-linear-regression", "least-squares", 41): 0.25,
+    }
+    checks = {check.claim: check.holds(values) for check in bench.GPU_CHECKS}
+    assert checks["induction heads: Mamba >= 0.99 at every length 2^6..2^20"] is False
+    assert checks["induction heads: attention (RoPE) below 0.5 at 2^10"] is True
+    assert checks["linear regression: mamba within 2x of least squares (error averaged over the 41 points)"] is True
+    assert checks["MQAR: attention >= 0.99 at d 64"] is None  # not run
+    assert bench.paper_value("induction-heads", "attention-rope", 1024) == "31.3%"
+    assert bench.paper_value("mqar", "attention-d64", 256).startswith("~1.0")
+    assert bench.paper_value("copying", "mamba", 200).startswith("drops")
+    assert bench.paper_value("selective-copying", "transformer", 4096) == ""
+
+
+@pytest.mark.parametrize("tier", sorted(bench.TIERS))
+def test_every_tier_run_is_a_valid_synthetic_run(tier):
+    from mambakit.apps.synthetic.cli import DOMAIN, SyntheticOptions
+
+    names = [run.name for run in bench.TIERS[tier][0]]
+    assert len(set(names)) == len(names)
+    for run in bench.TIERS[tier][0]:
+        DOMAIN.task(run.task)
+        SyntheticOptions(family=run.family, positions=run.positions, **run.task_sizes, **run.options)
