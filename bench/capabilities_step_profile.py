@@ -1,7 +1,7 @@
 """Where a capability-suite training step's time goes on the GPU: the model's forward + backward + AdamW on a
 fixed batch (CUDA-event timed), beside how fast the data loader makes batches, for one tier run.
 
-    python bench/capabilities_step_profile.py --run selective-copying--mamba [--workers 8]"""
+    python bench/capabilities_step_profile.py --run selective-copying--mamba [--tier gpu] [--workers 8]"""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from mambakit.apps.synthetic import bench
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="selective-copying--mamba")
+    parser.add_argument("--tier", default="gpu", choices=sorted(bench.TIERS))
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
     from mambakit.apps.synthetic.cli import DOMAIN, SyntheticOptions
 
     from mambakit.domains import RunOptions, TaskInputs
 
-    run = next(r for tier in bench.TIERS.values() for r in tier[0] if r.name == args.run)
+    run = next(r for r in bench.TIERS[args.tier][0] if r.name == args.run)
     spec = DOMAIN.task(run.task)
     options = SyntheticOptions(family=run.family, positions=run.positions, **run.task_sizes, **run.options)
     inputs = TaskInputs(RunOptions(task=run.task, model=dict(run.sizes)), options, None, DOMAIN.presets)
