@@ -53,6 +53,13 @@ CudaGraphOption = Annotated[
         help="Replay each decoding step as a CUDA graph (default: on when the model is on CUDA).",
     ),
 ]
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 autocast on a GPU, fp32 on the CPU), fp32, or bf16.",
+    ),
+]
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Checkpoint folder (a run folder's last/ or best/).")
 ]
@@ -305,10 +312,16 @@ def evaluate_domain(
     option_overrides: Mapping[str, Any],
     batch_size: int = 32,
     device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Score a checkpoint of `domain` on `data` (or the task's default evaluation data): the task, its options
     and the seed come from the checkpoint's run record; `option_overrides` that are given replace recorded
-    options (e.g. where the data is). Prints and returns the metrics."""
+    options (e.g. where the data is). `precision`: auto (bf16 autocast on a GPU), fp32 or bf16. Prints and returns
+    the metrics."""
+    from .train.config import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     from .train import EvalConfig, evaluate
 
     resolved = resolve_device(device)
@@ -320,7 +333,7 @@ def evaluate_domain(
     labels = tuple(getattr(loaded.model, "labels", None) or ())
     inputs = TaskInputs(run, options, loaded.featurizer, domain.presets, model=loaded.model, labels=labels)
     task, data = spec.task(inputs), spec.evaluation_data(inputs)
-    config = EvalConfig(batch_size=batch_size, device=resolved, seed=loaded.record.seed)
+    config = EvalConfig(batch_size=batch_size, precision=precision, device=resolved, seed=loaded.record.seed)
     if not isinstance(data, Mapping):
         metrics = evaluate(loaded.model, task, data, config)
         print_metrics(f"{domain.name} {spec.name}: {checkpoint}", metrics)
@@ -415,18 +428,26 @@ def eval_command(domain: Domain) -> Callable[..., None]:
     """`mambakit eval <domain>`: score a checkpoint on --data or on its task's default evaluation data."""
 
     def evaluate(
-        checkpoint: Path, data: list[Path] | None, batch_size: int | None, device: str | None, **overrides: Any
+        checkpoint: Path,
+        data: list[Path] | None,
+        batch_size: int | None,
+        device: str | None,
+        precision: str | None,
+        **overrides: Any,
     ) -> None:
         for path in data or []:
             if not path.exists():
                 raise UserError(f"{path}: no such file or folder (given with --data)")
-        evaluate_domain(domain, checkpoint, data or [], overrides, batch_size or 32, device or "auto")
+        evaluate_domain(
+            domain, checkpoint, data or [], overrides, batch_size or 32, device or "auto", precision or "auto"
+        )
 
     common = [
         _parameter("checkpoint", CheckpointOption, inspect.Parameter.empty),
         _parameter("data", DataOption, None),
         _parameter("batch_size", BatchSizeOption, None),
         _parameter("device", DeviceOption, None),
+        _parameter("precision", PrecisionOption, None),
     ]
     return _command(
         evaluate,

@@ -133,9 +133,10 @@ def test_bad_hybrid_configs_are_refused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_decoding_with_a_kv_cache_gives_the_eager_tokens():
-    model = _model(MAMBAFORMER).cuda()
-    prompt = torch.randint(0, 40, (3, 7), device="cuda")
+@pytest.mark.parametrize("layout", [MAMBAFORMER, GPT2], ids=["mambaformer", "learned"])
+def test_cuda_graph_decoding_with_a_kv_cache_gives_the_eager_tokens(layout):
+    model = _model(layout).cuda()
+    prompt = torch.randint(0, 40, (3, 5), device="cuda")  # 15 positions in all: within GPT2's 16 learned ones
     greedy = SamplingConfig(temperature=0)
-    eager = generate(model, prompt, max_new_tokens=20, sampling=greedy, cuda_graph=False)
-    assert torch.equal(generate(model, prompt, max_new_tokens=20, sampling=greedy, cuda_graph=True), eager)
+    eager = generate(model, prompt, max_new_tokens=10, sampling=greedy, cuda_graph=False)
+    assert torch.equal(generate(model, prompt, max_new_tokens=10, sampling=greedy, cuda_graph=True), eager)

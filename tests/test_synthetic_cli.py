@@ -120,6 +120,8 @@ def test_copying_evaluates_strings_of_exactly_each_length_and_model_settings_cha
     assert all(layer.mlp is None for layer in model.backbone.layers)
     assert model.backbone.position_embedding is not None
     capsys.readouterr()
-    assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "5,12"]) == 0
+    assert main(["eval", "synthetic", "-c", str(out / "best"), "--lengths", "5,12", "--precision", "fp32"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "(length 5)" in printed and "(length 12)" in printed
+    assert main(["eval", "synthetic", "-c", str(out / "best"), "--precision", "fp8"]) == 2
+    assert "--precision 'fp8': choose one of auto, fp32, bf16" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from mambakit.train import Task
 
 from .data import SeededExamples
+from .generators import distinct_draws
 
 LINEAR_REGRESSION, SPARSE_PARITY, VECTOR_MQAR = "linear-regression", "sparse-parity", "vector-mqar"
 KINDS = (LINEAR_REGRESSION, SPARSE_PARITY, VECTOR_MQAR)
@@ -81,7 +82,7 @@ def sparse_parity(batch: int, points: int, dims: int, bits: int, generator: torc
     if not 1 <= bits <= dims or points < 1:
         raise ValueError(f"sparse parity needs 1 <= bits <= dims and points >= 1, got {bits}, {dims} and {points}")
     xs = torch.randint(0, 2, (batch, points, dims), generator=generator).float() * 2 - 1
-    chosen = torch.rand(batch, dims, generator=generator).argsort(dim=1)[:, :bits]
+    chosen = distinct_draws(batch, dims, bits, generator)
     coords = torch.zeros(batch, dims).scatter_(1, chosen, 1.0)
     return {"xs": xs, "coords": coords}
 
