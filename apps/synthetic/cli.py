@@ -60,7 +60,11 @@ class SyntheticOptions:
     ] = "rope"
     length: Annotated[
         int | None,
-        typer.Option("--length", min=4, help="Sequence length (default: the task's; eval: length to test at)."),
+        typer.Option(
+            "--length",
+            min=4,
+            help="Sequence length; copying: the longest string (default: the task's; eval: length to test at).",
+        ),
     ] = field(default=None, metadata=EVAL_OPTION)
     vocab: Annotated[
         int | None,
@@ -71,7 +75,8 @@ class SyntheticOptions:
         typer.Option(
             "--count",
             min=1,
-            help="Tokens to copy / key-value pairs; icl-* tasks: points or pairs per prompt N (default: the task's).",
+            help="Tokens to copy / key-value pairs; copying: the shortest string; icl-* tasks: points or pairs per "
+            "prompt N (default: the task's).",
         ),
     ] = None
     lengths: Annotated[
