@@ -14,7 +14,7 @@ from mambakit.cli_support import CheckpointOption, CudaGraphOption, DeviceOption
 from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
 from mambakit.errors import UserError
 
-from .tokenizer import ByteTokenizer
+from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
 PRESETS = {
     "tiny": {"d_model": 128, "n_layer": 2, "d_state": 16},
@@ -37,17 +37,35 @@ DOMAIN_NAME = "text"
 class TextOptions:
     """The text app's own options (saved in each checkpoint's run record)."""
 
-    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Bytes per window (default 256).")] = field(
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per window (default 256).")] = field(
         default=256, metadata=EVAL_OPTION
     )
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="A Hugging Face tokenizer.json, or a directory holding one (default: bytes). Saved with the "
+            "checkpoint, so eval and generate need no flag.",
+        ),
+    ] = None
 
 
-def _token_streams(data: list[Path]) -> tuple[Any, Any]:
-    """(training, held-out) byte streams of the given files and folders, or of the default corpus."""
+def make_tokenizer(options: TextOptions) -> Tokenizer:
+    """The tokenizer of a new run: --tokenizer's, or bytes."""
+    if options.tokenizer is None:
+        return ByteTokenizer()
+    try:
+        return HFTokenizer.from_path(Path(options.tokenizer))
+    except ValueError as error:
+        raise UserError(f"--tokenizer {options.tokenizer}: {error}") from None
+
+
+def _token_streams(data: list[Path], tokenizer: Tokenizer) -> tuple[Any, Any]:
+    """(training, held-out) token streams of the given files and folders, or of the default corpus."""
     from .data import default_corpus_files, encode_split, expand_paths, read_documents
 
     files = expand_paths(data) if data else default_corpus_files()
-    return encode_split(read_documents(files), ByteTokenizer())
+    return encode_split(read_documents(files), tokenizer)
 
 
 def _windows(tokens: Any, seq_len: int, what: str) -> Any:
@@ -56,27 +74,27 @@ def _windows(tokens: Any, seq_len: int, what: str) -> Any:
     windows = TokenWindows(tokens, seq_len)
     if len(windows) == 0:
         raise UserError(
-            f"the text is too short for --seq-len {seq_len}: {len(tokens)} {what} bytes; give more "
+            f"the text is too short for --seq-len {seq_len}: {len(tokens)} {what} tokens; give more "
             f"text or a smaller --seq-len"
         )
     return windows
 
 
 def _lm_data(inputs: TaskInputs) -> Splits:
-    train_tokens, eval_tokens = _token_streams(inputs.run.data)
+    train_tokens, eval_tokens = _token_streams(inputs.run.data, inputs.featurizer)
     seq_len = inputs.options.seq_len
     return Splits(_windows(train_tokens, seq_len, "training"), _windows(eval_tokens, seq_len, "held-out"))
 
 
 def _lm_eval_data(inputs: TaskInputs) -> Any:
     """The held-out part of the given text (or of the default corpus)."""
-    return _windows(_token_streams(inputs.run.data)[1], inputs.options.seq_len, "held-out")
+    return _windows(_token_streams(inputs.run.data, inputs.featurizer)[1], inputs.options.seq_len, "held-out")
 
 
 def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
     from mambakit.models import MambaConfig, MambaLMHeadModel
 
-    tokenizer: ByteTokenizer = inputs.featurizer
+    tokenizer: Tokenizer = inputs.featurizer
     return MambaLMHeadModel(
         inputs.model_config(
             MambaConfig,
@@ -91,37 +109,65 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
 def _lm_task(inputs: TaskInputs) -> Any:
     from mambakit.train.lm_task import CausalLMTask
 
-    return CausalLMTask("byte")
+    return CausalLMTask("byte" if isinstance(inputs.featurizer, ByteTokenizer) else "token")
 
 
 def read_legacy_record(checkpoint: Path, model: Any) -> RunRecord | None:
-    """Text checkpoints written before run records existed: a byte tokenizer beside a language model."""
+    """Language models without a run record: text checkpoints from before run records (a byte tokenizer beside
+    the weights), and Hugging Face or state-spaces directories that carry a tokenizer.json."""
     from mambakit.models import MambaLMHeadModel
 
     tokenizer_file = checkpoint / "tokenizer.json"
     if not isinstance(model, MambaLMHeadModel) or not tokenizer_file.is_file():
         return None
     try:
-        ByteTokenizer.from_json(tokenizer_file.read_text())
+        load_tokenizer(tokenizer_file.read_text(encoding="utf-8"), str(tokenizer_file))
     except ValueError:
         return None
     return RunRecord(DOMAIN_NAME, "lm", {}, 0)
 
 
+class _TextStream:
+    """Prints generated text as it comes: the ids so far are decoded whole and the new end printed, held back
+    while it ends in an incomplete character (a byte or token that is part of one), for at most 3 more ids."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.ids, self.printed, self.held = tokenizer, [], "", 0
+
+    def add(self, token: Any) -> None:
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") and self.held < 3:
+            self.held += 1
+            return
+        self._write(text)
+
+    def flush(self) -> None:
+        self._write(self.tokenizer.decode(self.ids))
+
+    def _write(self, text: str) -> None:
+        import sys
+
+        sys.stdout.write(text[len(self.printed) :])
+        sys.stdout.flush()
+        self.printed, self.held = text, 0
+
+
 def generate(
     checkpoint: CheckpointOption,
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "def ",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Bytes to generate.")] = 200,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 200,
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Keep the k most likely bytes (0: all).")] = 0,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Keep the k most likely tokens (0: all).")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop bytes below min_p x max.")] = 0.0,
+    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tokens below min_p x max.")] = 0.0,
     repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", min=0.0)] = 1.0,
     seed: SeedOption = None,
     device: DeviceOption = None,
     cuda_graph: CudaGraphOption = None,
 ) -> None:
-    """Continue a prompt with a text checkpoint, streaming the bytes as they come."""
+    """Continue a prompt with a text checkpoint (mambakit's, or a Hugging Face / state-spaces directory with a
+    tokenizer.json), streaming the text as it comes."""
     import sys
 
     import torch
@@ -133,7 +179,14 @@ def generate(
     model, tokenizer = loaded.model, loaded.featurizer
     if not isinstance(model, MambaLMHeadModel):
         raise UserError(f"{checkpoint}: holds a {model.architecture}, not a language model")
-    ids = tokenizer.encode(prompt) or [tokenizer.bos_token_id]
+    ids = tokenizer.encode(prompt) or ([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id])
+    if not ids:
+        raise UserError("the prompt is empty and the tokenizer has no beginning-of-text token: give --prompt")
+    if max(ids) >= model.config.vocab_size:
+        raise UserError(
+            f"{checkpoint}: the tokenizer gives id {max(ids)}, past the model's vocabulary of "
+            f"{model.config.vocab_size}: the tokenizer.json does not belong to these weights"
+        )
     device_of_model = next(model.parameters()).device
     if cuda_graph and device_of_model.type != "cuda":
         raise UserError(
@@ -143,22 +196,7 @@ def generate(
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as error:
         raise UserError(str(error)) from None
-    pending = bytearray()
-
-    def stream(token: torch.Tensor) -> None:
-        # Bytes of a multi-byte character arrive one at a time: print once they decode.
-        value = int(token[0])
-        if value < 256:
-            pending.append(value)
-            try:
-                sys.stdout.write(pending.decode("utf-8"))
-                pending.clear()
-            except UnicodeDecodeError:
-                if len(pending) >= 4:
-                    sys.stdout.write(pending.decode("utf-8", errors="replace"))
-                    pending.clear()
-            sys.stdout.flush()
-
+    printer = _TextStream(tokenizer)
     sys.stdout.write(prompt)
     generate_ids(
         model,
@@ -167,15 +205,16 @@ def generate(
         sampling,
         eos_token_id=tokenizer.eos_token_id,
         seed=seed,
-        streamer=stream,
+        streamer=printer.add,
         cuda_graph=cuda_graph,
     )
+    printer.flush()
     sys.stdout.write("\n")
 
 
 DOMAIN = Domain(
     name=DOMAIN_NAME,
-    help="byte-level language models on text",
+    help="language models on text: bytes or any Hugging Face tokenizer",
     tasks=[
         DomainTask(
             "lm",
@@ -188,8 +227,8 @@ DOMAIN = Domain(
         )
     ],
     options=TextOptions,
-    featurizer=lambda options: ByteTokenizer(),
-    load_featurizer=lambda text, source: ByteTokenizer.from_json(text),
+    featurizer=make_tokenizer,
+    load_featurizer=load_tokenizer,
     presets=PRESETS,
     commands={"generate": generate},
     read_legacy=read_legacy_record,

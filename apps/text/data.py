@@ -10,7 +10,7 @@ import numpy as np
 
 from mambakit.errors import UserError
 
-from .tokenizer import ByteTokenizer
+from .tokenizer import Tokenizer
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".json", ".csv", ".tsv", ".html", ".xml", ".tex", ""}
 #: The default corpus: about this many bytes of the standard library's top-level modules, in name order.
@@ -62,16 +62,20 @@ def read_documents(files: list[Path]) -> list[str]:
     return documents
 
 
-def encode_split(documents: list[str], tokenizer: ByteTokenizer, eval_every: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def encode_split(documents: list[str], tokenizer: Tokenizer, eval_every: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Token streams for training and evaluation: every `eval_every`-th document (in the given order) is held
-    out, so the split is reproducible and no document is in both. Documents are separated by EOS."""
-    train, held_out = [], []
+    out, so the split is reproducible and no document is in both. Documents are separated by the tokenizer's
+    end-of-text token (when it has one)."""
+    separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    train: list[int] = []
+    held_out: list[int] = []
     for index, text in enumerate(documents):
         target = held_out if len(documents) > 1 and index % eval_every == eval_every - 1 else train
         target.extend(tokenizer.encode(text))
-        target.append(tokenizer.eos_token_id)
+        target.extend(separator)
     if not held_out:
         # One document: hold out its last tenth instead.
         cut = int(len(train) * 0.9)
         train, held_out = train[:cut], train[cut:]
-    return np.asarray(train, dtype=np.int16), np.asarray(held_out, dtype=np.int16)
+    dtype = np.int16 if tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int32
+    return np.asarray(train, dtype=dtype), np.asarray(held_out, dtype=dtype)

@@ -1,10 +1,13 @@
-"""Byte-level tokenizer: every UTF-8 byte is a token, so any text (and any language) encodes losslessly with a
-256-symbol alphabet plus three specials. Bits per byte fall straight out of the loss."""
+"""Tokenizers of the text app. The byte-level one (the default when training from scratch): every UTF-8 byte is a
+token, so any text (and any language) encodes losslessly with a 256-symbol alphabet plus three specials, and bits
+per byte fall straight out of the loss. And any Hugging Face tokenizer.json, through the `tokenizers` library."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,87 @@ class ByteTokenizer:
         if data.get("kind") != "bytes":
             raise ValueError(f"tokenizer.json: kind {data.get('kind')!r} is not a byte tokenizer")
         return cls()
+
+
+#: Names that Hugging Face tokenizers give their end-of-text token, most common first.
+EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|end_of_text|>", "[SEP]")
+PAD_NAMES = ("<pad>", "[PAD]", "<|padding|>")
+BOS_NAMES = ("<s>", "<bos>", "[BOS]", "<|begin_of_text|>", "[CLS]")
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer (a `tokenizer.json` read by the `tokenizers` library; transformers is not needed),
+    saved beside the model as that same file, so a mambakit checkpoint is also a Hugging Face-style directory.
+    Its end-of-text, padding and beginning ids are found by their usual names (None when it has none)."""
+
+    kind = "huggingface"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        vocabulary = tokenizer.get_vocab(with_added_tokens=True)
+        self.vocab_size = max(vocabulary.values()) + 1 if vocabulary else 0
+        self.eos_token_id = _first_id(vocabulary, EOS_NAMES)
+        self.pad_token_id = _first_id(vocabulary, PAD_NAMES)
+        self.bos_token_id = _first_id(vocabulary, BOS_NAMES)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "tokenizer.json") -> HFTokenizer:
+        """The tokenizer of a tokenizer.json's text; one-line ValueError if `tokenizers` cannot read it."""
+        tokenizers = _tokenizers()
+        try:
+            return cls(tokenizers.Tokenizer.from_str(text))
+        except Exception as error:  # tokenizers raises its own Exception subclass with a multi-line text
+            raise ValueError(f"{source}: not a Hugging Face tokenizer ({str(error).splitlines()[0]})") from None
+
+    @classmethod
+    def from_path(cls, path: Path) -> HFTokenizer:
+        """A tokenizer.json file, or a directory holding one (a Hugging Face model or tokenizer directory)."""
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise ValueError(
+                f"{path}: no tokenizer.json here (a Hugging Face `tokenizers` file; slow tokenizers need "
+                f"converting with transformers' `save_pretrained` first)"
+            )
+        return cls.from_json(file.read_text(encoding="utf-8"), str(file))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without the special tokens a template would add."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of the ids, special tokens dropped."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def to_json(self) -> str:
+        """The tokenizer.json text, as `tokenizers` saves it."""
+        return str(self.tokenizer.to_str(pretty=True))
+
+
+def _first_id(vocabulary: dict[str, int], names: tuple[str, ...]) -> int | None:
+    return next((vocabulary[name] for name in names if name in vocabulary), None)
+
+
+def _tokenizers() -> Any:
+    try:
+        import tokenizers
+    except ImportError:
+        raise ValueError(
+            "Hugging Face tokenizers need the `tokenizers` package: pip install 'mambakit[text]'"
+        ) from None
+    return tokenizers
+
+
+Tokenizer = ByteTokenizer | HFTokenizer
+
+
+def load_tokenizer(text: str, source: str) -> Tokenizer:
+    """The tokenizer a checkpoint's tokenizer.json holds: mambakit's byte tokenizer or a Hugging Face one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
+    if isinstance(data, dict) and data.get("kind") == "bytes":
+        return ByteTokenizer()
+    if isinstance(data, dict) and "model" in data:
+        return HFTokenizer.from_json(text, source)
+    raise ValueError(f"{source}: neither mambakit's byte tokenizer nor a Hugging Face tokenizer.json")

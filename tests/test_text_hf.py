@@ -1,0 +1,114 @@
+"""The text app on Hugging Face checkpoints (#13): a randomly initialised transformers `MambaForCausalLM` saved with
+`save_pretrained` beside a tokenizer trained here with `tokenizers` is a text checkpoint as it stands. `mambakit
+generate text` gives transformers' own greedy continuation and `mambakit eval text` transformers' loss on the same
+windows; `--tokenizer` trains with that tokenizer and saves it with the checkpoint; mismatches are one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mambakit.cli import main
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+CORPUS = (
+    "the quick brown fox jumps over the lazy dog. a state space model reads a sequence in linear time, "
+    "keeping a fixed-size state: selective scans decide what to keep. "
+) * 40
+
+
+def _bpe(vocab_size: int = 300) -> tokenizers.Tokenizer:
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([CORPUS], trainer)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf-mamba")
+    tokenizer = _bpe()
+    torch.manual_seed(0)
+    config = transformers.MambaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        state_size=8,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
+    model = transformers.MambaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder, model, tokenizer
+
+
+def test_greedy_generation_equals_transformers(hf_checkpoint, capsys):
+    folder, model, tokenizer = hf_checkpoint
+    prompt = "the quick brown fox"
+    arguments = ["generate", "text", "-c", str(folder), "--temperature", "0", "--max-new-tokens", "20"]
+    assert main([*arguments, "--prompt", prompt, "--device", "cpu"]) == 0
+    ours = capsys.readouterr().out
+    ids = tokenizer.encode(prompt).ids
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)
+    expected = prompt + tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+    assert ours == expected + "\n"
+
+
+def test_evaluation_loss_equals_transformers_on_the_same_windows(hf_checkpoint, tmp_path, capsys):
+    folder, model, tokenizer = hf_checkpoint
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    assert main(["eval", "text", "-c", str(folder), "--data", str(corpus), "--seq-len", "32", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    ours = float(next(line for line in printed.splitlines() if "│ loss" in line).split("│")[2])
+    # The held-out part of one document is its last tenth, separated from nothing: the same windows here.
+    tokens = tokenizer.encode(CORPUS).ids + [0]
+    held_out = tokens[int(len(tokens) * 0.9) :]
+    windows = torch.tensor(held_out[: len(held_out) // 32 * 32]).view(-1, 32)
+    with torch.no_grad():
+        expected = model(windows, labels=windows).loss.item()
+    assert math.isclose(ours, expected, abs_tol=1e-4)
+
+
+def test_training_with_a_tokenizer_saves_it_and_generation_reads_it_back(tmp_path, capsys):
+    tokenizer_file = tmp_path / "tokenizer.json"
+    _bpe().save(str(tokenizer_file))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "run"
+    arguments = ["train", "text", "--data", str(corpus), "--tokenizer", str(tokenizer_file), "--seq-len", "32"]
+    assert main([*arguments, "--max-steps", "3", "--batch-size", "4", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "best" / "tokenizer.json").read_text() == tokenizer_file.read_text()
+    assert "bits_per_token" in capsys.readouterr().out
+    assert main(["generate", "text", "-c", str(out / "best"), "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+
+
+def test_tokenizer_mistakes_are_one_line(hf_checkpoint, tmp_path, capsys):
+    folder, _, _ = hf_checkpoint
+    assert main(["train", "text", "--tokenizer", str(tmp_path), "--max-steps", "1"]) == 2
+    assert "no tokenizer.json here" in capsys.readouterr().err
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text('{"model": {"type": "nothing"}}')
+    assert main(["train", "text", "--tokenizer", str(broken), "--max-steps", "1"]) == 2
+    assert "not a Hugging Face tokenizer" in capsys.readouterr().err
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (mismatched / name).write_bytes((folder / name).read_bytes())
+    _bpe(vocab_size=600).save(str(mismatched / "tokenizer.json"))
+    assert main(["generate", "text", "-c", str(mismatched), "--prompt", "selective scans decide"]) == 2
+    assert "does not belong to these weights" in capsys.readouterr().err
