@@ -112,3 +112,20 @@ def test_tokenizer_mistakes_are_one_line(hf_checkpoint, tmp_path, capsys):
     _bpe(vocab_size=600).save(str(mismatched / "tokenizer.json"))
     assert main(["generate", "text", "-c", str(mismatched), "--prompt", "selective scans decide"]) == 2
     assert "does not belong to these weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["train:300", "train:unigram:300"])
+def test_a_tokenizer_trained_on_the_corpus_is_saved_and_used_by_generate(spec, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "run"
+    arguments = ["train", "text", "--data", str(corpus), "--tokenizer", spec, "--seq-len", "32", "--max-steps", "3"]
+    assert main([*arguments, "--batch-size", "4", "--out", str(out), "--device", "cpu"]) == 0
+    saved = tokenizers.Tokenizer.from_file(str(out / "best" / "tokenizer.json"))
+    assert saved.get_vocab_size() <= 300 and saved.token_to_id("<|endoftext|>") == 0
+    assert saved.decode(saved.encode(CORPUS[:200]).ids) == CORPUS[:200]  # byte-level: lossless
+    capsys.readouterr()
+    assert main(["generate", "text", "-c", str(out / "best"), "--prompt", "the lazy", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the lazy")
+    assert main(["train", "text", "--tokenizer", "train:12", "--max-steps", "1"]) == 2
+    assert "at least 260 ids" in capsys.readouterr().err

@@ -10,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from mambakit.cli_support import CheckpointOption, CudaGraphOption, DeviceOption, SeedOption, resolve_device
+from mambakit.cli_support import (
+    CheckpointOption,
+    CudaGraphOption,
+    DeviceOption,
+    SeedOption,
+    announce,
+    resolve_device,
+)
 from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
 from mambakit.errors import UserError
 
@@ -44,28 +51,49 @@ class TextOptions:
         str | None,
         typer.Option(
             "--tokenizer",
-            help="A Hugging Face tokenizer.json, or a directory holding one (default: bytes). Saved with the "
-            "checkpoint, so eval and generate need no flag.",
+            help="A Hugging Face tokenizer.json or a directory holding one; or train:VOCAB_SIZE (byte-level BPE) / "
+            "train:unigram:VOCAB_SIZE, trained on the training text (default: bytes). Saved with the checkpoint, so "
+            "eval and generate need no flag.",
         ),
     ] = None
 
 
+#: Smallest vocabulary a trained tokenizer may have: the 256 byte pieces, the end-of-text token, a few merges.
+MIN_TRAINED_VOCAB = 260
+
+
 def make_tokenizer(options: TextOptions) -> Tokenizer:
-    """The tokenizer of a new run: --tokenizer's, or bytes."""
-    if options.tokenizer is None:
+    """The tokenizer of a new run: --tokenizer's file, one to train on the training text (train:[unigram:]N), or
+    bytes."""
+    given = options.tokenizer
+    if given is None:
         return ByteTokenizer()
+    if given.startswith("train:"):
+        *model, size = given.split(":")[1:]
+        if len(model) > 1 or (model and model[0] not in ("bpe", "unigram")) or not size.isdigit():
+            raise UserError(f"--tokenizer {given}: write train:VOCAB_SIZE or train:unigram:VOCAB_SIZE")
+        if int(size) < MIN_TRAINED_VOCAB:
+            raise UserError(f"--tokenizer {given}: a trained tokenizer needs at least {MIN_TRAINED_VOCAB} ids")
+        return HFTokenizer.to_be_trained(int(size), model[0] if model else "bpe")
     try:
-        return HFTokenizer.from_path(Path(options.tokenizer))
+        return HFTokenizer.from_path(Path(given))
     except ValueError as error:
-        raise UserError(f"--tokenizer {options.tokenizer}: {error}") from None
+        raise UserError(f"--tokenizer {given}: {error}") from None
 
 
-def _token_streams(data: list[Path], tokenizer: Tokenizer) -> tuple[Any, Any]:
-    """(training, held-out) token streams of the given files and folders, or of the default corpus."""
-    from .data import default_corpus_files, encode_split, expand_paths, read_documents
+def _token_streams(inputs: TaskInputs) -> tuple[Any, Any]:
+    """(training, held-out) token streams of the given files and folders, or of the default corpus; a tokenizer
+    still to train is trained on the training documents first (it is the run's featurizer, saved after)."""
+    from .data import default_corpus_files, encode_split, expand_paths, read_documents, training_documents
 
-    files = expand_paths(data) if data else default_corpus_files()
-    return encode_split(read_documents(files), tokenizer)
+    files = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
+    documents = read_documents(files)
+    tokenizer = inputs.featurizer
+    if isinstance(tokenizer, HFTokenizer) and tokenizer.to_train is not None:
+        vocab_size, model = tokenizer.to_train
+        announce(f"training a {model} tokenizer of {vocab_size:,} ids on the training text")
+        tokenizer.fit(training_documents(documents))
+    return encode_split(documents, tokenizer)
 
 
 def _windows(tokens: Any, seq_len: int, what: str) -> Any:
@@ -81,14 +109,14 @@ def _windows(tokens: Any, seq_len: int, what: str) -> Any:
 
 
 def _lm_data(inputs: TaskInputs) -> Splits:
-    train_tokens, eval_tokens = _token_streams(inputs.run.data, inputs.featurizer)
+    train_tokens, eval_tokens = _token_streams(inputs)
     seq_len = inputs.options.seq_len
     return Splits(_windows(train_tokens, seq_len, "training"), _windows(eval_tokens, seq_len, "held-out"))
 
 
 def _lm_eval_data(inputs: TaskInputs) -> Any:
     """The held-out part of the given text (or of the default corpus)."""
-    return _windows(_token_streams(inputs.run.data, inputs.featurizer)[1], inputs.options.seq_len, "held-out")
+    return _windows(_token_streams(inputs)[1], inputs.options.seq_len, "held-out")
 
 
 def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:

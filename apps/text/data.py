@@ -62,6 +62,18 @@ def read_documents(files: list[Path]) -> list[str]:
     return documents
 
 
+def _is_held_out(index: int, count: int, eval_every: int) -> bool:
+    return count > 1 and index % eval_every == eval_every - 1
+
+
+def training_documents(documents: list[str], eval_every: int = 20) -> list[str]:
+    """The documents (or, for one document, the part of it) that `encode_split` trains on: what a tokenizer may
+    be trained on without seeing the held-out text."""
+    if len(documents) == 1:
+        return [documents[0][: int(len(documents[0]) * 0.9)]]
+    return [text for index, text in enumerate(documents) if not _is_held_out(index, len(documents), eval_every)]
+
+
 def encode_split(documents: list[str], tokenizer: Tokenizer, eval_every: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Token streams for training and evaluation: every `eval_every`-th document (in the given order) is held
     out, so the split is reproducible and no document is in both. Documents are separated by the tokenizer's
@@ -70,7 +82,7 @@ def encode_split(documents: list[str], tokenizer: Tokenizer, eval_every: int = 2
     train: list[int] = []
     held_out: list[int] = []
     for index, text in enumerate(documents):
-        target = held_out if len(documents) > 1 and index % eval_every == eval_every - 1 else train
+        target = held_out if _is_held_out(index, len(documents), eval_every) else train
         target.extend(tokenizer.encode(text))
         target.extend(separator)
     if not held_out:

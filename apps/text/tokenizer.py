@@ -52,17 +52,53 @@ BOS_NAMES = ("<s>", "<bos>", "[BOS]", "<|begin_of_text|>", "[CLS]")
 class HFTokenizer:
     """A Hugging Face tokenizer (a `tokenizer.json` read by the `tokenizers` library; transformers is not needed),
     saved beside the model as that same file, so a mambakit checkpoint is also a Hugging Face-style directory.
-    Its end-of-text, padding and beginning ids are found by their usual names (None when it has none)."""
+    Its end-of-text, padding and beginning ids are found by their usual names (None when it has none).
+
+    One made by `to_train` has no vocabulary until `fit` trains it on the training text."""
 
     kind = "huggingface"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any = None, to_train: tuple[int, str] | None = None) -> None:
+        self.tokenizer, self.to_train = None, to_train
+        self.vocab_size = 0
+        self.eos_token_id = self.pad_token_id = self.bos_token_id = None
+        if tokenizer is not None:
+            self._adopt(tokenizer)
+
+    def _adopt(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         vocabulary = tokenizer.get_vocab(with_added_tokens=True)
         self.vocab_size = max(vocabulary.values()) + 1 if vocabulary else 0
         self.eos_token_id = _first_id(vocabulary, EOS_NAMES)
         self.pad_token_id = _first_id(vocabulary, PAD_NAMES)
         self.bos_token_id = _first_id(vocabulary, BOS_NAMES)
+
+    @classmethod
+    def to_be_trained(cls, vocab_size: int, model: str = "bpe") -> HFTokenizer:
+        """A byte-level BPE (GPT-2's scheme) or Unigram tokenizer of `vocab_size` ids, trained by `fit`."""
+        if model not in ("bpe", "unigram"):
+            raise ValueError(f"unknown tokenizer model {model!r}: bpe or unigram")
+        return cls(to_train=(vocab_size, model))
+
+    def fit(self, documents: list[str]) -> None:
+        """Train the tokenizer `to_be_trained` made on `documents`, with "<|endoftext|>" as id 0 between them.
+        Byte-level pieces encode any text without unknowns."""
+        assert self.to_train is not None, "fit trains a tokenizer made by to_be_trained"
+        tokenizers = _tokenizers()
+        (vocab_size, model), end = self.to_train, EOS_NAMES[0]
+        alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+        settings = {"vocab_size": vocab_size, "special_tokens": [end], "initial_alphabet": alphabet}
+        if model == "bpe":
+            tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+            trainer: Any = tokenizers.trainers.BpeTrainer(show_progress=False, **settings)
+        else:
+            tokenizer = tokenizers.Tokenizer(tokenizers.models.Unigram())
+            trainer = tokenizers.trainers.UnigramTrainer(show_progress=False, **settings)
+        tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = tokenizers.decoders.ByteLevel()
+        tokenizer.train_from_iterator(documents, trainer)
+        self._adopt(tokenizer)
+        self.to_train = None
 
     @classmethod
     def from_json(cls, text: str, source: str = "tokenizer.json") -> HFTokenizer:
