@@ -90,7 +90,8 @@ def _split_of(file: Path, root: Path) -> str | None:
     return None
 
 
-def _read_table(file: Path, kind: DumpKind) -> Any:
+def read_table(file: Path, kind: DumpKind) -> Any:
+    """A Parquet file or an Arrow stream/file (`datasets`' save_to_disk) as a pyarrow Table; one line if unreadable."""
     pa = _pyarrow(kind)
     try:
         if file.suffix.lower() == ".arrow":
@@ -189,7 +190,7 @@ def read_dump(path: Path, kind: DumpKind, require_label: bool = True) -> tuple[l
     class_names: list[str] | None = None
     files = _dump_files(path, kind)
     for file in files:
-        table = _read_table(file, kind)
+        table = read_table(file, kind)
         features = _features(file, table)
         columns = list(table.column_names)
         media_column = _column(features, columns, kind.feature_type, kind.columns)

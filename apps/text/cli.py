@@ -47,6 +47,10 @@ class TextOptions:
     seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="Tokens per window (default 256).")] = field(
         default=256, metadata=EVAL_OPTION
     )
+    text_field: Annotated[
+        str,
+        typer.Option("--text-field", help="The field holding the text in .jsonl/.json/.csv/.tsv/.parquet/.arrow data."),
+    ] = field(default="text", metadata=EVAL_OPTION)
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -87,7 +91,7 @@ def _token_streams(inputs: TaskInputs) -> tuple[Any, Any]:
     from .data import default_corpus_files, encode_split, expand_paths, read_documents, training_documents
 
     files = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
-    documents = read_documents(files)
+    documents = read_documents(files, inputs.options.text_field)
     tokenizer = inputs.featurizer
     if isinstance(tokenizer, HFTokenizer) and tokenizer.to_train is not None:
         vocab_size, model = tokenizer.to_train
