@@ -81,6 +81,10 @@ def test_evaluation_loss_equals_transformers_on_the_same_windows(hf_checkpoint, 
     with torch.no_grad():
         expected = model(windows, labels=windows).loss.item()
     assert math.isclose(ours, expected, abs_tol=1e-4)
+    # Bits per byte: the same total loss over the UTF-8 bytes of the predicted tokens' text.
+    text_bytes = sum(len(tokenizer.decode(row[1:].tolist()).encode()) for row in windows)
+    bits_per_byte = float(next(line for line in printed.splitlines() if "bits_per_byte" in line).split("│")[2])
+    assert math.isclose(bits_per_byte, expected * windows[:, 1:].numel() / math.log(2) / text_bytes, rel_tol=1e-3)
 
 
 def test_training_with_a_tokenizer_saves_it_and_generation_reads_it_back(tmp_path, capsys):

@@ -141,7 +141,10 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
 def _lm_task(inputs: TaskInputs) -> Any:
     from mambakit.train.lm_task import CausalLMTask
 
-    return CausalLMTask("byte" if isinstance(inputs.featurizer, ByteTokenizer) else "token")
+    tokenizer: Tokenizer = inputs.featurizer
+    if isinstance(tokenizer, ByteTokenizer):
+        return CausalLMTask("byte")
+    return CausalLMTask("token", bytes_of=lambda ids: len(tokenizer.decode(ids).encode("utf-8")))
 
 
 def read_legacy_record(checkpoint: Path, model: Any) -> RunRecord | None:
