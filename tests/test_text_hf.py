@@ -133,3 +133,25 @@ def test_a_tokenizer_trained_on_the_corpus_is_saved_and_used_by_generate(spec, t
     assert capsys.readouterr().out.startswith("the lazy")
     assert main(["train", "text", "--tokenizer", "train:12", "--max-steps", "1"]) == 2
     assert "at least 260 ids" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_and_keeps_the_tokenizer(hf_checkpoint, tmp_path, capsys):
+    from mambakit.models import load_model
+
+    folder, model, tokenizer = hf_checkpoint
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "tuned"
+    arguments = ["train", "text", "--init-from", str(folder), "--data", str(corpus), "--seq-len", "32"]
+    # lr 0: one step that changes nothing, so the saved model is the pretrained one.
+    assert main([*arguments, "--max-steps", "1", "--batch-size", "4", "--lr", "0", "--out", str(out)]) == 0
+    ids = torch.tensor([tokenizer.encode("selective scans decide what to keep").ids])
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(out / "best")(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+    saved = (out / "best" / "tokenizer.json").read_text()
+    assert tokenizers.Tokenizer.from_str(saved).get_vocab() == tokenizer.get_vocab()
+    capsys.readouterr()
+    assert main([*arguments, "--tokenizer", "train:300", "--out", str(tmp_path / "x")]) == 2
+    assert "--init-from keeps the checkpoint's own tokenizer" in capsys.readouterr().err
+    assert main(["train", "text", "--init-from", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert "no tokenizer.json there" in capsys.readouterr().err

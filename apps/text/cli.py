@@ -51,6 +51,14 @@ class TextOptions:
         str,
         typer.Option("--text-field", help="The field holding the text in .jsonl/.json/.csv/.tsv/.parquet/.arrow data."),
     ] = field(default="text", metadata=EVAL_OPTION)
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Fine-tune this language model (a mambakit, Hugging Face or state-spaces directory with its "
+            "tokenizer.json): its architecture, weights and tokenizer are kept; --preset does not apply.",
+        ),
+    ] = None
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -70,6 +78,10 @@ def make_tokenizer(options: TextOptions) -> Tokenizer:
     """The tokenizer of a new run: --tokenizer's file, one to train on the training text (train:[unigram:]N), or
     bytes."""
     given = options.tokenizer
+    if options.init_from is not None:
+        if given is not None:
+            raise UserError("--init-from keeps the checkpoint's own tokenizer: drop --tokenizer")
+        return _checkpoint_tokenizer(options.init_from)
     if given is None:
         return ByteTokenizer()
     if given.startswith("train:"):
@@ -83,6 +95,19 @@ def make_tokenizer(options: TextOptions) -> Tokenizer:
         return HFTokenizer.from_path(Path(given))
     except ValueError as error:
         raise UserError(f"--tokenizer {given}: {error}") from None
+
+
+def _checkpoint_tokenizer(checkpoint: Path) -> Tokenizer:
+    file = checkpoint / "tokenizer.json"
+    if not file.is_file():
+        raise UserError(
+            f"--init-from {checkpoint}: no tokenizer.json there; save the model's tokenizer beside its weights "
+            f"(Hugging Face: tokenizer.save_pretrained)"
+        )
+    try:
+        return load_tokenizer(file.read_text(encoding="utf-8"), str(file))
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _token_streams(inputs: TaskInputs) -> tuple[Any, Any]:
@@ -127,6 +152,8 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
     from mambakit.models import MambaConfig, MambaLMHeadModel
 
     tokenizer: Tokenizer = inputs.featurizer
+    if inputs.options.init_from is not None:
+        return _pretrained(inputs.options.init_from, tokenizer)
     return MambaLMHeadModel(
         inputs.model_config(
             MambaConfig,
@@ -136,6 +163,25 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
             eos_token_id=tokenizer.eos_token_id,
         )
     )
+
+
+def _pretrained(checkpoint: Path, tokenizer: Tokenizer) -> Any:
+    """The language model in `checkpoint`, to fine-tune; a one-line error when it is not one or its vocabulary
+    is smaller than its tokenizer's."""
+    from mambakit.models import CheckpointError, MambaLMHeadModel, load_model
+
+    try:
+        model = load_model(checkpoint)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise UserError(f"--init-from {checkpoint}: {str(error).splitlines()[0]}") from None
+    if not isinstance(model, MambaLMHeadModel):
+        raise UserError(f"--init-from {checkpoint}: holds a {model.architecture}, not a language model")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(
+            f"--init-from {checkpoint}: its tokenizer has {tokenizer.vocab_size} ids, the model "
+            f"{model.config.vocab_size}: the tokenizer.json does not belong to these weights"
+        )
+    return model.train()
 
 
 def _lm_task(inputs: TaskInputs) -> Any:
