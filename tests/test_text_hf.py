@@ -155,3 +155,34 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_keeps_the_tokenizer(
     assert "--init-from keeps the checkpoint's own tokenizer" in capsys.readouterr().err
     assert main(["train", "text", "--init-from", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
     assert "no tokenizer.json there" in capsys.readouterr().err
+
+
+def _greedy(model, tokenizer, prompt: str, new_tokens: int = 12) -> str:
+    ids = tokenizer.encode(prompt).ids
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+
+
+def test_prompt_files_several_sequences_and_stop_strings(hf_checkpoint, tmp_path, capsys):
+    import json
+
+    folder, model, tokenizer = hf_checkpoint
+    prompts = ["the quick brown fox", "a state", "selective scans decide what"]
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n\n")
+    greedy = ["generate", "text", "-c", str(folder), "--temperature", "0", "--max-new-tokens", "12"]
+    assert main([*greedy, "--prompts", str(prompt_file), "--num-return-sequences", "2", "--batch-size", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["prompt"], line["sequence"]) for line in lines] == [(p, n) for p in prompts for n in (0, 1)]
+    for line in lines:  # batched by prompt length, each equal to transformers' own greedy continuation
+        assert line["text"] == _greedy(model, tokenizer, line["prompt"])
+    expected = _greedy(model, tokenizer, prompts[0])
+    stop = expected.strip()[2:5]
+    assert len(stop) == 3
+    assert main([*greedy, "--prompt", prompts[0], "--stop", stop, "--num-return-sequences", "2"]) == 0
+    cut = expected[: expected.index(stop) + len(stop)]
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [cut, cut]
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main([*greedy, "--prompts", str(tmp_path / "empty.txt")]) == 2
+    assert "no prompts (one per line)" in capsys.readouterr().err

@@ -237,37 +237,43 @@ class _TextStream:
 def generate(
     checkpoint: CheckpointOption,
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "def ",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="A file of prompts, one per line, generated in batches; writes JSON Lines {prompt, sequence, text}.",
+        ),
+    ] = None,
+    num_return_sequences: Annotated[
+        int, typer.Option("--num-return-sequences", min=1, help="Continuations per prompt (JSON Lines when > 1).")
+    ] = 1,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option("--stop", help="Stop a continuation once it contains this text (kept); repeatable."),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 200,
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="Keep the k most likely tokens (0: all).")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 0.95,
     min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tokens below min_p x max.")] = 0.0,
     repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", min=0.0)] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences generated together.")] = 16,
     seed: SeedOption = None,
     device: DeviceOption = None,
     cuda_graph: CudaGraphOption = None,
 ) -> None:
     """Continue a prompt with a text checkpoint (mambakit's, or a Hugging Face / state-spaces directory with a
-    tokenizer.json), streaming the text as it comes."""
+    tokenizer.json), streaming the text as it comes; or many prompts (--prompts) and several continuations each
+    (--num-return-sequences), written as JSON Lines."""
+    import json
     import sys
 
-    import torch
-
     from mambakit.models import MambaLMHeadModel, SamplingConfig
-    from mambakit.models import generate as generate_ids
 
     loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"), verb="generate")
     model, tokenizer = loaded.model, loaded.featurizer
     if not isinstance(model, MambaLMHeadModel):
         raise UserError(f"{checkpoint}: holds a {model.architecture}, not a language model")
-    ids = tokenizer.encode(prompt) or ([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id])
-    if not ids:
-        raise UserError("the prompt is empty and the tokenizer has no beginning-of-text token: give --prompt")
-    if max(ids) >= model.config.vocab_size:
-        raise UserError(
-            f"{checkpoint}: the tokenizer gives id {max(ids)}, past the model's vocabulary of "
-            f"{model.config.vocab_size}: the tokenizer.json does not belong to these weights"
-        )
     device_of_model = next(model.parameters()).device
     if cuda_graph and device_of_model.type != "cuda":
         raise UserError(
@@ -277,20 +283,97 @@ def generate(
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     except ValueError as error:
         raise UserError(str(error)) from None
-    printer = _TextStream(tokenizer)
-    sys.stdout.write(prompt)
-    generate_ids(
-        model,
-        torch.tensor([ids], device=device_of_model),
-        max_new_tokens,
-        sampling,
-        eos_token_id=tokenizer.eos_token_id,
-        seed=seed,
-        streamer=printer.add,
-        cuda_graph=cuda_graph,
-    )
-    printer.flush()
-    sys.stdout.write("\n")
+    texts = _read_prompts(prompts) if prompts is not None else [prompt]
+    encoded = [_prompt_ids(text, tokenizer, model.config.vocab_size, checkpoint) for text in texts]
+    run = _Generation(model, tokenizer, sampling, max_new_tokens, stop or [], seed, cuda_graph, device_of_model)
+    if prompts is None and num_return_sequences == 1:
+        printer = _TextStream(tokenizer)
+        sys.stdout.write(prompt)
+        run.continuations([encoded[0]], streamer=printer.add)
+        printer.flush()
+        sys.stdout.write("\n")
+        return
+    # Prompts of one token length form exact batches (no padding enters the recurrent state).
+    rows = [(index, ids) for index, ids in enumerate(encoded) for _ in range(num_return_sequences)]
+    by_length: dict[int, list[tuple[int, list[int]]]] = {}
+    for index, ids in rows:
+        by_length.setdefault(len(ids), []).append((index, ids))
+    results: dict[int, list[str]] = {index: [] for index in range(len(texts))}
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            for (index, _), text in zip(chunk, run.continuations([ids for _, ids in chunk]), strict=True):
+                results[index].append(text)
+    for index, text in enumerate(texts):
+        for number, continuation in enumerate(results[index]):
+            print(json.dumps({"prompt": text, "sequence": number, "text": continuation}, ensure_ascii=False))
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (given with --prompts)") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+    if not lines:
+        raise UserError(f"{path}: no prompts (one per line)")
+    return lines
+
+
+def _prompt_ids(text: str, tokenizer: Tokenizer, vocab_size: int, checkpoint: Path) -> list[int]:
+    ids = tokenizer.encode(text) or ([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id])
+    if not ids:
+        raise UserError("a prompt is empty and the tokenizer has no beginning-of-text token: give some text")
+    if max(ids) >= vocab_size:
+        raise UserError(
+            f"{checkpoint}: the tokenizer gives id {max(ids)}, past the model's vocabulary of "
+            f"{vocab_size}: the tokenizer.json does not belong to these weights"
+        )
+    return ids
+
+
+@dataclass
+class _Generation:
+    """One generate call's settings, applied to batches of equally long prompts."""
+
+    model: Any
+    tokenizer: Tokenizer
+    sampling: Any
+    max_new_tokens: int
+    stops: list[str]
+    seed: int | None
+    cuda_graph: bool | None
+    device: Any
+
+    def continuations(self, prompts: list[list[int]], streamer: Any = None) -> list[str]:
+        """The continuation text of each prompt, cut after the first stop string."""
+        import torch
+
+        from mambakit.models import generate as generate_ids
+
+        start = len(prompts[0])
+
+        def stopped(sequences: torch.Tensor) -> torch.Tensor:
+            texts = [self.tokenizer.decode(row[start:]) for row in sequences.tolist()]
+            return torch.tensor([any(stop in text for stop in self.stops) for text in texts])
+
+        sequences = generate_ids(
+            self.model,
+            torch.tensor(prompts, device=self.device),
+            self.max_new_tokens,
+            self.sampling,
+            eos_token_id=self.tokenizer.eos_token_id,
+            seed=self.seed,
+            streamer=streamer,
+            cuda_graph=self.cuda_graph,
+            stop_when=stopped if self.stops else None,
+        )
+        return [self._cut(self.tokenizer.decode(row[start:])) for row in sequences.tolist()]
+
+    def _cut(self, text: str) -> str:
+        ends = [text.index(stop) + len(stop) for stop in self.stops if stop in text]
+        return text[: min(ends)] if ends else text
 
 
 DOMAIN = Domain(

@@ -254,11 +254,15 @@ def generate(
     seed: int | None = None,
     streamer: Callable[[Tensor], None] | None = None,
     cuda_graph: bool | None = None,
+    stop_when: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Continue each prompt of input_ids (b, l) (equal lengths) by up to `max_new_tokens` tokens.
 
     Returns (b, l + generated). A sequence that produced `eos_token_id` keeps emitting it until all have,
-    then generation stops. `streamer` gets each new column of tokens (b,) as soon as it exists.
+    then generation stops. `streamer` gets each new column of tokens (b,) as soon as it exists. `stop_when`
+    gets the sequences so far after each new token and returns a bool (b,) of those that are done (e.g. a stop
+    string appeared): they then emit `eos_token_id` too, or, without one, run on until all are done and the
+    caller cuts them.
 
     `cuda_graph` (None: when input_ids are on CUDA) replays the recurrent step as a CUDA graph, captured on the
     first call for a batch size and kept on the model for later calls (with its state buffers, a few MB per layer
@@ -300,7 +304,10 @@ def generate(
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             if streamer is not None:
                 streamer(token)
-            if position == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
+            if stop_when is not None:
+                finished |= stop_when(sequences).to(finished.device)
+            stoppable = eos_token_id is not None or stop_when is not None
+            if position == max_new_tokens - 1 or (stoppable and bool(finished.all())):
                 break
             logits = step(token)
     finally:
