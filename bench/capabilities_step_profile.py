@@ -1,28 +1,29 @@
-"""Where a capability-suite training step's time goes on the GPU: the model's forward + backward + AdamW on a
-fixed batch (CUDA-event timed), beside how fast the data loader makes batches, for one tier run.
+"""Where a capability-suite training step's time goes on the GPU, for the runs of a tier: the model's forward +
+backward + AdamW on a fixed batch (CUDA events), beside how long the data loader takes per batch, and what the
+run's configured steps then cost. The notes ask that every tier budget be fixed from measured step times.
 
-    python bench/capabilities_step_profile.py --run selective-copying--mamba [--tier gpu] [--workers 8]"""
+    python bench/capabilities_step_profile.py [--tier gpu] [--runs all|NAME,NAME] [--workers 8] [--out FILE]
+
+Prints one JSON line per run and writes them all to --out (default runs/capabilities_step_profile.json)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from mambakit.apps.synthetic import bench
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="selective-copying--mamba")
-    parser.add_argument("--tier", default="gpu", choices=sorted(bench.TIERS))
-    parser.add_argument("--workers", type=int, default=8)
-    args = parser.parse_args()
+def profile(run: bench.CapabilityRun, workers: int) -> dict[str, Any]:
+    """{model_step_ms, loader_ms, ...} of one tier run on the current CUDA device."""
     from mambakit.apps.synthetic.cli import DOMAIN, SyntheticOptions
 
     from mambakit.domains import RunOptions, TaskInputs
 
-    run = next(r for r in bench.TIERS[args.tier][0] if r.name == args.run)
     spec = DOMAIN.task(run.task)
     options = SyntheticOptions(family=run.family, positions=run.positions, **run.task_sizes, **run.options)
     inputs = TaskInputs(RunOptions(task=run.task, model=dict(run.sizes)), options, None, DOMAIN.presets)
@@ -30,15 +31,16 @@ def main() -> None:
     model = spec.model(inputs, splits).cuda()
     task = spec.task(inputs)
     loader = torch.utils.data.DataLoader(
-        splits.train, batch_size=run.batch_size, collate_fn=task.collate, num_workers=args.workers
+        splits.train, batch_size=run.batch_size, collate_fn=task.collate, num_workers=workers, persistent_workers=True
     )
     batches = iter(loader)
-    next(batches)
+    for _ in range(2 * workers):  # every worker started and one batch ahead
+        next(batches)
     started = time.perf_counter()
     for _ in range(20):
         batch = next(batches)
     loader_ms = (time.perf_counter() - started) / 20 * 1000
-    batch = {k: v.cuda() for k, v in batch.items()}
+    batch = {name: value.cuda() for name, value in batch.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step() -> None:
@@ -57,10 +59,36 @@ def main() -> None:
         step()
     end.record()
     torch.cuda.synchronize()
-    print(
-        f"{args.run}: model step {begin.elapsed_time(end) / 20:.1f} ms, loader {loader_ms:.1f} ms per batch "
-        f"of {run.batch_size} with {args.workers} workers ({torch.cuda.get_device_name()})"
-    )
+    model_ms = begin.elapsed_time(end) / 20
+    return {
+        "run": run.name,
+        "batch_size": run.batch_size,
+        "model_step_ms": round(model_ms, 2),
+        "loader_ms_per_batch": round(loader_ms, 2),
+        "workers": workers,
+        "configured_steps": run.steps,
+        "configured_seconds_at_the_slower": round(run.steps * max(model_ms, loader_ms) / 1000, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", default="gpu", choices=sorted(bench.TIERS))
+    parser.add_argument("--runs", default="all", help="all, or comma-separated run names (task--model)")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("runs/capabilities_step_profile.json"))
+    args = parser.parse_args()
+    runs = bench.TIERS[args.tier][0]
+    if args.runs != "all":
+        names = args.runs.split(",")
+        runs = tuple(run for run in runs if run.name in names)
+    results = []
+    for run in runs:
+        results.append(profile(run, args.workers))
+        print(json.dumps(results[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    environment = bench._environment("cuda")
+    args.out.write_text(json.dumps({"environment": environment, "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
