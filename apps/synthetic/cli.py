@@ -198,6 +198,7 @@ def _config(inputs: TaskInputs, vocab: int, length: int) -> Any:
     fields = family_fields(
         options.family, int(sizes.get("n_layer", 2)), int(sizes.get("d_model", 32)), options.positions, length
     )
+    # MambaFormer's n_layer (one more mixer) is derived from the model settings' own, so it always applies.
     layout = {name: value for name, value in fields.items() if name not in inputs.run.model or name == "n_layer"}
     return inputs.model_config(MambaConfig, vocab_size=vocab, **layout)
 
