@@ -189,11 +189,10 @@ def markov_baseline(codes: dict[str, np.ndarray]) -> dict[str, Any]:
 def xz_baseline(train_text: bytes, test_text: bytes) -> dict[str, float]:
     """xz -9e bits per base of the test bases alone, and given the training bases (conditional size)."""
 
-    def size(data: bytes) -> int:
-        return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-
-    alone = size(test_text) * 8 / len(test_text)
-    conditional = (size(train_text + test_text) - size(train_text)) * 8 / len(test_text)
+    bits = report.compressed_bits(
+        lambda data: len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)), train_text, test_text
+    )
+    alone, conditional = bits["alone"], bits["given_train"]
     print(f"xz: {alone:.4f} bits/base alone, {conditional:.4f} given the training bases", flush=True)
     return {"test_bits_per_base": alone, "test_bits_per_base_given_train": conditional}
 

@@ -86,6 +86,14 @@ def gpu_machine() -> dict[str, str]:
     }
 
 
+def compressed_bits(compress: Callable[[bytes], int], train: bytes, test: bytes) -> dict[str, float]:
+    """Bits per byte (or per base) of `test` under a compressor (`compress`: data -> compressed size): alone, and
+    given `train` (the size it adds after the training text), the fair match for a model trained on `train`."""
+    alone = compress(test) * 8 / len(test)
+    given_train = (compress(train + test) - compress(train)) * 8 / len(test)
+    return {"alone": alone, "given_train": given_train}
+
+
 def write(
     out_dir: Path,
     name: str,

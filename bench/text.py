@@ -1,0 +1,111 @@
+"""Bits per byte of text language models after a fixed budget, beside xz -9e and zstd -19 on the same held-out
+text (#13): a byte-level LM and a BPE LM (a tokenizer trained on the training text) through `mambakit train
+text`, on the default corpus (this Python's standard-library sources; every 20th module held out).
+
+    PYTHONPATH=.:bench .venv/bin/python bench/text.py [--max-steps 600] [--device cpu] [--out bench/results]
+
+The compressors are scored alone and given the training text (what they add after it: the fair match for a model
+trained on that text). Writes text_<device>.json and .md."""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import report
+from mambakit.apps.text.cli import DOMAIN, TextOptions
+from mambakit.apps.text.data import default_corpus_files, read_documents, training_documents
+
+from mambakit.cli_support import resolve_device, train_domain
+from mambakit.domains import RunOptions
+
+
+def _zstd_size(data: bytes) -> int:
+    # --long: a window over the whole training text, so the conditional size can use all of it.
+    return len(
+        subprocess.run(["zstd", "-19", "--long=27", "-c", "-q"], input=data, capture_output=True, check=True).stdout
+    )
+
+
+def _xz_size(data: bytes) -> int:
+    return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
+
+def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: str) -> dict[str, Any]:
+    run = RunOptions(
+        task="lm",
+        out=args.work / name,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        device=device,
+        preset=args.preset,
+        train={"eval_every": args.max_steps, "save_every": args.max_steps},
+    )
+    started = time.perf_counter()
+    metrics = train_domain(DOMAIN, run, TextOptions(seq_len=args.seq_len, tokenizer=tokenizer))
+    seconds = time.perf_counter() - started
+    report.log(f"{name}: {metrics} in {seconds:.0f} s")
+    return {"tokenizer": tokenizer or "bytes", "seconds": round(seconds, 1), **metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--bpe-vocab", type=int, default=2000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-text"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--commit", default="")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    documents = read_documents(default_corpus_files())
+    train_text = "".join(training_documents(documents)).encode()
+    held = "".join(text for i, text in enumerate(documents) if i % 20 == 19).encode()
+    compressors = {
+        "xz -9e": report.compressed_bits(_xz_size, train_text, held),
+        "zstd -19 --long=27": report.compressed_bits(_zstd_size, train_text, held),
+    }
+    models = {
+        "byte LM": _train("bytes", None, args, device),
+        f"BPE LM ({args.bpe_vocab})": _train("bpe", f"train:{args.bpe_vocab}", args, device),
+    }
+    data = {
+        "machine": report.cpu_name() if device == "cpu" else report.gpu_machine(),
+        "torch": report.version("torch"),
+        "commit": report.git_commit(args.commit),
+        "date": report.now(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "corpus": {"training_bytes": len(train_text), "held_out_bytes": len(held), "documents": len(documents)},
+        "compressors": compressors,
+        "models": models,
+    }
+    lines = [
+        f"# Text: bits per byte on held-out standard-library modules ({device}, commit {data['commit']})",
+        "",
+        f"{len(train_text):,} training bytes, {len(held):,} held-out bytes (every 20th module); models: preset "
+        f"{args.preset}, {args.max_steps} steps of {args.batch_size} x {args.seq_len} tokens.",
+        "",
+        "| what | bits per byte | notes |",
+        "|---|---|---|",
+    ]
+    for name, bits in compressors.items():
+        lines.append(f"| {name} | {bits['given_train']:.3f} | given the training text; alone {bits['alone']:.3f} |")
+    for name, metrics in models.items():
+        lines.append(
+            f"| {name} | {metrics['bits_per_byte']:.3f} | {metrics['seconds']:.0f} s of training"
+            + (f"; {metrics['bits_per_token']:.3f} bits per token" if "bits_per_token" in metrics else "")
+            + " |"
+        )
+    report.write(args.out, f"text_{device}", data, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
