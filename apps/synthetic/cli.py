@@ -119,7 +119,7 @@ def _shape(inputs: TaskInputs, task: str) -> Any:
     from .data import TASKS, TaskShape
 
     options: SyntheticOptions = inputs.options
-    default = TASKS[task][1]
+    default = TASKS[task].defaults
     return TaskShape(
         length=options.length or default.length,
         vocab=options.vocab or default.vocab,
@@ -162,15 +162,11 @@ def _eval_lengths(text: str) -> list[int]:
 
 
 def _at_length(task: str, options: SyntheticOptions, length: int) -> SyntheticOptions:
-    """The options that evaluate `task` at `length`: copying's strings are then all `length` letters long (its
-    --length is the longest string, --count the shortest); the other tasks keep their count."""
-    count = length if task == "copying" else options.count
+    """The options that evaluate `task` at `length` (copying's strings then all have that length)."""
+    from .data import TASKS
+
+    count = length if TASKS[task].count_follows_length else options.count
     return dataclasses.replace(options, length=length, count=count)
-
-
-def _sequence_length(task: str, shape: Any) -> int:
-    """Positions of one example of `task` at `shape` (copying: `$ s | s .` for the longest string)."""
-    return 2 * shape.length + 3 if task == "copying" else shape.length
 
 
 def _eval_data(task: str) -> Any:
@@ -207,8 +203,10 @@ def _model(task: str) -> Any:
     def build(inputs: TaskInputs, splits: Splits) -> Any:
         from mambakit.models import MambaLMHeadModel
 
+        from .data import TASKS
+
         shape = _shape(inputs, task)
-        return MambaLMHeadModel(_config(inputs, shape.vocab, _sequence_length(task, shape)))
+        return MambaLMHeadModel(_config(inputs, shape.vocab, TASKS[task].positions(shape)))
 
     return build
 

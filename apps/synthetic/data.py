@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,28 +47,41 @@ class TaskShape:
 
 Generate = Callable[[TaskShape, torch.Generator], tuple[Tensor, Tensor]]
 
-#: task name -> (one example's generator, the CPU-smoke sizes of ../shared/notes/capabilities.md).
-TASKS: dict[str, tuple[Generate, TaskShape]] = {
-    "selective-copying": (
+
+class TokenTask(NamedTuple):
+    """One token task: an example's generator, its CPU-smoke sizes (../shared/notes/capabilities.md), the
+    positions of one example at a shape, and whether evaluating at a length fixes the count to it too."""
+
+    generate: Generate
+    defaults: TaskShape
+    positions: Callable[[TaskShape], int] = lambda shape: shape.length
+    count_follows_length: bool = False
+
+
+TASKS: dict[str, TokenTask] = {
+    "selective-copying": TokenTask(
         lambda s, g: generators.selective_copying(1, s.length, s.count, s.vocab, g),
         TaskShape(length=64, vocab=8, count=4),
     ),
-    "induction-heads": (
+    "induction-heads": TokenTask(
         lambda s, g: generators.induction_heads(1, s.length, s.vocab, g),
         TaskShape(length=64, vocab=16, count=1),
     ),
-    "mqar": (
+    "mqar": TokenTask(
         lambda s, g: generators.mqar(1, s.length, s.count, s.vocab, g),
         TaskShape(length=64, vocab=256, count=8),
     ),
-    "mqar-hard": (
+    "mqar-hard": TokenTask(
         lambda s, g: generators.mqar(1, s.length, s.count, s.vocab, g, random_non_queries=True),
         TaskShape(length=64, vocab=256, count=8),
     ),
-    # length: the longest string, count: the shortest; vocab counts the 4 specials (8 letters here).
-    "copying": (
+    # length: the longest string, count: the shortest; vocab counts the 4 specials (8 letters here). An example
+    # is `$ s | s .` for the longest string; evaluated at a length, every string has that length.
+    "copying": TokenTask(
         lambda s, g: generators.copying(1, s.length, s.count, s.vocab, g),
         TaskShape(length=10, vocab=12, count=2),
+        positions=lambda shape: 2 * shape.length + 3,
+        count_follows_length=True,
     ),
 }
 
@@ -99,7 +112,7 @@ class SyntheticTask(SeededExamples):
     """Examples {"input_ids": (length,), "targets": (length,)} of one token task."""
 
     def __init__(self, task: str, shape: TaskShape, seed: int, size: int, validation: bool = False) -> None:
-        self.generate = TASKS[task][0]
+        self.generate = TASKS[task].generate
         super().__init__(shape, seed, size, validation)
 
     def example(self, generator: torch.Generator) -> dict[str, Tensor]:
