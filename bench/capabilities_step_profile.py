@@ -87,7 +87,7 @@ def main() -> None:
         results.append(profile(run, args.workers))
         print(json.dumps(results[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    environment = bench._environment("cuda")
+    environment = bench._environment("cuda", 1)
     args.out.write_text(json.dumps({"environment": environment, "runs": results}, indent=1) + "\n")
 
 

@@ -72,3 +72,33 @@ def test_every_tier_run_is_a_valid_synthetic_run(tier):
     for run in bench.TIERS[tier][0]:
         DOMAIN.task(run.task)
         SyntheticOptions(family=run.family, positions=run.positions, **run.task_sizes, **run.options)
+
+
+def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, monkeypatch, capsys):
+    tiny = {"d_model": 16, "n_layer": 1, "d_state": 4, "attn_num_heads": 2}
+    runs = tuple(
+        bench.CapabilityRun(
+            "induction-heads",
+            model,
+            family,
+            steps=20,
+            batch_size=8,
+            lr=3e-3,
+            sizes=tiny,
+            task_sizes={"length": 32, "vocab": 8},
+            eval_lengths=(32, 64),
+            train={"num_workers": 2},
+        )
+        for model, family in (("mamba", "mamba"), ("transformer", "transformer"))
+    )
+    monkeypatch.setitem(bench.TIERS, "cpu", (runs, ()))
+
+    def values(jobs: int) -> dict[tuple[str, int], float]:
+        out = tmp_path / f"jobs{jobs}"
+        bench.capabilities(tier="cpu", tasks=None, out=out, device="cpu", seed=3, jobs=jobs)
+        records = json.loads((out / "capabilities.json").read_text())
+        assert [r["model"] for r in records] == ["mamba", "mamba", "transformer", "transformer"]  # the tier's order
+        return {(r["model"], r["length"]): r["value"] for r in records}
+
+    assert values(2) == pytest.approx(values(1), abs=1e-6)
+    assert "jobs 2 (runs at a time" in (tmp_path / "jobs2" / "capabilities.md").read_text()

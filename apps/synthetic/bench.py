@@ -11,12 +11,15 @@ others, so a tier can be run a few tasks at a time."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -515,7 +518,49 @@ def _train_and_evaluate(run: CapabilityRun, out: Path, device: str, seed: int) -
     return [{**record, "length": n, "value": metrics[f"length {n}/{evaluated}"]} for n in run.eval_lengths]
 
 
-def _environment(device: str) -> dict[str, str]:
+def _train_and_evaluate_in_worker(
+    run: CapabilityRun, out: Path, device: str, seed: int, threads: int
+) -> list[dict[str, Any]]:
+    """`_train_and_evaluate` in a process of its own that shares the machine with `jobs - 1` others: its share of
+    the CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return _train_and_evaluate(run, out, device, seed)
+
+
+def _run_all(
+    runs: Sequence[CapabilityRun], out: Path, device: str, seed: int, jobs: int
+) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(index in `runs`, records) of every run as it finishes; with jobs > 1 that many runs at a time, each in a
+    process of its own on the same device (the tiers' models are too small to keep a GPU busy alone), with its
+    share of the CPU cores for its threads and data-loader workers. Data does not depend on the number of
+    loader workers, so results do not depend on `jobs`; the seconds do."""
+    if jobs == 1:
+        for index, run in enumerate(runs):
+            yield index, _train_and_evaluate(run, out, device, seed)
+        return
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn: a forked child must not inherit a CUDA context.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict[Future[list[dict[str, Any]]], int] = {}
+        for index, run in enumerate(runs):
+            workers = min(int(run.train.get("num_workers", 0)), share)
+            shared = replace(run, train={**run.train, "num_workers": workers})
+            pending[pool.submit(_train_and_evaluate_in_worker, shared, out, device, seed, share)] = index
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = pending.pop(future)
+                try:
+                    yield index, future.result()
+                except BaseException:
+                    for queued in pending:
+                        queued.cancel()
+                    raise
+
+
+def _environment(device: str, jobs: int) -> dict[str, str]:
     import torch
 
     described = device
@@ -537,6 +582,9 @@ def _environment(device: str) -> dict[str, str]:
         "python": platform.python_version(),
         "commit": commit,
         "threads": str(torch.get_num_threads()),
+        "jobs": f"{jobs} (runs at a time on the device: seconds are wall time shared with the others)"
+        if jobs > 1
+        else "1",
     }
 
 
@@ -580,6 +628,15 @@ def capabilities(
     ] = Path("runs/capabilities"),
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every run (data and initialisation).")] = 0,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Runs at a time, each in its own process on the same device (small models leave a GPU idle); "
+            "results do not change, seconds do.",
+        ),
+    ] = 1,
 ) -> None:
     """Train and evaluate every (task, model) pair of a tier of the capability suite; write DIR/capabilities.json
     and DIR/capabilities.md (ours beside the papers' numbers, and whether the tier's claims hold)."""
@@ -595,10 +652,15 @@ def capabilities(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "capabilities.json"
     # This call's tasks are run afresh (with their least-squares baselines); other tasks' records stay.
-    records = [r for r in json.loads(path.read_text()) if r["task"] not in chosen] if path.exists() else []
-    for run in runs:
-        if run.task in chosen:
-            records.extend(_train_and_evaluate(run, out, resolved, seed))
-            # Written after every run, so an interrupted tier keeps what it finished.
-            path.write_text(json.dumps(records, indent=1) + "\n")
-    print(write_report(out, records, checks, _environment(resolved)))
+    kept = [r for r in json.loads(path.read_text()) if r["task"] not in chosen] if path.exists() else []
+    selected = [run for run in runs if run.task in chosen]
+    finished: dict[int, list[dict[str, Any]]] = {}
+    records = kept
+    for index, run_records in _run_all(selected, out, resolved, seed, jobs):
+        finished[index] = run_records
+        records = kept + [r for done in sorted(finished) for r in finished[done]]
+        # In the tier's order whatever order runs finish in; written after every run, so an interrupted tier
+        # keeps what it finished.
+        records.sort(key=lambda r: known.index(r["task"]) if r["task"] in known else len(known))
+        path.write_text(json.dumps(records, indent=1) + "\n")
+    print(write_report(out, records, checks, _environment(resolved, jobs)))

@@ -112,9 +112,9 @@ class SyntheticTask(SeededExamples):
     """Examples {"input_ids": (length,), "targets": (length,)} of one token task."""
 
     def __init__(self, task: str, shape: TaskShape, seed: int, size: int, validation: bool = False) -> None:
-        self.generate = TASKS[task].generate
+        self.task = task  # the name, not its generator: loader workers that spawn must pickle the dataset
         super().__init__(shape, seed, size, validation)
 
     def example(self, generator: torch.Generator) -> dict[str, Tensor]:
-        inputs, targets = self.generate(self.shape, generator)
+        inputs, targets = TASKS[self.task].generate(self.shape, generator)
         return {"input_ids": inputs[0], "targets": targets[0]}

@@ -175,11 +175,11 @@ class InContextData(SeededExamples):
     """The raw ingredients of one task's prompts (see the module docstring)."""
 
     def __init__(self, task: str, shape: PromptShape, seed: int, size: int, validation: bool = False) -> None:
-        self.generate = TASKS[task].generate
+        self.task = task  # the name, not its generator: loader workers that spawn must pickle the dataset
         super().__init__(shape, seed, size, validation)
 
     def example(self, generator: torch.Generator) -> dict[str, Tensor]:
-        return {name: value[0] for name, value in self.generate(self.shape, generator).items()}
+        return {name: value[0] for name, value in TASKS[self.task].generate(self.shape, generator).items()}
 
 
 class InContextTask(Task):
