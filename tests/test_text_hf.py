@@ -186,3 +186,58 @@ def test_prompt_files_several_sequences_and_stop_strings(hf_checkpoint, tmp_path
     (tmp_path / "empty.txt").write_text("\n")
     assert main([*greedy, "--prompts", str(tmp_path / "empty.txt")]) == 2
     assert "no prompts (one per line)" in capsys.readouterr().err
+
+
+def _eval_loss(checkpoint, corpus, capsys) -> float:
+    capsys.readouterr()
+    assert (
+        main(["eval", "text", "-c", str(checkpoint), "--data", str(corpus), "--seq-len", "32", "--device", "cpu"]) == 0
+    )
+    return float(next(line for line in capsys.readouterr().out.splitlines() if "│ loss" in line).split("│")[2])
+
+
+def test_lora_fine_tuning_saves_adapters_that_reload_with_identical_logits(hf_checkpoint, tmp_path, capsys):
+    peft = pytest.importorskip("peft")
+    from mambakit.models import load_model
+
+    folder, _, tokenizer = hf_checkpoint
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / "lora"
+    arguments = [
+        "train",
+        "text",
+        "--init-from",
+        str(folder),
+        "--data",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+    ]
+    lora = ["--lora-rank", "4", "--batch-size", "4", "--lr", "1e-2", "--device", "cpu"]
+    assert main([*arguments, *lora, "--max-steps", "20"]) == 0
+    assert "LoRA rank 4:" in capsys.readouterr().out
+    best = out / "best"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "run_record.json"} <= {
+        path.name for path in best.iterdir()
+    }
+    assert not (best / "model.safetensors").exists()
+    assert (best / "adapter_model.safetensors").stat().st_size < (folder / "model.safetensors").stat().st_size / 3
+    # The adapters learned the corpus; loaded by mambakit and by PEFT onto the base, the logits are identical.
+    assert _eval_loss(best, corpus, capsys) < _eval_loss(folder, corpus, capsys) - 0.1
+    ids = torch.tensor([tokenizer.encode("selective scans decide what to keep").ids])
+    with torch.no_grad():
+        ours = load_model(best, merge_adapters=False)(ids).logits
+        theirs = peft.PeftModel.from_pretrained(load_model(folder), str(best)).eval()(ids).logits
+    assert torch.equal(ours, theirs)
+    # A resumed run continues from the saved adapters; generation reads the adapter checkpoint.
+    assert main([*arguments, *lora, "--max-steps", "25", "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "text", "-c", str(best), "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    assert main(["train", "text", "--lora-rank", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "--lora-rank adapts a trained model: add --init-from" in capsys.readouterr().err
+    assert main([*arguments[:-1], str(tmp_path / "y"), *lora, "--lora-targets", "q_proj"]) == 2
+    assert "not Linear layers of this model" in capsys.readouterr().err

@@ -68,6 +68,29 @@ class TextOptions:
             "eval and generate need no flag.",
         ),
     ] = None
+    lora_rank: Annotated[
+        int,
+        typer.Option(
+            "--lora-rank",
+            min=0,
+            help="Fine-tune LoRA adapters of this rank (through PEFT) instead of every weight; needs --init-from. "
+            "Checkpoints then hold only the adapters, which load onto the --init-from model (0: off).",
+        ),
+    ] = 0
+    lora_alpha: Annotated[
+        float | None, typer.Option("--lora-alpha", min=0.0, help="LoRA scale numerator (default: 2 x rank).")
+    ] = None
+    lora_dropout: Annotated[
+        float, typer.Option("--lora-dropout", min=0.0, max=1.0, help="Dropout on the LoRA path's input.")
+    ] = 0.0
+    lora_targets: Annotated[
+        str,
+        typer.Option("--lora-targets", help="Comma-separated Linear layers that get adapters (name endings)."),
+    ] = "in_proj,x_proj,dt_proj,out_proj"
+
+    def __post_init__(self) -> None:
+        if self.lora_rank and self.init_from is None:
+            raise UserError("--lora-rank adapts a trained model: add --init-from CHECKPOINT")
 
 
 #: Smallest vocabulary a trained tokenizer may have: the 256 byte pieces, the end-of-text token, a few merges.
@@ -153,7 +176,8 @@ def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
 
     tokenizer: Tokenizer = inputs.featurizer
     if inputs.options.init_from is not None:
-        return _pretrained(inputs.options.init_from, tokenizer)
+        model = _pretrained(inputs.options.init_from, tokenizer)
+        return _with_lora(model, inputs.options) if inputs.options.lora_rank else model
     return MambaLMHeadModel(
         inputs.model_config(
             MambaConfig,
@@ -182,6 +206,24 @@ def _pretrained(checkpoint: Path, tokenizer: Tokenizer) -> Any:
             f"{model.config.vocab_size}: the tokenizer.json does not belong to these weights"
         )
     return model.train()
+
+
+def _with_lora(model: Any, options: TextOptions) -> Any:
+    """`model` with LoRA adapters on --lora-targets; only they train."""
+    from mambakit.models.lora import add_lora
+
+    targets = tuple(name.strip() for name in options.lora_targets.split(",") if name.strip())
+    try:
+        add_lora(model, options.lora_rank, options.lora_alpha, options.lora_dropout, targets, options.init_from)
+    except ImportError as error:
+        raise UserError(str(error)) from None
+    except ValueError as error:
+        raise UserError(f"--lora-targets {options.lora_targets}: {error}") from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    announce(
+        f"LoRA rank {options.lora_rank}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} weights train"
+    )
+    return model
 
 
 def _lm_task(inputs: TaskInputs) -> Any:

@@ -19,6 +19,8 @@ unchanged.
   model.safetensors) with our parameter names and the vocabulary padded to pad_vocab_size_multiple.
 - Hugging Face `MambaForCausalLM`: config.json with model_type "mamba"; model.safetensors (possibly sharded
   through model.safetensors.index.json) or pytorch_model.bin; `backbone.embeddings.weight` is renamed.
+- a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors; `mambakit.models.lora`): the
+  base checkpoint it names, with the adapters on top. A model that carries adapters is saved that way.
 
 Everything a user can get wrong raises `CheckpointError`: one line naming the file and what to do.
 """
@@ -43,6 +45,7 @@ from ..errors import first_line
 from ..jsonfiles import read_json_file
 from .config import CONFIG_VERSION, META_KEYS, V1_MOVED_FIELDS, MambaConfig
 from .heads import MambaLMHeadModel
+from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LORA_EXTRA, adapter_files, has_lora
 from .protocol import TrainableModel, is_trainable
 from .registry import UnknownNameError, architecture_class, config_class, config_classes, owner_domain
 
@@ -87,6 +90,8 @@ def save_pretrained(model: TrainableModel, path: str | Path, extra_files: dict[s
                 f"extra_files: {name!r} must be a plain file name other than {CONFIG_NAME} and {SAFETENSORS_NAME}"
             )
     directory.mkdir(parents=True, exist_ok=True)
+    if has_lora(model):
+        return _save_adapter(model, directory, extra_files)
 
     # safetensors refuses tensors that share memory: store each tied parameter once; loading re-ties them.
     aliases = _tied_aliases(model)
@@ -110,13 +115,32 @@ def save_pretrained(model: TrainableModel, path: str | Path, extra_files: dict[s
     return directory
 
 
+def _save_adapter(model: TrainableModel, directory: Path, extra_files: dict[str, bytes | str]) -> Path:
+    """A model with LoRA adapters: only the adapters, in PEFT's format (adapter_config.json last)."""
+    tensors, config_text = adapter_files(cast(torch.nn.Module, model))
+    if json.loads(config_text).get("base_model_name_or_path") is None:
+        raise ValueError("save_pretrained: the LoRA adapters name no base checkpoint; add them with add_lora(base=...)")
+    with _atomic_path(directory / ADAPTER_WEIGHTS_NAME) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    for name, content in extra_files.items():
+        with _atomic_path(directory / name) as tmp:
+            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    with _atomic_path(directory / ADAPTER_CONFIG_NAME) as tmp:
+        tmp.write_text(config_text)
+    fsync_directory(directory)
+    return directory
+
+
 def load_model(
     path: str | Path,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     scan_backend: str = "auto",
+    merge_adapters: bool = True,
 ) -> Any:
-    """Load a mambakit, state-spaces or Hugging Face Mamba checkpoint directory; returns the model in eval mode.
+    """Load a mambakit, state-spaces or Hugging Face Mamba checkpoint directory, or a LoRA adapter directory (its
+    base with the adapters on top; `merge_adapters` folds them into the base layers); returns the model in eval
+    mode.
 
     state-spaces and Hugging Face checkpoints become a `MambaLMHeadModel`; a mambakit checkpoint becomes the
     registered architecture it names. `dtype` is the compute dtype of the weights; A_log and D stay fp32 as in
@@ -128,6 +152,8 @@ def load_model(
             f"{directory}: no such checkpoint directory; pass a directory holding {CONFIG_NAME} and the weights"
         )
     config_path = directory / CONFIG_NAME
+    if not config_path.is_file() and (directory / ADAPTER_CONFIG_NAME).is_file():
+        return _load_adapter_checkpoint(directory, device, dtype, scan_backend, merge_adapters)
     data = _read_json(config_path, what="config")
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object of config keys")
@@ -141,6 +167,30 @@ def load_model(
     tensors = {_hf_to_ours(name): tensor for name, tensor in tensors.items()}
     _load_state(model, tensors, weights_path)
     return model.eval()
+
+
+def _load_adapter_checkpoint(
+    directory: Path, device: torch.device | str | None, dtype: torch.dtype | None, scan_backend: str, merge: bool
+) -> Any:
+    from . import lora
+
+    try:
+        base = lora.read_adapter_config(directory).get("base_model_name_or_path")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    if not isinstance(base, str) or not Path(base).is_dir():
+        raise CheckpointError(
+            f"{directory / ADAPTER_CONFIG_NAME}: its base checkpoint {base!r} is not a directory here; set "
+            f"base_model_name_or_path to the base model's directory"
+        )
+    model = load_model(base, device, dtype, scan_backend)
+    try:
+        lora.load_adapter(model, directory)
+    except ImportError:
+        raise CheckpointError(f"{directory}: a LoRA adapter; loading it needs PEFT: {LORA_EXTRA}") from None
+    except (ValueError, OSError, SafetensorError) as error:
+        raise CheckpointError(f"{directory}: {first_line(error)}") from None
+    return (lora.merge_lora(model) if merge else model).eval()
 
 
 def _read_config(config_path: Path, data: dict[str, Any]) -> tuple[Any, Any, Any, str | None]:

@@ -63,6 +63,16 @@ def _as_columns(sequences: Tensor) -> Tensor:
     return sequences.transpose(0, 1).reshape(sequences.shape[1], -1)
 
 
+def _project_columns(layer: nn.Module, columns: Tensor, with_bias: bool = True) -> Tensor:
+    """`layer` applied to every column of `columns` (features, n): one GEMM for a plain nn.Linear; a wrapped one
+    (a PEFT LoRA adapter, a quantized layer) through its own forward, so what it adds is not skipped. A wrapped
+    layer's bias is always in its output."""
+    if type(layer) is not nn.Linear:
+        return cast(Tensor, layer(columns.t())).t()
+    projected = layer.weight @ columns
+    return projected + layer.bias[:, None] if with_bias and layer.bias is not None else projected
+
+
 def _inverse_softplus(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -152,11 +162,14 @@ class Mamba(nn.Module):
             decay_rates=-torch.exp(self.A_log.detach().float()).to(device),
         )
 
-    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """From conv outputs x (..., d_inner): delta (without bias), B, C and the delta bias."""
+    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """From conv outputs x (..., d_inner): delta (without bias), B, C and the delta bias (None when a wrapped
+        dt_proj has added it)."""
         if not self.selective:
             return torch.zeros_like(x), self.B, self.C, self.dt_bias
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if type(self.dt_proj) is not nn.Linear:  # a wrapped layer (e.g. LoRA) adds the bias itself
+            return self.dt_proj(dt), B, C, None
         return F.linear(dt, self.dt_proj.weight), B, C, self.dt_proj.bias
 
     def forward(self, hidden_states: Tensor, state: MambaLayerState | None = None) -> Tensor:
@@ -167,9 +180,7 @@ class Mamba(nn.Module):
         # see as (b, channels, l) with unit-stride steps, as in mamba-ssm's mamba_inner_fn: each projection is
         # one plain GEMM and no (b, l, d) <-> (b, d, l) transposing copy is made, forward or backward.
         columns = hidden_states.reshape(batch * length, -1).t()
-        xz = self.in_proj.weight @ columns
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
+        xz = _project_columns(self.in_proj, columns)
         x, z = (_as_sequences(t, batch, length) for t in xz.split(self.d_inner))
         conv_weight = self.conv1d.weight.squeeze(1)
         if state is None:
@@ -188,11 +199,11 @@ class Mamba(nn.Module):
                 ),
             )
         if self.selective:
-            x_dbl = self.x_proj.weight @ _as_columns(x)
+            x_dbl = _project_columns(self.x_proj, _as_columns(x))
             dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state])
-            delta = _as_sequences(self.dt_proj.weight @ dt, batch, length)
+            delta = _as_sequences(_project_columns(self.dt_proj, dt, with_bias=False), batch, length)
             B, C = _as_sequences(B, batch, length), _as_sequences(C, batch, length)
-            delta_bias = self.dt_proj.bias
+            delta_bias = self.dt_proj.bias if type(self.dt_proj) is nn.Linear else None
         else:
             delta, B, C, delta_bias = torch.zeros_like(x), self.B, self.C, self.dt_bias
         scan = selective_scan(
@@ -203,7 +214,7 @@ class Mamba(nn.Module):
             C,
             self.D.float(),
             z,
-            delta_bias.float(),
+            None if delta_bias is None else delta_bias.float(),
             delta_softplus=True,
             initial_state=None if state is None else state.ssm,
             return_last_state=state is not None,
@@ -213,7 +224,10 @@ class Mamba(nn.Module):
             y, state.ssm = scan
         else:
             y = scan
-        return F.linear(_as_columns(y).t(), self.out_proj.weight, self.out_proj.bias).view(batch, length, -1)
+        rows = _as_columns(y).t()
+        if type(self.out_proj) is not nn.Linear:  # a wrapped layer (e.g. LoRA): its own forward
+            return cast(Tensor, self.out_proj(rows)).view(batch, length, -1)
+        return F.linear(rows, self.out_proj.weight, self.out_proj.bias).view(batch, length, -1)
 
     def step(self, hidden_states: Tensor, state: MambaLayerState) -> Tensor:
         """One position: hidden_states (b, d_model) -> (b, d_model); `state` is updated in place."""

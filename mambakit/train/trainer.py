@@ -359,7 +359,7 @@ class _Trainer:
 
         state = self._prepare_out_dir()
         if state is not None:
-            model.load_state_dict(load_model(self.out_dir / LAST).state_dict())
+            model.load_state_dict(load_model(self.out_dir / LAST, merge_adapters=False).state_dict())
         model.to(device)
         if config.grad_checkpointing:
             if hasattr(model, "set_grad_checkpointing"):
