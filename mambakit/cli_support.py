@@ -138,8 +138,7 @@ def resolve_run_options(
         if not isinstance(merged.get(section, {}), dict):
             raise UserError(f"{config}: `{section}:` must be a mapping of {section} settings")
     for path in merged.get("data", []):
-        if not path.exists():
-            raise UserError(f"{path}: no such file or folder (given with --data)")
+        check_data_source(path)
     # A key that is also a common option (vision's --model beside the file's `model:` section) is the common one.
     values = {key: value for key, value in from_file.items() if key in own and key not in common}
     values.update({key: value for key, value in (option_flags or {}).items() if _given(value)})
@@ -160,6 +159,16 @@ def resolve_device(device: str) -> str:
 def is_main_process() -> bool:
     """False in every torchrun process but the first, which alone writes and reports."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_data_source(path: Path) -> None:
+    """Refuse, in one line, a --data path that does not exist. A glob pattern or a `scheme:name` source (the text
+    app's `hf:NAME`) is left to the domain's reader, which says what it accepts."""
+    text = str(path)
+    scheme = text.split(":", 1)[0] if ":" in text else ""
+    is_source = len(scheme) > 1 and scheme.isalnum()  # not a Windows drive letter
+    if not (path.exists() or is_source or any(char in text for char in "*?[")):
+        raise UserError(f"{path}: no such file or folder (given with --data)")
 
 
 def announce(message: str) -> None:
@@ -436,8 +445,7 @@ def eval_command(domain: Domain) -> Callable[..., None]:
         **overrides: Any,
     ) -> None:
         for path in data or []:
-            if not path.exists():
-                raise UserError(f"{path}: no such file or folder (given with --data)")
+            check_data_source(path)
         evaluate_domain(
             domain, checkpoint, data or [], overrides, batch_size or 32, device or "auto", precision or "auto"
         )

@@ -81,7 +81,7 @@ def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, 
             "induction-heads",
             model,
             family,
-            steps=20,
+            steps=40,
             batch_size=8,
             lr=3e-3,
             sizes=tiny,
@@ -95,9 +95,10 @@ def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, 
 
     def values(jobs: int) -> dict[tuple[str, int], float]:
         out = tmp_path / f"jobs{jobs}"
-        bench.capabilities(tier="cpu", tasks=None, out=out, device="cpu", seed=3, jobs=jobs)
+        bench.capabilities(tier="cpu", tasks=None, out=out, device="cpu", seed=3, steps_factor=0.5, jobs=jobs)
         records = json.loads((out / "capabilities.json").read_text())
         assert [r["model"] for r in records] == ["mamba", "mamba", "transformer", "transformer"]  # the tier's order
+        assert {r["steps"] for r in records} == {20}
         return {(r["model"], r["length"]): r["value"] for r in records}
 
     assert values(2) == pytest.approx(values(1), abs=1e-6)

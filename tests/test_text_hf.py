@@ -241,3 +241,18 @@ def test_lora_fine_tuning_saves_adapters_that_reload_with_identical_logits(hf_ch
     assert "--lora-rank adapts a trained model: add --init-from" in capsys.readouterr().err
     assert main([*arguments[:-1], str(tmp_path / "y"), *lora, "--lora-targets", "q_proj"]) == 2
     assert "not Linear layers of this model" in capsys.readouterr().err
+
+
+def test_a_prompt_past_the_models_positions_is_one_line_before_any_output(tmp_path, capsys):
+    config = tmp_path / "learned.yaml"
+    config.write_text("model:\n  attn_layer_idx: [1]\n  attn_positions: learned\n  max_position_embeddings: 48\n")
+    out = tmp_path / "run"
+    arguments = ["train", "text", "--config", str(config), "--seq-len", "32", "--batch-size", "2", "--max-steps", "1"]
+    assert main([*arguments, "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    generate = ["generate", "text", "-c", str(out / "best"), "--max-new-tokens", "10", "--device", "cpu"]
+    assert main([*generate, "--prompt", "x" * 40]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "the prompt (40 tokens) plus --max-new-tokens 10 pass the model's 48 positions" in captured.err
+    assert main([*generate, "--prompt", "x" * 30]) == 0

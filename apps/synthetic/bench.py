@@ -628,6 +628,14 @@ def capabilities(
     ] = Path("runs/capabilities"),
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every run (data and initialisation).")] = 0,
+    steps_factor: Annotated[
+        float,
+        typer.Option(
+            "--steps-factor",
+            min=0.01,
+            help="Multiply every run's training steps (e.g. 4 for a longer budget than the tier's); recorded.",
+        ),
+    ] = 1.0,
     jobs: Annotated[
         int,
         typer.Option(
@@ -653,7 +661,7 @@ def capabilities(
     path = out / "capabilities.json"
     # This call's tasks are run afresh (with their least-squares baselines); other tasks' records stay.
     kept = [r for r in json.loads(path.read_text()) if r["task"] not in chosen] if path.exists() else []
-    selected = [run for run in runs if run.task in chosen]
+    selected = [replace(run, steps=max(1, round(run.steps * steps_factor))) for run in runs if run.task in chosen]
     finished: dict[int, list[dict[str, Any]]] = {}
     records = kept
     for index, run_records in _run_all(selected, out, resolved, seed, jobs):

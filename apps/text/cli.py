@@ -51,6 +51,14 @@ class TextOptions:
         str,
         typer.Option("--text-field", help="The field holding the text in .jsonl/.json/.csv/.tsv/.parquet/.arrow data."),
     ] = field(default="text", metadata=EVAL_OPTION)
+    errors: Annotated[
+        str,
+        typer.Option(
+            "--errors",
+            help="Bytes that are not UTF-8 in the data: strict (a one-line error naming the file and offset) or "
+            "replace (read as U+FFFD).",
+        ),
+    ] = field(default="strict", metadata=EVAL_OPTION)
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -89,6 +97,10 @@ class TextOptions:
     ] = "in_proj,x_proj,dt_proj,out_proj"
 
     def __post_init__(self) -> None:
+        from .data import ERROR_MODES
+
+        if self.errors not in ERROR_MODES:
+            raise UserError(f"--errors {self.errors}: choose one of {', '.join(ERROR_MODES)}")
         if self.lora_rank and self.init_from is None:
             raise UserError("--lora-rank adapts a trained model: add --init-from CHECKPOINT")
 
@@ -133,19 +145,31 @@ def _checkpoint_tokenizer(checkpoint: Path) -> Tokenizer:
         raise UserError(str(error)) from None
 
 
-def _token_streams(inputs: TaskInputs) -> tuple[Any, Any]:
-    """(training, held-out) token streams of the given files and folders, or of the default corpus; a tokenizer
-    still to train is trained on the training documents first (it is the run's featurizer, saved after)."""
-    from .data import default_corpus_files, encode_split, expand_paths, read_documents, training_documents
+def _token_streams(inputs: TaskInputs, keep_train: bool = True) -> tuple[Any, Any]:
+    """(training, held-out) token streams of the given files, folders, globs and hf: sources, or of the default
+    corpus, read document by document; a tokenizer still to train is trained on the training documents first
+    (it is the run's featurizer, saved after). Long streams spill to the run folder's tokens/ (a temporary
+    folder, removed at exit, without one). `keep_train=False`: only the held-out stream is built."""
+    from .data import default_corpus_files, encode_split, expand_paths, iter_documents, training_documents
 
-    files = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
-    documents = read_documents(files, inputs.options.text_field)
+    sources = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
+    options = inputs.options
     tokenizer = inputs.featurizer
     if isinstance(tokenizer, HFTokenizer) and tokenizer.to_train is not None:
         vocab_size, model = tokenizer.to_train
         announce(f"training a {model} tokenizer of {vocab_size:,} ids on the training text")
-        tokenizer.fit(training_documents(documents))
-    return encode_split(documents, tokenizer)
+        tokenizer.fit(training_documents(iter_documents(sources, options.text_field, options.errors)))
+    if inputs.run.out is not None:
+        spill_dir = inputs.run.out / "tokens"
+    else:
+        import atexit
+        import shutil
+        import tempfile
+
+        spill_dir = Path(tempfile.mkdtemp(prefix="mambakit-tokens-"))
+        atexit.register(shutil.rmtree, spill_dir, ignore_errors=True)
+    documents = iter_documents(sources, options.text_field, options.errors)
+    return encode_split(documents, tokenizer, spill_dir=spill_dir, keep_train=keep_train)
 
 
 def _windows(tokens: Any, seq_len: int, what: str) -> Any:
@@ -168,7 +192,7 @@ def _lm_data(inputs: TaskInputs) -> Splits:
 
 def _lm_eval_data(inputs: TaskInputs) -> Any:
     """The held-out part of the given text (or of the default corpus)."""
-    return _windows(_token_streams(inputs)[1], inputs.options.seq_len, "held-out")
+    return _windows(_token_streams(inputs, keep_train=False)[1], inputs.options.seq_len, "held-out")
 
 
 def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
@@ -327,6 +351,7 @@ def generate(
         raise UserError(str(error)) from None
     texts = _read_prompts(prompts) if prompts is not None else [prompt]
     encoded = [_prompt_ids(text, tokenizer, model.config.vocab_size, checkpoint) for text in texts]
+    _check_lengths(encoded, max_new_tokens, model.backbone.max_positions, checkpoint)
     run = _Generation(model, tokenizer, sampling, max_new_tokens, stop or [], seed, cuda_graph, device_of_model)
     if prompts is None and num_return_sequences == 1:
         printer = _TextStream(tokenizer)
@@ -373,6 +398,19 @@ def _prompt_ids(text: str, tokenizer: Tokenizer, vocab_size: int, checkpoint: Pa
             f"{vocab_size}: the tokenizer.json does not belong to these weights"
         )
     return ids
+
+
+def _check_lengths(prompts: list[list[int]], max_new_tokens: int, limit: int | None, checkpoint: Path) -> None:
+    """A one-line error, before anything is printed, when a prompt and its continuation pass the model's limit."""
+    if limit is None:
+        return
+    longest = max(range(len(prompts)), key=lambda index: len(prompts[index]))
+    if len(prompts[longest]) + max_new_tokens > limit:
+        which = f"prompt {longest + 1}" if len(prompts) > 1 else "the prompt"
+        raise UserError(
+            f"{checkpoint}: {which} ({len(prompts[longest])} tokens) plus --max-new-tokens {max_new_tokens} "
+            f"pass the model's {limit} positions; shorten the prompt or lower --max-new-tokens"
+        )
 
 
 @dataclass

@@ -5,6 +5,7 @@ per byte fall straight out of the loss. And any Hugging Face tokenizer.json, thr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of `text` as ids (no specials added)."""
         return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text."""
+        return [list(text.encode("utf-8")) for text in texts]
 
     def decode(self, ids: list[int]) -> str:
         """Text of the byte ids; specials are dropped and invalid UTF-8 becomes U+FFFD."""
@@ -80,9 +85,9 @@ class HFTokenizer:
             raise ValueError(f"unknown tokenizer model {model!r}: bpe or unigram")
         return cls(to_train=(vocab_size, model))
 
-    def fit(self, documents: list[str]) -> None:
-        """Train the tokenizer `to_be_trained` made on `documents`, with "<|endoftext|>" as id 0 between them.
-        Byte-level pieces encode any text without unknowns."""
+    def fit(self, documents: Iterable[str]) -> None:
+        """Train the tokenizer `to_be_trained` made on `documents` (read once, so an iterator will do), with
+        "<|endoftext|>" as id 0 between them. Byte-level pieces encode any text without unknowns."""
         assert self.to_train is not None, "fit trains a tokenizer made by to_be_trained"
         tokenizers = _tokenizers()
         (vocab_size, model), end = self.to_train, EOS_NAMES[0]
@@ -123,6 +128,10 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without the special tokens a template would add."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, encoded in parallel."""
+        return [list(encoding.ids) for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         """Text of the ids, special tokens dropped."""

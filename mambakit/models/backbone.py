@@ -157,6 +157,11 @@ class MambaModel(nn.Module):
         """Recompute each block in the backward instead of storing its activations (long sequences)."""
         self.gradient_checkpointing = enable
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence this model reads: its learned position table's size, or None (no limit)."""
+        return None if self.position_embedding is None else self.position_embedding.weight.shape[0]
+
     def allocate_state(
         self,
         batch: int,

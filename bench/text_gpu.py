@@ -1,0 +1,105 @@
+"""Training tokens/s of `mambakit train text` (the whole CLI path: corpus, windows, loader, trainer) beside the
+core's own LM training-step benchmark (`gpu_model.bench_lm_train`: one fixed batch already on the GPU) with the
+same model, and mamba-ssm's model where it is installed, in one run on one GPU (#13: the CLI path must not lose
+more than 5% to data loading and the trainer).
+
+    python bench/text_gpu.py [--preset base] [--batch-size 8] [--seq-len 2048] [--steps 120] [--out DIR] [--commit SHA]
+
+The CLI's tokens/s is the median of the trainer's logged windows (every 10 steps) after the first two (start-up,
+kernel compilation); the run trains on the default corpus (bytes) with its defaults (AdamW, warm-up, clipping at
+1.0, bf16 autocast). Writes DIR/text_gpu.json and .md (DIR: bench/results)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # beside this script
+from gpu_model import bench_lm_train
+from mambakit.apps.text.cli import DOMAIN, TextOptions
+
+from mambakit.cli_support import train_domain
+from mambakit.domains import RunOptions
+from mambakit.models import load_model
+
+
+def cli_tokens_per_second(args: argparse.Namespace) -> tuple[float, list[float], Any]:
+    """(median tokens/s of the CLI run's logged windows after the first two, all of them, the trained config)."""
+    shutil.rmtree(args.work, ignore_errors=True)
+    run = RunOptions(
+        task="lm",
+        out=args.work,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        device="cuda",
+        preset=args.preset,
+        train={"eval_every": args.steps, "save_every": args.steps, "log_every": 10},
+    )
+    started = time.perf_counter()
+    train_domain(DOMAIN, run, TextOptions(seq_len=args.seq_len))
+    report.log(f"train text: {args.steps} steps in {time.perf_counter() - started:.0f} s")
+    logged = [json.loads(line) for line in (args.work / "metrics.jsonl").read_text().splitlines()]
+    windows = [record["tokens_per_s"] for record in logged if "tokens_per_s" in record]
+    config = load_model(args.work / "last").config
+    return statistics.median(windows[2:]), windows, config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="base", help="the text app's preset (base: the 130M layout)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-text-gpu"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--commit", default="")
+    args = parser.parse_args()
+
+    cli, windows, config = cli_tokens_per_second(args)
+    core_rows = bench_lm_train(batch=args.batch_size, length=args.seq_len, steps=10, warmup=3, config=config)
+    by_backend = {row["backend"]: row for row in core_rows}
+    # The CLI picks its scan backend as `auto` does: compare like with like.
+    core = (by_backend.get("auto") or by_backend["triton"])["value"]
+    data = {
+        "machine": report.gpu_machine(),
+        "mamba_ssm": report.version("mamba_ssm"),
+        "commit": report.git_commit(args.commit),
+        "date": report.now(),
+        "settings": {key: str(value) for key, value in vars(args).items()},
+        "model": {"d_model": config.d_model, "n_layer": config.n_layer, "vocab_size": config.vocab_size},
+        "cli_tokens_per_s": cli,
+        "cli_windows": windows,
+        "core": core_rows,
+        "cli_over_core": cli / core if core else None,
+    }
+    shape = f"B{args.batch_size} L{args.seq_len}, d_model {config.d_model}, {config.n_layer} layers"
+    shape += f", vocab {config.vocab_size}"
+    lines = [
+        f"# `train text` tokens/s beside the core LM step ({data['machine']['device']}, commit {data['commit']})",
+        "",
+        ", ".join(f"{key} {value}" for key, value in data["machine"].items()) + f", mamba-ssm {data['mamba_ssm']}",
+        "",
+        f"{shape}; AdamW, bf16 autocast, fp32 parameters. The core rows time one fixed batch already on the GPU "
+        "(do_bench-style CUDA events); the CLI row is the trainer's own tokens/s (median of 10-step windows after "
+        "the first two) on the default corpus.",
+        "",
+        "| what | tokens/s | note |",
+        "|---|---|---|",
+        f"| mambakit train text (CLI) | {cli:,.0f} | {cli / core:.1%} of the core step (goal: at least 95%) |",
+    ]
+    for row in core_rows:
+        value = "n/a" if row["value"] is None else f"{row['value']:,.0f}"
+        lines.append(f"| core LM step, {row['backend']} | {value} | {row['note'] or ''} |")
+    report.write(args.out, "text_gpu", data, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
