@@ -2,7 +2,8 @@
 
 A backend is registered with a probe that says, for a device, whether it can run there and if not why.
 `backend="auto"` (or the MAMBAKIT_SCAN_BACKEND environment variable) picks the first usable backend in
-registration order that `auto` may choose for the op: mamba_ssm (the scan only), triton, torch, reference.
+registration order that `auto` may choose for the op: mamba_ssm (the scan only), triton, torch, reference. The
+`cuda` backend (NVRTC-compiled kernels) runs only when asked for by name until it is measured ahead.
 """
 
 from __future__ import annotations
@@ -132,6 +133,23 @@ def _always(device: torch.device) -> str | None:
     return None
 
 
+def _probe_cuda(device: torch.device) -> str | None:
+    from .nvrtc import unavailable_reason
+
+    return unavailable_reason(device)
+
+
+# mambakit's NVRTC kernels: selectable by name; `auto` passes over them until the device benchmarks show them
+# ahead (bench/gpu.py). Their forward runs without gradients; with gradients the Triton kernels run.
+register_backend(
+    Backend(
+        "cuda",
+        "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step); forward only so far",
+        _probe_cuda,
+        {"selective_scan": ".cuda_scan:selective_scan_cuda"},
+        auto_ops=frozenset(),
+    )
+)
 # Fastest first. mamba-ssm's CUDA scan still beats mambakit's Triton scan on the H100 (bench/results/gpu_notes.md),
 # so where it is installed `auto` takes it for the scan; for everything else (decode step, conv, norm, scans from an
 # initial state) the Triton kernels run, which need no build. Its decode step stays selectable by name.
