@@ -174,11 +174,11 @@ def test_bad_shapes_name_the_argument():
 
 def test_unknown_backend_lists_the_known_ones():
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
-    with pytest.raises(ValueError, match="auto, mamba_ssm, triton, torch, reference"):
+    with pytest.raises(ValueError, match="auto, cuda, mamba_ssm, triton, torch, reference"):
         ops.selective_scan(**inputs, backend="cuda_fast")
 
 
-@pytest.mark.parametrize("backend", ["triton", "mamba_ssm"])
+@pytest.mark.parametrize("backend", ["cuda", "triton", "mamba_ssm"])
 def test_gpu_backends_on_cpu_tensors_say_why(backend):
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
     with pytest.raises(ops.BackendUnavailableError, match="backend='torch'"):
