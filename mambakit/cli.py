@@ -97,6 +97,37 @@ def info() -> None:
     for name in reasons["cpu"]:
         table.add_row(name, *(escape(reasons[device][name] or "usable") for device in devices))
     console.print(table)
+    _print_nvrtc(console)
+
+
+def _print_nvrtc(console: Console) -> None:
+    """NVRTC's version and the `cuda` backend's compile times: first use and the disk cache's hit path."""
+    import torch
+
+    from .ops import cuda_scan, nvrtc
+
+    try:
+        version = nvrtc.nvrtc_version()
+    except Exception as error:  # a missing library surfaces as several exception types
+        console.print(f"NVRTC: not loadable ({type(error).__name__}); the cuda backend cannot compile here")
+        return
+    major, minor = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else (9, 0)
+    architecture = 10 * major + minor
+    table = Table(
+        "input dtype",
+        "first compile (s)",
+        "cache hit (ms)",
+        title=f"cuda backend: NVRTC {version[0]}.{version[1]}, forward scan for sm_{architecture}, cached in "
+        f"{nvrtc.cache_dir()}",
+    )
+    try:
+        rows = cuda_scan.compile_report(architecture)
+    except nvrtc.NvrtcError as error:
+        console.print(f"NVRTC {version[0]}.{version[1]}: {escape(str(error).splitlines()[0])}")
+        return
+    for dtype, first, hit in rows:
+        table.add_row(dtype, "already cached" if first is None else f"{first:.2f}", f"{hit * 1000:.1f}")
+    console.print(table)
 
 
 #: Weight dtypes `convert --dtype` stores.

@@ -10,9 +10,12 @@ them too.
 from __future__ import annotations
 
 import os
+import tempfile
 
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
+# Kernels the tests compile (`mambakit info`, the cuda backend) go to a cache of this run, not the user's.
+os.environ.setdefault("MAMBAKIT_CACHE_DIR", tempfile.mkdtemp(prefix="mambakit-test-cache-"))
 
 import torch  # noqa: E402 - after the thread settings, which torch reads at import
 

@@ -52,6 +52,24 @@ def kernel_name(
     )
 
 
+#: The variants a Mamba layer runs (z, D, delta bias, softplus; no states in or out), by input dtype name.
+LAYER_VARIANTS = {
+    name: kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, False)
+    for name, code in (("fp32", 0), ("bf16", 1), ("fp16", 2))
+}
+
+
+def compile_report(architecture: int) -> list[tuple[str, float | None, float]]:
+    """For each of LAYER_VARIANTS on sm_`architecture`: (dtype, seconds of its first compile or None when it
+    was already cached, seconds to read it back from the disk cache)."""
+    rows = []
+    for dtype, name in LAYER_VARIANTS.items():
+        first = nvrtc.compile_kernels(source(), [name], architecture)
+        hit = nvrtc.compile_kernels(source(), [name], architecture)
+        rows.append((dtype, None if first.cached else first.seconds, hit.seconds))
+    return rows
+
+
 def _channels_per_cta(dim: int, groups: int) -> int:
     """CHANNELS, or fewer so that no CTA spans two B/C groups."""
     if groups == 1:
