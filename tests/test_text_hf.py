@@ -247,7 +247,10 @@ def test_a_prompt_past_the_models_positions_is_one_line_before_any_output(tmp_pa
     config = tmp_path / "learned.yaml"
     config.write_text("model:\n  attn_layer_idx: [1]\n  attn_positions: learned\n  max_position_embeddings: 48\n")
     out = tmp_path / "run"
-    arguments = ["train", "text", "--config", str(config), "--seq-len", "32", "--batch-size", "2", "--max-steps", "1"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    arguments = ["train", "text", "--config", str(config), "--data", str(corpus), "--seq-len", "32"]
+    arguments += ["--batch-size", "2", "--max-steps", "1"]
     assert main([*arguments, "--out", str(out), "--device", "cpu"]) == 0
     capsys.readouterr()
     generate = ["generate", "text", "-c", str(out / "best"), "--max-new-tokens", "10", "--device", "cpu"]
