@@ -1,8 +1,9 @@
-"""The `cuda` backend's selective scan: the forward kernel of cuda/selective_scan.cu, compiled at first use by
-NVRTC for the GPU at hand (mambakit.ops.nvrtc; no build step, no toolkit).
+"""The `cuda` backend's selective scan: the forward and backward kernels of cuda/selective_scan.cu, compiled at
+first use by NVRTC for the GPU at hand (mambakit.ops.nvrtc; no build step, no toolkit).
 
-Until its backward kernel exists, a call that needs gradients runs on the Triton kernels, and so do the cases
-the kernel does not take yet: time-invariant B/C, float64, L = 0 and more than MAX_STATES states.
+The forward saves the state at the start of every chunk; the backward kernel rebuilds each chunk from it. The
+cases the kernels do not take yet run on the Triton kernels: time-invariant B/C, float64, L = 0 and more than
+MAX_STATES states.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,9 +44,10 @@ def kernel_name(
     softplus: bool,
     has_initial_state: bool,
     return_last_state: bool,
+    save_chunk_states: bool = False,
 ) -> str:
     """The template instantiation of the forward kernel for one combination of settings."""
-    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, return_last_state)
+    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, return_last_state, save_chunk_states)
     return (
         f"selective_scan_fwd<{dtype_code}, {states}, {items}, {channels}, "
         + ", ".join("true" if flag else "false" for flag in flags)
@@ -52,9 +55,34 @@ def kernel_name(
     )
 
 
-#: The variants a Mamba layer runs (z, D, delta bias, softplus; no states in or out), by input dtype name.
+def backward_kernel_name(
+    dtype_code: int,
+    states: int,
+    items: int,
+    channels: int,
+    has_z: bool,
+    has_D: bool,
+    has_delta_bias: bool,
+    softplus: bool,
+    has_initial_state: bool,
+    has_last_state_grad: bool,
+) -> str:
+    """The template instantiation of the backward kernel for one combination of settings."""
+    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad)
+    return (
+        f"selective_scan_bwd<{dtype_code}, {states}, {items}, {channels}, "
+        + ", ".join("true" if flag else "false" for flag in flags)
+        + ">"
+    )
+
+
+#: The forward and backward a Mamba layer runs in training (z, D, delta bias, softplus; no initial state), by
+#: input dtype name.
 LAYER_VARIANTS = {
-    name: kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, False)
+    name: [
+        kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, True, True),
+        backward_kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, False),
+    ]
     for name, code in (("fp32", 0), ("bf16", 1), ("fp16", 2))
 }
 
@@ -63,9 +91,9 @@ def compile_report(architecture: int) -> list[tuple[str, float | None, float]]:
     """For each of LAYER_VARIANTS on sm_`architecture`: (dtype, seconds of its first compile or None when it
     was already cached, seconds to read it back from the disk cache)."""
     rows = []
-    for dtype, name in LAYER_VARIANTS.items():
-        first = nvrtc.compile_kernels(source(), [name], architecture)
-        hit = nvrtc.compile_kernels(source(), [name], architecture)
+    for dtype, names in LAYER_VARIANTS.items():
+        first = nvrtc.compile_kernels(source(), names, architecture)
+        hit = nvrtc.compile_kernels(source(), names, architecture)
         rows.append((dtype, None if first.cached else first.seconds, hit.seconds))
     return rows
 
@@ -79,10 +107,8 @@ def _channels_per_cta(dim: int, groups: int) -> int:
 
 
 def _falls_back(tensors: tuple[Tensor | None, ...], B: Tensor, states: int, length: int) -> bool:
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return (
-        needs_grad
-        or B.dim() == 2
+        B.dim() == 2
         or length == 0
         or states > MAX_STATES
         or any(t is not None and t.dtype == torch.float64 for t in tensors)
@@ -102,67 +128,124 @@ def selective_scan_cuda(
     initial_state: Tensor | None = None,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan with the NVRTC-compiled forward kernel; same contract as `mambakit.ops.selective_scan`
-    (arguments already checked). Calls that need gradients go to the Triton kernels."""
+    """Selective scan with the NVRTC-compiled kernels; same contract as `mambakit.ops.selective_scan`
+    (arguments already checked), gradients for every input and through the returned last state."""
     batch, dim, length = u.shape
-    states = A.shape[1]
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if _falls_back(tensors, B, states, length):
+    if _falls_back(tensors, B, A.shape[1], length):
         from .triton_scan import selective_scan_triton
 
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
-    dtype = u.dtype
-    u = _unit_stride(u)
-    delta, z = _unit_stride(delta.to(dtype)), None if z is None else _unit_stride(z.to(dtype))
-    groups = 1 if B.dim() == 3 else B.shape[1]
-    B = B.reshape(batch, groups, states, length).float().contiguous()
-    C = C.reshape(batch, groups, states, length).float().contiguous()
-    A = A.float().contiguous()
-    D = None if D is None else D.float().contiguous()
-    delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
-    initial_state = None if initial_state is None else initial_state.float().contiguous()
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
-    last_state = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32) if return_last_state else None
+    out, last = _CudaScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    return (out, last) if return_last_state else out
 
-    channels = _channels_per_cta(dim, groups)
-    name = kernel_name(
-        DTYPE_CODES[dtype],
-        states,
-        ITEMS,
-        channels,
-        z is not None,
-        D is not None,
-        delta_bias is not None,
-        delta_softplus,
-        initial_state is not None,
-        return_last_state,
-    )
-    kernel = _kernel(name, u.device.index if u.device.index is not None else torch.cuda.current_device())
-    strides = [ctypes.c_int64(s) for t in (u, delta, z if z is not None else u, out) for s in t.stride()[:2]]
-    arguments = [
-        pointer(u),
-        pointer(delta),
-        pointer(A),
-        pointer(B),
-        pointer(C),
-        pointer(D),
-        pointer(z),
-        pointer(delta_bias),
-        pointer(initial_state),
-        pointer(out),
-        pointer(last_state),
-        ctypes.c_int(dim),
-        ctypes.c_int(length),
-        ctypes.c_int(dim // groups),
-        *strides,
-        ctypes.c_int64(B.stride(0)),
-        ctypes.c_int64(B.stride(1)),
-    ]
-    shared_bytes = 2 * states * 32 * ITEMS * 4
-    kernel(((dim + channels - 1) // channels, batch, 1), (32 * channels, 1, 1), arguments, shared_bytes)
-    return (out, last_state) if return_last_state else out  # type: ignore[return-value]
+
+class _CudaScan(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        u: Tensor,
+        delta: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        z: Tensor | None,
+        delta_bias: Tensor | None,
+        initial_state: Tensor | None,
+        softplus: bool,
+    ) -> tuple[Tensor, Tensor]:
+        batch, dim, length = u.shape
+        states = A.shape[1]
+        dtype = u.dtype
+        groups = 1 if B.dim() == 3 else B.shape[1]
+        ctx.input_shapes = (B.shape, C.shape, B.dtype, C.dtype, A.dtype)
+        u = _unit_stride(u)
+        delta, z = _unit_stride(delta.to(dtype)), None if z is None else _unit_stride(z.to(dtype))
+        B = B.reshape(batch, groups, states, length).float().contiguous()
+        C = C.reshape(batch, groups, states, length).float().contiguous()
+        A32 = A.float().contiguous()
+        D = None if D is None else D.float().contiguous()
+        delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
+        initial_state = None if initial_state is None else initial_state.float().contiguous()
+        out = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
+        last = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32)
+        chunks = (length + 32 * ITEMS - 1) // (32 * ITEMS)
+        chunk_states = torch.empty(batch, dim, chunks, states, device=u.device, dtype=torch.float32)
+        channels = _channels_per_cta(dim, groups)
+        flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
+        name = kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags, True, True)
+        arguments = [
+            *map(pointer, (u, delta, A32, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)),
+            ctypes.c_int(dim),
+            ctypes.c_int(length),
+            ctypes.c_int(dim // groups),
+            *_strides(u, delta, z if z is not None else u, out),
+            ctypes.c_int64(B.stride(0)),
+            ctypes.c_int64(B.stride(1)),
+        ]
+        grid = ((dim + channels - 1) // channels, batch, 1)
+        _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, 2 * states * 32 * ITEMS * 4)
+        ctx.softplus, ctx.groups, ctx.channels = softplus, groups, channels
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
+        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, initial_state, chunk_states)
+        return out, last
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
+        u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states = ctx.saved_tensors
+        batch, dim, length = u.shape
+        states = A.shape[1]
+        dtype = u.dtype
+        dout = torch.zeros_like(u) if dout is None else _unit_stride(dout.to(dtype))
+        dlast = None if dlast is None else dlast.float().contiguous()
+        du = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
+        ddelta = torch.empty_like(du)
+        dz = torch.empty_like(du) if z is not None else None
+        dA = torch.zeros_like(A)
+        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        dD = torch.zeros_like(D) if D is not None else None
+        ddelta_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
+        dinitial = torch.empty_like(initial_state) if initial_state is not None else None
+        flags = (z is not None, D is not None, delta_bias is not None, ctx.softplus, initial_state is not None)
+        name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, ctx.channels, *flags, dlast is not None)
+        pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
+        arguments = [
+            *map(pointer, (*pointers, ddelta_bias, dinitial)),
+            ctypes.c_int(dim),
+            ctypes.c_int(length),
+            ctypes.c_int(dim // ctx.groups),
+            *_strides(u, delta, z if z is not None else u, dout),
+            ctypes.c_int64(B.stride(0)),
+            ctypes.c_int64(B.stride(1)),
+        ]
+        grid = ((dim + ctx.channels - 1) // ctx.channels, batch, 1)
+        block = (32 * ctx.channels, 1, 1)
+        _kernel(name, _index(u.device))(grid, block, arguments, 4 * states * 32 * ITEMS * 4)
+        B_shape, C_shape, B_dtype, C_dtype, A_dtype = ctx.input_shapes
+        return (
+            du,
+            ddelta,
+            dA.to(A_dtype),
+            dB.reshape(B_shape).to(B_dtype),
+            dC.reshape(C_shape).to(C_dtype),
+            dD,
+            dz,
+            ddelta_bias,
+            dinitial,
+            None,
+        )
+
+
+def _strides(*tensors: Tensor) -> list[ctypes.c_int64]:
+    """Batch and dim strides of each (batch, dim, L) tensor, as kernel arguments."""
+    return [ctypes.c_int64(stride) for t in tensors for stride in t.stride()[:2]]
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def pointer(t: Tensor | None) -> ctypes.c_void_p:
