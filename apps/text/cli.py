@@ -16,6 +16,7 @@ from mambakit.cli_support import (
     DeviceOption,
     SeedOption,
     announce,
+    is_main_process,
     resolve_device,
 )
 from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
@@ -149,7 +150,8 @@ def _token_streams(inputs: TaskInputs, keep_train: bool = True) -> tuple[Any, An
     """(training, held-out) token streams of the given files, folders, globs and hf: sources, or of the default
     corpus, read document by document; a tokenizer still to train is trained on the training documents first
     (it is the run's featurizer, saved after). Long streams spill to the run folder's tokens/ (a temporary
-    folder, removed at exit, without one). `keep_train=False`: only the held-out stream is built."""
+    folder, removed at exit, without one and in torchrun processes other than the first). `keep_train=False`:
+    only the held-out stream is built."""
     from .data import default_corpus_files, encode_split, expand_paths, iter_documents, training_documents
 
     sources = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
@@ -159,9 +161,9 @@ def _token_streams(inputs: TaskInputs, keep_train: bool = True) -> tuple[Any, An
         vocab_size, model = tokenizer.to_train
         announce(f"training a {model} tokenizer of {vocab_size:,} ids on the training text")
         tokenizer.fit(training_documents(iter_documents(sources, options.text_field, options.errors)))
-    if inputs.run.out is not None:
+    if inputs.run.out is not None and is_main_process():
         spill_dir = inputs.run.out / "tokens"
-    else:
+    else:  # eval, or a torchrun process other than the first (only that one writes in the run folder)
         import atexit
         import shutil
         import tempfile
