@@ -187,7 +187,7 @@ class _CudaScan(torch.autograd.Function):
             ctypes.c_int64(B.stride(1)),
         ]
         grid = ((dim + channels - 1) // channels, batch, 1)
-        _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, 2 * states * 32 * ITEMS * 4)
+        _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
         ctx.softplus, ctx.groups, ctx.channels = softplus, groups, channels
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
         ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, initial_state, chunk_states)
@@ -223,7 +223,7 @@ class _CudaScan(torch.autograd.Function):
         ]
         grid = ((dim + ctx.channels - 1) // ctx.channels, batch, 1)
         block = (32 * ctx.channels, 1, 1)
-        _kernel(name, _index(u.device))(grid, block, arguments, 4 * states * 32 * ITEMS * 4)
+        _kernel(name, _index(u.device))(grid, block, arguments, backward_shared_bytes(states, ctx.channels))
         B_shape, C_shape, B_dtype, C_dtype, A_dtype = ctx.input_shapes
         return (
             du,
@@ -237,6 +237,16 @@ class _CudaScan(torch.autograd.Function):
             dinitial,
             None,
         )
+
+
+def forward_shared_bytes(states: int, channels: int) -> int:
+    """The forward's shared memory: the chunk's B and C, and each warp's A and carried states."""
+    return 4 * (2 * states * 32 * ITEMS + 2 * channels * states)
+
+
+def backward_shared_bytes(states: int, channels: int) -> int:
+    """The backward's: the chunk's B, C, dB and dC, and each warp's A, carried adjoints and lanes' dA sums."""
+    return 4 * (4 * states * 32 * ITEMS + 34 * channels * states)
 
 
 def _strides(*tensors: Tensor) -> list[ctypes.c_int64]:

@@ -55,11 +55,16 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     long long bc_batch_stride, long long bc_group_stride) {
     constexpr int kChunk = 32 * kItems;
     constexpr float kLog2e = 1.4426950408889634f;
-    extern __shared__ float shared[];  // B then C of the chunk: 2 x kStates x kChunk floats
+    // Shared: B then C of the chunk (2 x kStates x kChunk floats), then per warp A log2(e) and the carried
+    // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
+    // cannot take without a local-memory stack frame.
+    extern __shared__ float shared[];
     float* shared_B = shared;
     float* shared_C = shared + kStates * kChunk;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* A_log2 = shared + 2 * kStates * kChunk + warp * 2 * kStates;
+    float* carry = A_log2 + kStates;  // written by lane 0, read by every lane
     const int batch = blockIdx.y;
     const int channel = blockIdx.x * kChannels + warp;
     const bool active = channel < dim;
@@ -68,12 +73,13 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     const float* B_rows = B + batch * bc_batch_stride + group * bc_group_stride;
     const float* C_rows = C + batch * bc_batch_stride + group * bc_group_stride;
 
-    float A_log2[kStates], carry[kStates];
-#pragma unroll
-    for (int n = 0; n < kStates; ++n) {
-        A_log2[n] = active ? A[channel * kStates + n] * kLog2e : 0.f;
-        carry[n] = (kHasInitialState && active) ? initial_state[(batch * (long long)dim + channel) * kStates + n] : 0.f;
+    if (lane == 0) {
+        for (int n = 0; n < kStates; ++n) {
+            A_log2[n] = active ? A[channel * kStates + n] * kLog2e : 0.f;
+            carry[n] = (kHasInitialState && active) ? initial_state[(batch * (long long)dim + channel) * kStates + n] : 0.f;
+        }
     }
+    __syncwarp();
     const float D_value = (kHasD && active) ? D[channel] : 0.f;
     const float bias = (kHasDeltaBias && active) ? delta_bias[channel] : 0.f;
 
@@ -81,7 +87,6 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     for (int chunk_start = 0; chunk_start < length; chunk_start += kChunk) {
         if (kSaveChunkStates && active && lane == 0) {  // the backward rebuilds each chunk from its start state
             float* saved = chunk_states + ((batch * (long long)dim + channel) * chunks + chunk_start / kChunk) * kStates;
-#pragma unroll
             for (int n = 0; n < kStates; ++n) saved[n] = carry[n];
         }
         __syncthreads();  // the previous chunk's B/C reads are done
@@ -115,14 +120,15 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
         for (int n = 0; n < kStates; ++n) {
             const float* B_n = shared_B + n * kChunk + lane * kItems;
             const float* C_n = shared_C + n * kChunk + lane * kItems;
+            const float A_n = A_log2[n], carry_n = carry[n];  // read before lane 0 replaces carry[n] below
             float a[kItems];
             float h = 0.f;  // pass 1: this lane's items from a zero state
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {
-                a[i] = exp2f(dt[i] * A_log2[n]);
+                a[i] = exp2f(dt[i] * A_n);
                 h = a[i] * h + dtu[i] * B_n[i];
             }
-            float decay = exp2f(dt_sum * A_log2[n]);
+            float decay = exp2f(dt_sum * A_n);
             // Inclusive scan over lanes of (decay, h) under (d1, h1) o (d2, h2) = (d1 d2, d2 h1 + h2).
 #pragma unroll
             for (int offset = 1; offset < 32; offset *= 2) {
@@ -140,10 +146,10 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
                 decay_in = 1.f;
                 h_in = 0.f;
             }
-            float state = decay_in * carry[n] + h_in;
+            float state = decay_in * carry_n + h_in;
             const float chunk_decay = __shfl_sync(0xffffffffu, decay, 31);
             const float chunk_h = __shfl_sync(0xffffffffu, h, 31);
-            carry[n] = chunk_decay * carry[n] + chunk_h;
+            if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
                 state = a[i] * state + dtu[i] * B_n[i];
@@ -165,7 +171,6 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
         }
     }
     if (kReturnLastState && active && lane == 0) {
-#pragma unroll
         for (int n = 0; n < kStates; ++n) last_state[(batch * (long long)dim + channel) * kStates + n] = carry[n];
     }
 }
@@ -191,13 +196,18 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
     long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride) {
     constexpr int kChunk = 32 * kItems;
     constexpr float kLog2e = 1.4426950408889634f;
-    extern __shared__ float shared[];  // B, C, dB, dC of the chunk: 4 x kStates x kChunk floats
+    // Shared: B, C, dB, dC of the chunk (4 x kStates x kChunk floats), then per warp A, the carried adjoint of
+    // each state (2 x kStates) and each lane's dA partial sums (32 x kStates), indexed with a run-time n.
+    extern __shared__ float shared[];
     float* shared_B = shared;
     float* shared_C = shared + kStates * kChunk;
     float* shared_dB = shared + 2 * kStates * kChunk;
     float* shared_dC = shared + 3 * kStates * kChunk;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* A_value = shared + 4 * kStates * kChunk + warp * 34 * kStates;
+    float* carry = A_value + kStates;  // written by lane 0, read by every lane
+    float* dA_partial = carry + kStates;  // [n][lane]
     const int batch = blockIdx.y;
     const int channel = blockIdx.x * kChannels + warp;
     const bool active = channel < dim;
@@ -206,13 +216,14 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
     const long long row = batch * (long long)dim + channel;
     const int chunks = (length + kChunk - 1) / kChunk;
 
-    float A_value[kStates], carry[kStates], dA_sum[kStates];
-#pragma unroll
-    for (int n = 0; n < kStates; ++n) {
-        A_value[n] = active ? A[channel * kStates + n] : 0.f;
-        carry[n] = (kHasLastStateGrad && active) ? dlast[row * kStates + n] : 0.f;
-        dA_sum[n] = 0.f;
+    if (lane == 0) {
+        for (int n = 0; n < kStates; ++n) {
+            A_value[n] = active ? A[channel * kStates + n] : 0.f;
+            carry[n] = (kHasLastStateGrad && active) ? dlast[row * kStates + n] : 0.f;
+        }
     }
+    for (int n = 0; n < kStates; ++n) dA_partial[n * 32 + lane] = 0.f;
+    __syncwarp();
     const float D_value = (kHasD && active) ? D[channel] : 0.f;
     const float bias = (kHasDeltaBias && active) ? delta_bias[channel] : 0.f;
     float dD_sum = 0.f, dbias_sum = 0.f;
@@ -255,7 +266,8 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
         for (int n = 0; n < kStates; ++n) {
             const float* B_n = shared_B + n * kChunk + lane * kItems;
             const float* C_n = shared_C + n * kChunk + lane * kItems;
-            const float A_log2 = A_value[n] * kLog2e;
+            const float A_n = A_value[n], carry_n = carry[n];  // read before lane 0 replaces carry[n] below
+            const float A_log2 = A_n * kLog2e;
             float a[kItems], h[kItems];
             float state = 0.f;
 #pragma unroll
@@ -314,8 +326,8 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
                 product_next = 1.f;
                 value_next = 0.f;
             }
-            float lam = product_next * carry[n] + value_next;
-            float lam_first = 0.f;
+            float lam = product_next * carry_n + value_next;
+            float lam_first = 0.f, dA_sum = 0.f;
             float* dB_n = shared_dB + n * kChunk + lane * kItems;
             float* dC_n = shared_dC + n * kChunk + lane * kItems;
 #pragma unroll
@@ -324,9 +336,9 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
                 lam = C_n[i] * g[i] + factor * lam;
                 const float h_before = i == 0 ? entering : h[i - 1];
                 const float through_a = lam * h_before * a[i];
-                ddt[i] += through_a * A_value[n] + lam * u_values[i] * B_n[i];
+                ddt[i] += through_a * A_n + lam * u_values[i] * B_n[i];
                 du_acc[i] += lam * dt[i] * B_n[i];
-                dA_sum[n] += through_a * dt[i];
+                dA_sum += through_a * dt[i];
                 y[i] += C_n[i] * h[i];
                 if (active) {
                     atomicAdd(dB_n + i, lam * dt[i] * u_values[i]);
@@ -334,7 +346,8 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
                 }
                 if (i == 0) lam_first = lam;
             }
-            carry[n] = __shfl_sync(0xffffffffu, a[0] * lam_first, 0);
+            dA_partial[n * 32 + lane] += dA_sum;
+            if (lane == 0) carry[n] = a[0] * lam_first;
         }
 
 #pragma unroll
@@ -371,7 +384,7 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
         dbias_sum += __shfl_down_sync(0xffffffffu, dbias_sum, offset);
     }
     for (int n = 0; n < kStates; ++n) {
-        float sum = dA_sum[n];
+        float sum = dA_partial[n * 32 + lane];
 #pragma unroll
         for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
         if (active && lane == 0) atomicAdd(dA + channel * kStates + n, sum);
@@ -380,7 +393,6 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
         if (kHasD) atomicAdd(dD + channel, dD_sum);
         if (kHasDeltaBias) atomicAdd(ddelta_bias + channel, dbias_sum);
         if (kHasInitialState) {
-#pragma unroll
             for (int n = 0; n < kStates; ++n) dinitial_state[row * kStates + n] = carry[n];
         }
     }
