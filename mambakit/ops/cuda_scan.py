@@ -48,8 +48,12 @@ def kernel_name(
 ) -> str:
     """The template instantiation of the forward kernel for one combination of settings."""
     flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, return_last_state, save_chunk_states)
+    return _instantiation("selective_scan_fwd", dtype_code, states, items, channels, flags)
+
+
+def _instantiation(kernel: str, dtype_code: int, states: int, items: int, channels: int, flags: tuple) -> str:
     return (
-        f"selective_scan_fwd<{dtype_code}, {states}, {items}, {channels}, "
+        f"{kernel}<{dtype_code}, {states}, {items}, {channels}, "
         + ", ".join("true" if flag else "false" for flag in flags)
         + ">"
     )
@@ -69,11 +73,7 @@ def backward_kernel_name(
 ) -> str:
     """The template instantiation of the backward kernel for one combination of settings."""
     flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad)
-    return (
-        f"selective_scan_bwd<{dtype_code}, {states}, {items}, {channels}, "
-        + ", ".join("true" if flag else "false" for flag in flags)
-        + ">"
-    )
+    return _instantiation("selective_scan_bwd", dtype_code, states, items, channels, flags)
 
 
 #: The forward and backward a Mamba layer runs in training (z, D, delta bias, softplus; no initial state), by

@@ -42,6 +42,32 @@ template <int kDtype> __device__ __forceinline__ void store(void* base, long lon
 
 __device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
 
+// The state entering this lane's items, from each lane's (decay over its items, state from a zero start) and the
+// state `carry` before the chunk: an inclusive shuffle scan of the pairs under
+// (d1, h1) o (d2, h2) = (d1 d2, d2 h1 + h2), shifted by one lane. The whole chunk's pair goes to chunk_decay,
+// chunk_state (lane 31's inclusive value).
+__device__ __forceinline__ float entering_state(float decay, float h, float carry, int lane, float& chunk_decay,
+                                                float& chunk_state) {
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+        const float decay_before = __shfl_up_sync(0xffffffffu, decay, offset);
+        const float h_before = __shfl_up_sync(0xffffffffu, h, offset);
+        if (lane >= offset) {
+            h = decay * h_before + h;
+            decay = decay * decay_before;
+        }
+    }
+    float decay_in = __shfl_up_sync(0xffffffffu, decay, 1);
+    float h_in = __shfl_up_sync(0xffffffffu, h, 1);
+    if (lane == 0) {
+        decay_in = 1.f;
+        h_in = 0.f;
+    }
+    chunk_decay = __shfl_sync(0xffffffffu, decay, 31);
+    chunk_state = __shfl_sync(0xffffffffu, h, 31);
+    return decay_in * carry + h_in;
+}
+
 template <int kDtype, int kStates, int kItems, int kChannels, bool kHasZ, bool kHasD, bool kHasDeltaBias,
           bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates>
 __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
@@ -128,27 +154,8 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
                 a[i] = exp2f(dt[i] * A_n);
                 h = a[i] * h + dtu[i] * B_n[i];
             }
-            float decay = exp2f(dt_sum * A_n);
-            // Inclusive scan over lanes of (decay, h) under (d1, h1) o (d2, h2) = (d1 d2, d2 h1 + h2).
-#pragma unroll
-            for (int offset = 1; offset < 32; offset *= 2) {
-                const float decay_before = __shfl_up_sync(0xffffffffu, decay, offset);
-                const float h_before = __shfl_up_sync(0xffffffffu, h, offset);
-                if (lane >= offset) {
-                    h = decay * h_before + h;
-                    decay = decay * decay_before;
-                }
-            }
-            // The state entering this lane: the lanes before it applied to the chunk's carried state.
-            float decay_in = __shfl_up_sync(0xffffffffu, decay, 1);
-            float h_in = __shfl_up_sync(0xffffffffu, h, 1);
-            if (lane == 0) {
-                decay_in = 1.f;
-                h_in = 0.f;
-            }
-            float state = decay_in * carry_n + h_in;
-            const float chunk_decay = __shfl_sync(0xffffffffu, decay, 31);
-            const float chunk_h = __shfl_sync(0xffffffffu, h, 31);
+            float chunk_decay, chunk_h;
+            float state = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
             if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
@@ -275,24 +282,10 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
                 a[i] = exp2f(dt[i] * A_log2);
                 state = a[i] * state + dt[i] * u_values[i] * B_n[i];
             }
-            float decay = exp2f(dt_sum * A_log2);
-#pragma unroll
-            for (int offset = 1; offset < 32; offset *= 2) {
-                const float decay_before = __shfl_up_sync(0xffffffffu, decay, offset);
-                const float state_before = __shfl_up_sync(0xffffffffu, state, offset);
-                if (lane >= offset) {
-                    state = decay * state_before + state;
-                    decay = decay * decay_before;
-                }
-            }
-            float decay_in = __shfl_up_sync(0xffffffffu, decay, 1);
-            float state_in = __shfl_up_sync(0xffffffffu, state, 1);
-            if (lane == 0) {
-                decay_in = 1.f;
-                state_in = 0.f;
-            }
             const float start = active ? chunk_states[(row * chunks + c) * kStates + n] : 0.f;
-            const float entering = decay_in * start + state_in;
+            float unused_decay, unused_state;
+            const float entering =
+                entering_state(exp2f(dt_sum * A_log2), state, start, lane, unused_decay, unused_state);
             state = entering;
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {
