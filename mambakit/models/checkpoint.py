@@ -146,6 +146,10 @@ def load_model(
     registered architecture it names. `dtype` is the compute dtype of the weights; A_log and D stay fp32 as in
     training. Weight files are read without executing pickled code.
     """
+    from ..ops import list_backends
+
+    if scan_backend != "auto" and scan_backend not in list_backends():
+        raise ValueError(f"scan_backend {scan_backend!r} is unknown; choose one of: auto, {', '.join(list_backends())}")
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(

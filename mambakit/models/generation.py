@@ -40,7 +40,7 @@ class SamplingConfig:
     multiplied)."""
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN fails this comparison too
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
@@ -48,7 +48,7 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.repetition_penalty <= 0:
+        if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
@@ -273,6 +273,12 @@ def generate(
         raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab_size and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < vocab_size:
+        raise ValueError(
+            f"input_ids hold ids {int(input_ids.min())}..{int(input_ids.max())}, outside the model's vocabulary "
+            f"0..{vocab_size - 1}: check the tokenizer"
+        )
     on_cuda = input_ids.device.type == "cuda"
     if cuda_graph and not on_cuda:
         raise ValueError(

@@ -71,6 +71,8 @@ def selective_state_update(
 def _check_conv(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> None:
     if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
         raise ValueError(f"weight must have shape (dim, width) = ({x.shape[1]}, width), got {tuple(weight.shape)}")
+    if weight.shape[1] < 1:
+        raise ValueError("weight must have a width of at least 1 (shape (dim, width)), got width 0")
     if bias is not None and tuple(bias.shape) != (x.shape[1],):
         raise ValueError(f"bias must have shape (dim,) = ({x.shape[1]},), got {tuple(bias.shape)}")
     if activation not in (None, "silu", "swish"):
@@ -97,6 +99,10 @@ def causal_conv1d(
             f"initial_states must have shape (batch, dim, width-1) = {(*x.shape[:2], weight.shape[1] - 1)}, "
             f"got {tuple(initial_states.shape)}"
         )
+    if x.shape[-1] == 0:  # nothing to convolve: the inputs before x are still the last ones
+        width = weight.shape[1]
+        final = initial_states if initial_states is not None else x.new_zeros(*x.shape[:2], width - 1)
+        return (x.new_empty(x.shape), final.clone()) if return_final_states else x.new_empty(x.shape)
     implementation = resolve_backend(backend, x.device, "causal_conv1d").load("causal_conv1d")
     return implementation(x, weight, bias, activation, initial_states, return_final_states)
 

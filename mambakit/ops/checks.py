@@ -55,6 +55,8 @@ def check_scan_args(
     if u.dim() != 3:
         raise ValueError(f"u must have shape (batch, dim, L), got {tuple(u.shape)}")
     batch, dim, length = u.shape
+    if batch == 0 or dim == 0:
+        raise ValueError(f"u must hold at least one sequence of at least one channel, got shape {tuple(u.shape)}")
     _expect("delta", delta, (batch, dim, length), "(batch, dim, L)")
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"A must have shape (dim, N) = ({dim}, N), got {tuple(A.shape)}")
