@@ -88,6 +88,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: config file not found") from None
         except OSError as error:
             raise UserError(f"{path}: cannot read config file ({error.strerror})") from None
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{path}: not a text config file (invalid UTF-8 at byte {error.start}); give a YAML or JSON file"
+            ) from None
         except yaml.YAMLError as error:
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UserError(f"{path}: not valid YAML ({first_line})") from None
@@ -134,6 +138,9 @@ def resolve_run_options(
     if merged.get("device", "auto") not in DEVICES:
         raise UserError(f"unknown device {merged['device']!r}; choose one of {', '.join(DEVICES)}")
     resolve_device(merged.get("device", "auto"))  # fail before any data is read
+    seed = merged.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise UserError(f"--seed must be an integer in 0..2^63-1 (torch's seed range), got {seed!r}")
     for section in ("model", "train"):
         if not isinstance(merged.get(section, {}), dict):
             raise UserError(f"{config}: `{section}:` must be a mapping of {section} settings")

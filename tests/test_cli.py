@@ -108,3 +108,21 @@ def test_bench_scan_times_the_usable_backends(capsys):
     )
     out = capsys.readouterr().out
     assert "torch" in out and "reference" in out
+
+
+def test_out_of_range_settings_are_one_line_naming_them(tmp_path, capsys, monkeypatch):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bin")
+    for arguments, message in (
+        (["--seed", "-5"], "--seed must be an integer in 0..2^63-1"),
+        (["--seed", str(2**64)], "--seed must be an integer in 0..2^63-1"),
+        (["--lr", "1e300"], "lr must be a number in [0.0, 1e+30]"),
+        (["--config", str(binary)], "binary.yaml: not a text config file (invalid UTF-8 at byte 0)"),
+    ):
+        assert main(["train", "genomics", *arguments, "--max-steps", "1", "--out", str(tmp_path / "run")]) == 2
+        assert message in capsys.readouterr().err, arguments
+    from mambakit import ops
+
+    monkeypatch.setenv(ops.ENV_VAR, "nope")
+    with pytest.raises(ValueError, match="unknown scan backend 'nope' \\(from MAMBAKIT_SCAN_BACKEND\\)"):
+        ops.resolve_backend("auto", torch.device("cpu"))

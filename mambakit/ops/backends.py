@@ -74,8 +74,10 @@ def resolve_backend(
 ) -> Backend:
     """The backend that runs `op` for tensors on `device`: `name`, or for "auto" the first usable one that has
     every feature in `needs`."""
+    source = ""
     if name == "auto":
         name = os.environ.get(ENV_VAR, "auto") or "auto"
+        source = f" (from {ENV_VAR})" if name != "auto" else ""
     if name == "auto":
         for backend in _REGISTRY.values():
             chosen_for = backend.ops if backend.auto_ops is None else backend.auto_ops
@@ -83,7 +85,7 @@ def resolve_backend(
                 return backend
         raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
     if name not in _REGISTRY:
-        raise ValueError(f"unknown scan backend {name!r}; choose one of: auto, {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown scan backend {name!r}{source}; choose one of: auto, {', '.join(_REGISTRY)}")
     backend = _REGISTRY[name]
     reason = backend.probe(device)
     if reason is not None:

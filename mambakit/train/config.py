@@ -128,7 +128,8 @@ class TrainConfig:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("train config: set max_steps or epochs (or both: the first reached ends the run)")
         for name in ("lr", "weight_decay", "max_grad_norm"):
-            _check_number(name, getattr(self, name), 0.0, math.inf)
+            # The optimizer keeps them in fp32 tensors: far beyond any sensible value, below fp32's overflow.
+            _check_number(name, getattr(self, name), 0.0, 1e30)
         for name in ("warmup_ratio", "min_lr_ratio"):
             _check_number(name, getattr(self, name), 0.0, 1.0)
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0)
