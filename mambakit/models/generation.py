@@ -274,11 +274,13 @@ def generate(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab_size and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < vocab_size:
-        raise ValueError(
-            f"input_ids hold ids {int(input_ids.min())}..{int(input_ids.max())}, outside the model's vocabulary "
-            f"0..{vocab_size - 1}: check the tokenizer"
-        )
+    if vocab_size:
+        lowest, highest = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync
+        if not 0 <= lowest <= highest < vocab_size:
+            raise ValueError(
+                f"input_ids hold ids {lowest}..{highest}, outside the model's vocabulary 0..{vocab_size - 1}: "
+                "check the tokenizer"
+            )
     on_cuda = input_ids.device.type == "cuda"
     if cuda_graph and not on_cuda:
         raise ValueError(
