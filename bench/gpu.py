@@ -7,9 +7,9 @@ Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
 
 1. The copy rate of the card (the memory floor's rate).
 2. Correctness, before any timing: relative errors against the float64 reference (mambakit's sequential
-   `selective_scan_ref` on float64 copies of the same inputs) for the Triton scan and mamba-ssm, forward and
+   `selective_scan_ref` on float64 copies of the same inputs) for the Triton and CUDA scans and mamba-ssm, forward and
    every gradient, fp32 and bf16; the forward at L = 2^20 against the `torch` backend in float64.
-3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton
+3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton, CUDA
    and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton kernels.
 4. The causal conv1d against the causal-conv1d package (bench/gpu_conv.py), then the Mamba block, the 130M LM
    training step and greedy generation against mamba-ssm with identical weights (bench/gpu_model.py); each
@@ -72,6 +72,18 @@ def triton_fn(config: ScanConfig | None = None) -> Callable:
     return lambda **kw: selective_scan_triton(**kw, delta_softplus=True, config=config)
 
 
+def cuda_fn() -> Callable | None:
+    from mambakit.ops import nvrtc
+
+    reason = nvrtc.unavailable_reason(torch.device("cuda"))
+    if reason is not None:
+        log(f"the cuda backend is unavailable: {reason}")
+        return None
+    from mambakit.ops.cuda_scan import selective_scan_cuda
+
+    return lambda **kw: selective_scan_cuda(**kw, delta_softplus=True)
+
+
 def mamba_fn() -> Callable | None:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -107,17 +119,21 @@ def check_against_float64(fns: dict[str, Callable], shape: tuple, dtype: torch.d
     return result
 
 
-def check_long_forward(length: int = 1 << 20) -> dict:
-    """Forward at L = 2^20, fp32, against the `torch` backend in float64 (and the last state)."""
+def check_long_forward(ours: dict[str, Callable], length: int = 1 << 20) -> dict:
+    """Forward at L = 2^20, fp32, of each of our scans against the `torch` backend in float64 (and the last
+    state)."""
     inputs = scan_inputs(1, 8, 16, length, "cuda", torch.float32, seed=7)
-    out, last = selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True)
     exact = {k: v.double() for k, v in inputs.items()}
     ref_out, ref_last = selective_scan_torch(**exact, delta_softplus=True, return_last_state=True, chunk_size=1 << 16)
-    return {
-        "out": relative_error(out, ref_out),
-        "last": relative_error(last, ref_last),
-        "finite": bool(torch.isfinite(out).all()),
-    }
+    result = {}
+    for name, fn in ours.items():
+        out, last = fn(**inputs, return_last_state=True)
+        result[name] = {
+            "out": relative_error(out, ref_out),
+            "last": relative_error(last, ref_last),
+            "finite": bool(torch.isfinite(out).all()),
+        }
+    return result
 
 
 def copy_rate() -> float:
@@ -224,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out)
     results: dict = {**report.gpu_machine(), "commit": report.git_commit(args.commit)}
-    mamba = mamba_fn()
+    mamba, cuda = mamba_fn(), cuda_fn()
     if mamba is not None:
         results["mamba_ssm"] = report.version("mamba_ssm")
     log(json.dumps(results))
@@ -242,15 +258,16 @@ def main() -> None:
         save()
 
     section("copy_TBps", copy_rate)
-    impls = {"triton": triton_fn(), **({"mamba_ssm": mamba} if mamba is not None else {})}
+    ours = {"triton": triton_fn(), **({"cuda": cuda} if cuda is not None else {})}
+    impls = {**ours, **({"mamba_ssm": mamba} if mamba is not None else {})}
     section("correct_fp32", lambda: check_against_float64(impls, (2, 96, 16, 1001), torch.float32))
     section(
         "correct_fp32_groups",
-        lambda: check_against_float64({"triton": triton_fn()}, (2, 96, 16, 515), torch.float32, layout="grouped:4"),
+        lambda: check_against_float64(ours, (2, 96, 16, 515), torch.float32, layout="grouped:4"),
     )
     check_shape = (2, *SHAPES[0][1:])  # the benchmark shape at batch 2: the float64 autograd graph stays small
     section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
-    section("correct_long_fp32", check_long_forward)
+    section("correct_long_fp32", lambda: check_long_forward(ours))
 
     configs = {shape: default_config(shape[0], shape[1]) for shape in SHAPES}
     if args.sweep:
@@ -274,7 +291,7 @@ def main() -> None:
     def run_timing() -> list:
         rows = []
         for shape in SHAPES:
-            for name, fn in (("triton", triton_fn(configs[shape])), ("mamba_ssm", mamba)):
+            for name, fn in (("triton", triton_fn(configs[shape])), ("cuda", cuda), ("mamba_ssm", mamba)):
                 if fn is None:
                     continue
                 row = {"impl": name, "shape": "B{} D{} N{} L{}".format(*shape)}
@@ -305,7 +322,8 @@ def main() -> None:
                 worst = max(value["errors"], key=value["errors"].get)
                 log(f"{key:26s} {impl:10s} max rel err {value['max']:.2e} ({worst})")
     if isinstance(results.get("correct_long_fp32"), dict):
-        log(f"{'correct_long_fp32 (2^20)':26s} triton     {json.dumps(results['correct_long_fp32'])}")
+        for impl, value in results["correct_long_fp32"].items():
+            log(f"{'correct_long_fp32 (2^20)':26s} {impl:10s} {json.dumps(value)}")
     log(f"{'shape':24s} {'impl':10s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
     for row in results.get("timing") or []:
         if isinstance(row, dict) and "impl" in row:

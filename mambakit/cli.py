@@ -1,8 +1,8 @@
 """The `mambakit` command line: `info`, `convert`, `bench scan`, and `train|eval|generate|predict <domain>`
 for every domain app registered under the entry-point group `mambakit.apps`.
 
-Errors a user can cause print as one line on stderr with a non-zero exit code, never a traceback
-(MAMBAKIT_DEBUG=1 shows it).
+Errors a user can cause print as one line on stderr with exit code 2, never a traceback (MAMBAKIT_DEBUG=1 shows
+it). Any other exception is a bug in mambakit: one line that says so, exit code 1.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from .cli_support import DeviceOption, eval_command, resolve_device, train_command
 from .domains import VERBS, Domain, load_domains
-from .errors import UserError
+from .errors import MambakitError, UserError, described, first_line
 
 VERB_HELP = {
     "train": "Train a model (domains below; each runs on its embedded default data when --data is not given).",
@@ -147,7 +148,6 @@ def convert(
     tokenizer) are copied; its weight files and optimizer state are not."""
     import torch
 
-    from .errors import UserError
     from .models import load_model, save_pretrained
     from .models.checkpoint import CONFIG_NAME, SAFETENSORS_NAME
 
@@ -208,9 +208,6 @@ def _root() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the CLI and turn user errors into one line and an exit code."""
-    from .models.checkpoint import CheckpointError
-    from .ops import BackendUnavailableError
-
     _add_domain_commands(load_domains())
     command = typer.main.get_command(app)
     try:
@@ -225,11 +222,25 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as error:
         print(f"mambakit: error: {error.format_message()}", file=sys.stderr)
         return error.exit_code
-    except (UserError, CheckpointError, BackendUnavailableError, FileNotFoundError, ValueError) as error:
+    except MambakitError as error:
         if os.environ.get("MAMBAKIT_DEBUG"):
             raise
-        print(f"mambakit: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        print(f"mambakit: error: {first_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine refused: a missing or unreadable path, a full disk, no permission
+        if os.environ.get("MAMBAKIT_DEBUG"):
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mambakit: error: {error.strerror or described(error)}{where}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if os.environ.get("MAMBAKIT_DEBUG"):
+            traceback.print_exc()
+        hint = "" if os.environ.get("MAMBAKIT_DEBUG") else "; MAMBAKIT_DEBUG=1 shows its traceback"
+        print(
+            f"mambakit: internal error (a bug in mambakit, please report it): {described(error)}{hint}", file=sys.stderr
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import UserError
+
 
 class TokenWindows(Dataset):
     """Consecutive, non-overlapping windows of `length` tokens over one long token stream (its tokens `start` to
@@ -20,7 +22,7 @@ class TokenWindows(Dataset):
 
     def __init__(self, tokens: np.ndarray | torch.Tensor, length: int, start: int = 0, stop: int | None = None) -> None:
         if length < 2:
-            raise ValueError(f"window length must be >= 2, got {length}")
+            raise UserError(f"window length must be >= 2, got {length}")
         array = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
         self.tokens = array[start:stop]  # a view: a memmap's part stays a memmap
         self.length = length
@@ -60,7 +62,7 @@ def _file_offset(tokens: np.memmap) -> int:
     """Where a memmap's first element lies in its file. A slice keeps its parent's `offset` attribute, so the
     place is measured from the array that maps the file (the one whose base is the mmap itself)."""
     if tokens.ndim != 1 or not tokens.flags.c_contiguous:
-        raise ValueError("TokenWindows pickles a memmap of consecutive tokens only")
+        raise UserError("TokenWindows pickles a memmap of consecutive tokens only")
     mapping: Any = tokens
     while not isinstance(mapping.base, mmap.mmap):
         mapping = mapping.base

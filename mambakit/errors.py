@@ -1,9 +1,16 @@
-"""The error type of mistakes a user can fix (a bad path, an unknown option value, the wrong checkpoint)."""
+"""The error types of mistakes a user can fix (a bad path, an unknown option value, the wrong checkpoint).
+
+Every error mambakit raises on purpose derives from `MambakitError`: the CLI prints its message as one line and
+exits with code 2. Any other exception that reaches the CLI is a bug in mambakit, and is reported as one."""
 
 from __future__ import annotations
 
 
-class UserError(ValueError):
+class MambakitError(Exception):
+    """Base of the errors mambakit raises on purpose, each a one-line message saying what to do."""
+
+
+class UserError(MambakitError, ValueError):
     """A mistake the user can fix; the CLI prints its message as one line and exits with code 2."""
 
 

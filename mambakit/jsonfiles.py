@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -20,7 +22,7 @@ def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
         raise FileNotFoundError(f"{path}: no such file; expected the {what} here") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path}: not valid JSON ({first_line}); restore or re-export the {what}") from None
+        raise UserError(f"{path}: not valid JSON ({first_line}); restore or re-export the {what}") from None
 
 
 def load_json_object(path: str | Path, build: Callable[[dict[str, Any]], T]) -> T:
@@ -28,8 +30,8 @@ def load_json_object(path: str | Path, build: Callable[[dict[str, Any]], T]) -> 
     starting with the path."""
     data = read_json_file(path, "config")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of config keys")
+        raise UserError(f"{path}: expected a JSON object of config keys")
     try:
         return build(data)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise UserError(f"{path}: {error}") from None

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 #: Names of user-given split folders (and `split` column values), each mapped to its canonical split.
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -13,7 +15,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
     """A one-line ValueError unless both fractions are in [0, 1) and leave some training data."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
+        raise UserError(
             f"val and test fractions must be in [0, 1) and leave some training data, got "
             f"{val_fraction} and {test_fraction}"
         )

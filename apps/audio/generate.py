@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mambakit.errors import UserError
 from mambakit.models import SamplingConfig
 from mambakit.models.generation import PhaseGraphs, filter_logits, state_tensors
 
@@ -72,7 +73,7 @@ def generate_audio(
     when the model is on CUDA) replays the steps as CUDA graphs."""
     sampling = sampling or SamplingConfig()
     if sampling.repetition_penalty != 1.0:
-        raise ValueError("audio generation has no repetition penalty: leave it at 1")
+        raise UserError("audio generation has no repetition penalty: leave it at 1")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     if seed is None:

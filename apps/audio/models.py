@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.models import ModelOutput, register_architecture, register_config
 from mambakit.models.heads import next_token_loss
 from mambakit.nn import PooledUNet, UNetState, no_weight_decay_names, pool_sequence
@@ -55,15 +56,15 @@ class AudioConfig:
         for name in ("d_model", "n_layers", "expand", "d_state", "vocab_size", "sample_rate"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
         if len(self.selective) != len(self.pools) + 1:
-            raise ValueError(
+            raise UserError(
                 f"config: selective needs {len(self.pools) + 1} values (one per level), got {list(self.selective)}"
             )
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"config: encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+            raise UserError(f"config: encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"config: num_classes must be an integer >= 0, got {self.num_classes!r}")
+            raise UserError(f"config: num_classes must be an integer >= 0, got {self.num_classes!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,7 +76,7 @@ class AudioConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+            raise UserError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
         return cls(**data)
 
 
@@ -126,7 +127,7 @@ class AudioLM(_AudioModel):
     def __init__(self, config: AudioConfig, labels: Sequence[str] | None = None, scan_backend: str = "auto") -> None:
         super().__init__(config, labels, scan_backend)
         if config.num_classes and (labels is None or len(labels) != config.num_classes):
-            raise ValueError(
+            raise UserError(
                 f"a model conditioned on {config.num_classes} classes needs their {config.num_classes} label names"
             )
         self.class_embedding = nn.Embedding(config.num_classes, config.d_model) if config.num_classes else None
@@ -136,10 +137,10 @@ class AudioLM(_AudioModel):
         hidden = self.embedding(input_ids)
         if self.class_embedding is None:
             if class_ids is not None:
-                raise ValueError("this model is unconditional: it takes no class_ids (no --label)")
+                raise UserError("this model is unconditional: it takes no class_ids (no --label)")
             return hidden
         if class_ids is None:
-            raise ValueError(f"this model is conditioned on a class: give class_ids (one of {list(self.labels or ())})")
+            raise UserError(f"this model is conditioned on a class: give class_ids (one of {list(self.labels or ())})")
         condition = self.class_embedding(class_ids)
         return hidden + (condition[:, None] if hidden.dim() == 3 else condition)
 
@@ -166,7 +167,7 @@ class AudioClassifier(_AudioModel):
 
     def __init__(self, config: AudioConfig, labels: Sequence[str] | None = None, scan_backend: str = "auto") -> None:
         if not labels or len(labels) < 2:
-            raise ValueError("an audio classifier needs the names of at least two classes")
+            raise UserError("an audio classifier needs the names of at least two classes")
         super().__init__(config, labels, scan_backend)
         self.classifier = nn.Linear(config.d_model, len(labels))
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mambakit.errors import UserError
+
 from .readers import Region, SequenceRecord, encode_labels
 from .tokenizer import DNATokenizer
 
@@ -73,17 +75,17 @@ class GenomeWindows(Dataset):
         rc_augment: bool = False,
     ) -> None:
         if window < 2:
-            raise ValueError(f"window must be >= 2 bases, got {window}")
+            raise UserError(f"window must be >= 2 bases, got {window}")
         stride = window if stride is None else stride
         if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+            raise UserError(f"stride must be >= 1, got {stride}")
         if rc_augment and tokenizer is None:
-            raise ValueError("rc_augment needs the tokenizer (for the complement map)")
+            raise UserError("rc_augment needs the tokenizer (for the complement map)")
         self.contigs, self.window, self.tokenizer, self.rc_augment = contigs, window, tokenizer, rc_augment
         starts = []
         for region in regions:
             if region.contig not in contigs:
-                raise ValueError(f"region {region.contig}:{region.start}-{region.end}: no such contig")
+                raise UserError(f"region {region.contig}:{region.start}-{region.end}: no such contig")
             last = min(region.end, len(contigs[region.contig]))
             starts += [
                 (region.contig, start, min(start + window, last)) for start in range(region.start, last - 1, stride)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.models import (
     MambaConfig,
     MambaForMaskedLM,
@@ -49,13 +50,13 @@ class GenomicsMambaConfig(MambaConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.rc_equivariant, bool):
-            raise ValueError(f"config: rc_equivariant must be true or false, got {self.rc_equivariant!r}")
+            raise UserError(f"config: rc_equivariant must be true or false, got {self.rc_equivariant!r}")
         self._check_complement_map()
 
     def _check_complement_map(self) -> None:
         if self.complement_map is None:
             if self.rc_equivariant:
-                raise ValueError("config: rc_equivariant needs complement_map (token id -> id of its complement)")
+                raise UserError("config: rc_equivariant needs complement_map (token id -> id of its complement)")
             return
         # JSON gives a list; a tuple keeps the frozen config hashable and equal after a round trip.
         object.__setattr__(self, "complement_map", tuple(self.complement_map))
@@ -63,12 +64,12 @@ class GenomicsMambaConfig(MambaConfig):
         if len(mapping) != self.vocab_size or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(mapping) for i in mapping
         ):
-            raise ValueError(
+            raise UserError(
                 f"config: complement_map must list one token id in [0, vocab_size) for each of the "
                 f"{self.vocab_size} ids, got {list(mapping)}"
             )
         if any(mapping[mapping[i]] != i for i in range(len(mapping))):
-            raise ValueError(
+            raise UserError(
                 f"config: complement_map must be its own inverse (the complement of a complement is "
                 f"the token itself), got {list(mapping)}"
             )
@@ -159,11 +160,11 @@ def create_model(
         return MambaForSequenceClassification(config, num_labels, pooling, scan_backend, labels=labels)
     if task == "pretrain":
         if not config.causal:
-            raise ValueError(
+            raise UserError(
                 "task pretrain trains a causal next-base model, which cannot be bidirectional or "
                 "RC-equivariant (it would see the bases it predicts); use task mlm for those"
             )
         return MambaLMHeadModel(config, scan_backend)
     if task == "mlm":
         return MambaForMaskedLM(config, scan_backend)
-    raise ValueError(f"unknown task {task!r}; choose one of classify, pretrain, mlm")
+    raise UserError(f"unknown task {task!r}; choose one of classify, pretrain, mlm")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mambakit.errors import UserError
 from mambakit.models import MambaForSequenceClassification, MambaPreTrainedModel
 from mambakit.nn import pool_sequence
 
@@ -72,12 +73,12 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[st
     `name` column and one float32 column per dimension (`e0`, `e1`, ...), and needs pyarrow."""
     path = Path(path)
     if path.suffix not in EMBEDDING_FORMATS:
-        raise ValueError(
+        raise UserError(
             f"{path}: embeddings are written as {' or '.join(EMBEDDING_FORMATS)}; give one of those endings"
         )
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if len(names) != len(embeddings):
-        raise ValueError(f"{len(names)} names for {len(embeddings)} embeddings")
+        raise UserError(f"{len(names)} names for {len(embeddings)} embeddings")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         np.save(path, embeddings)

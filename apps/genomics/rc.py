@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.nn import BiMamba, padded_reverse_index, pool_sequence, reverse_padded
 
 
@@ -25,7 +26,7 @@ def complement_table(complement_map: Sequence[int], size: int, device: torch.dev
     """The complement of every id in [0, size) as a long tensor: ids beyond the map (vocabulary padding rows)
     are their own complement."""
     if len(complement_map) > size:
-        raise ValueError(f"complement_map has {len(complement_map)} ids but the vocabulary only {size}")
+        raise UserError(f"complement_map has {len(complement_map)} ids but the vocabulary only {size}")
     table = torch.arange(size, device=device)
     table[: len(complement_map)] = torch.as_tensor(list(complement_map), dtype=torch.long, device=device)
     return table

@@ -20,6 +20,7 @@ from typing import Literal, TextIO
 
 import numpy as np
 
+from mambakit.errors import MambakitError
 from mambakit.splits import check_fractions
 
 from .tokenizer import DNATokenizer
@@ -38,7 +39,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 _TOKENIZER = DNATokenizer()
 
 
-class GenomicsDataError(ValueError):
+class GenomicsDataError(MambakitError, ValueError):
     """Bad genomics input; the message is one line: `file[:line]: what is wrong; what to do`."""
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.models import IGNORE_INDEX
 from mambakit.train import Task
 from mambakit.train.classification import ClassificationTask, pad_batch
@@ -79,7 +80,7 @@ class MlmTask(Task):
 
     def __init__(self, tokenizer: DNATokenizer | None = None, mask_probability: float = 0.15) -> None:
         if not 0 < mask_probability < 1:
-            raise ValueError(f"mask_probability must be in (0, 1), got {mask_probability}")
+            raise UserError(f"mask_probability must be in (0, 1), got {mask_probability}")
         self.tokenizer = tokenizer or DNATokenizer()
         self.mask_probability = mask_probability
 
@@ -121,6 +122,6 @@ class MlmTask(Task):
             correct += int((logits[targets].argmax(-1) == batch["labels"][targets]).sum())
             count += int(targets.sum())
         if count == 0:
-            raise ValueError("evaluation data is empty")
+            raise UserError("evaluation data is empty")
         loss = total / count
         return {"loss": loss, "accuracy": correct / count, "bits_per_base": loss / math.log(2)}

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mambakit.errors import UserError
+
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]")
 BASES = ("A", "C", "G", "T", "N")
 VOCAB = (*SPECIAL_TOKENS, *BASES)
@@ -107,15 +109,15 @@ class DNATokenizer:
         try:
             data: Any = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON ({error})") from None
+            raise UserError(f"{source}: not valid JSON ({error})") from None
         kind = data.get("type") if isinstance(data, dict) else None
         if kind != TOKENIZER_TYPE:
-            raise ValueError(
+            raise UserError(
                 f"{source}: tokenizer type {kind!r} is not {TOKENIZER_TYPE!r}; is this a genomics checkpoint?"
             )
         tokenizer = cls()
         if data.get("vocab") != list(VOCAB) or data.get("complement_map") != list(tokenizer.complement_map):
-            raise ValueError(
+            raise UserError(
                 f"{source}: the vocabulary or complement map differs from this version's "
                 f"{list(VOCAB)}; the checkpoint's ids would be misread"
             )

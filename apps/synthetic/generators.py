@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mambakit.errors import UserError
 from mambakit.models import IGNORE_INDEX
 
 
@@ -31,9 +32,9 @@ def selective_copying(
     model must output the i-th data token. Open choice: `length` counts the marker slots (4,096 in all, as
     4,096 - 2*16 noise positions in the notes' reading)."""
     if vocab < 3:
-        raise ValueError(f"selective copying needs vocab >= 3 (noise, marker, a data id), got {vocab}")
+        raise UserError(f"selective copying needs vocab >= 3 (noise, marker, a data id), got {vocab}")
     if length < 2 * tokens:
-        raise ValueError(f"length {length} leaves no room for {tokens} data tokens and {tokens} markers")
+        raise UserError(f"length {length} leaves no room for {tokens} data tokens and {tokens} markers")
     region = length - tokens  # noise and data
     data = torch.randint(1, vocab - 1, (batch, tokens), generator=generator)
     positions = distinct_draws(batch, region, tokens, generator).sort(dim=1).values
@@ -54,9 +55,9 @@ def induction_heads(batch: int, length: int, vocab: int, generator: torch.Genera
     Only that last position is scored (training on every position did not train Mamba in the issues the notes
     cite). Open choices: `vocab` counts the two specials; one trigger per sequence."""
     if vocab < 3:
-        raise ValueError(f"induction heads needs vocab >= 3 (two specials and a token), got {vocab}")
+        raise UserError(f"induction heads needs vocab >= 3 (two specials and a token), got {vocab}")
     if length < 4:
-        raise ValueError(f"induction heads needs length >= 4, got {length}")
+        raise UserError(f"induction heads needs length >= 4, got {length}")
     prefix = vocab - 2
     inputs = torch.randint(0, vocab - 2, (batch, length), generator=generator)
     trigger = torch.randint(0, length - 3, (batch,), generator=generator)
@@ -92,9 +93,9 @@ def mqar(
     v_i there. With `random_non_queries` every zero becomes a random id (the harder variant of the Mamba-2
     paper). Needs 4 * pairs <= length and vocab > length (Zoology's conditions)."""
     if 4 * pairs > length:
-        raise ValueError(f"MQAR needs 4 * pairs <= length, got {pairs} pairs at length {length}")
+        raise UserError(f"MQAR needs 4 * pairs <= length, got {pairs} pairs at length {length}")
     if vocab <= length or vocab // 2 - 1 < pairs:
-        raise ValueError(f"MQAR needs vocab > length and vocab / 2 - 1 >= pairs, got vocab {vocab}")
+        raise UserError(f"MQAR needs vocab > length and vocab / 2 - 1 >= pairs, got vocab {vocab}")
     half = vocab // 2
     keys = distinct_draws(batch, half - 1, pairs, generator) + 1
     values = distinct_draws(batch, vocab - half, pairs, generator) + half
@@ -126,9 +127,9 @@ def copying(batch: int, longest: int, shortest: int, vocab: int, generator: torc
     separator it must give s[0], ..., at the copy's last letter the end), the loss only on those, as in the paper.
     Open choices: one example per row, not several packed into a fixed context; ids 0-3 are pad, $, | and ."""
     if vocab < 5:
-        raise ValueError(f"copying needs vocab >= 5 (four specials and a letter), got {vocab}")
+        raise UserError(f"copying needs vocab >= 5 (four specials and a letter), got {vocab}")
     if not 1 <= shortest <= longest:
-        raise ValueError(f"copying needs 1 <= shortest <= longest string length, got {shortest} and {longest}")
+        raise UserError(f"copying needs 1 <= shortest <= longest string length, got {shortest} and {longest}")
     width = 2 * longest + 3
     inputs = torch.full((batch, width), COPY_PAD, dtype=torch.long)
     targets = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.train import Task
 
 from .data import SeededExamples
@@ -71,7 +72,7 @@ def linear_regression(batch: int, points: int, dims: int, generator: torch.Gener
     """{"xs": (batch, points, dims), "w": (batch, dims)}, both N(0, I): one weight vector per prompt (Garg et al.'s
     `linear_regression`, scale 1, no noise). The labels are `regression_targets(xs, w)`."""
     if dims < 1 or points < 1:
-        raise ValueError(f"linear regression needs dims >= 1 and points >= 1, got {dims} and {points}")
+        raise UserError(f"linear regression needs dims >= 1 and points >= 1, got {dims} and {points}")
     xs = torch.randn(batch, points, dims, generator=generator)
     return {"xs": xs, "w": torch.randn(batch, dims, generator=generator)}
 
@@ -80,7 +81,7 @@ def sparse_parity(batch: int, points: int, dims: int, bits: int, generator: torc
     """{"xs": (batch, points, dims) uniform in {-1, 1}, "coords": (batch, dims) a 0/1 mask of `bits` distinct
     coordinates per prompt}. The labels are `parity_targets(xs, coords)`."""
     if not 1 <= bits <= dims or points < 1:
-        raise ValueError(f"sparse parity needs 1 <= bits <= dims and points >= 1, got {bits}, {dims} and {points}")
+        raise UserError(f"sparse parity needs 1 <= bits <= dims and points >= 1, got {bits}, {dims} and {points}")
     xs = torch.randint(0, 2, (batch, points, dims), generator=generator).float() * 2 - 1
     chosen = distinct_draws(batch, dims, bits, generator)
     coords = torch.zeros(batch, dims).scatter_(1, chosen, 1.0)
@@ -91,7 +92,7 @@ def vector_mqar(batch: int, pairs: int, dims: int, generator: torch.Generator) -
     """{"keys", "values": (batch, pairs, dims), each vector Gaussian scaled to norm sqrt(dims); "query": (batch,)
     the index of the queried key, uniform over the pairs}. The prompt ends with a copy of that key."""
     if dims < 1 or pairs < 1:
-        raise ValueError(f"vector MQAR needs dims >= 1 and pairs >= 1, got {dims} and {pairs}")
+        raise UserError(f"vector MQAR needs dims >= 1 and pairs >= 1, got {dims} and {pairs}")
     vectors = torch.randn(batch, 2, pairs, dims, generator=generator)
     vectors = vectors / vectors.norm(dim=-1, keepdim=True) * dims**0.5
     query = torch.randint(0, pairs, (batch,), generator=generator)
@@ -190,9 +191,9 @@ class InContextTask(Task):
 
     def __init__(self, kind: str, curriculum_every: int = CURRICULUM_EVERY) -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown ICL kind {kind!r}; kinds: {', '.join(KINDS)}")
+            raise UserError(f"unknown ICL kind {kind!r}; kinds: {', '.join(KINDS)}")
         if curriculum_every < 1:
-            raise ValueError(f"curriculum_every must be >= 1, got {curriculum_every}")
+            raise UserError(f"curriculum_every must be >= 1, got {curriculum_every}")
         self.kind, self.curriculum_every = kind, curriculum_every
         self.primary_metric = "error" if kind == LINEAR_REGRESSION else "accuracy"
         self.greater_is_better = kind != LINEAR_REGRESSION
@@ -259,7 +260,7 @@ class InContextTask(Task):
                 right = distances.argmin(dim=1) == batch["query"]
             correct, scored = correct + int(right.sum()), scored + right.numel()
         if scored == 0:
-            raise ValueError("evaluation data is empty: it gave no batch")
+            raise UserError("evaluation data is empty: it gave no batch")
         metrics = {"loss": loss / loss_terms, "accuracy": correct / scored}
         if self.kind == SPARSE_PARITY:
             metrics["accuracy_last_half"] = correct_late / scored_late
@@ -275,7 +276,7 @@ class InContextTask(Task):
             least_squares_errors.append((least_squares_predictions(batch["xs"], targets) - targets) ** 2)
             zero_errors.append(targets**2)
         if not model_errors:
-            raise ValueError("evaluation data is empty: it gave no batch")
+            raise UserError("evaluation data is empty: it gave no batch")
         dims = batch["xs"].shape[-1]
 
         def per_point(errors: list[Tensor]) -> Tensor:

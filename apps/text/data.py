@@ -114,7 +114,7 @@ def iter_documents(sources: Iterable[Source], text_field: str = "text", errors: 
     "replace" its invalid bytes become U+FFFD), a line that is not JSON, a missing field: one UserError line
     naming the file (and line, row or offset)."""
     if errors not in ERROR_MODES:
-        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        raise UserError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
     for source in sources:
         if isinstance(source, HubSource):
             yield from _hub_texts(source, text_field)
@@ -286,7 +286,7 @@ def _hub_texts(source: HubSource, text_field: str) -> Iterator[str]:
 
 def _check_eval_every(eval_every: int) -> None:
     if eval_every < 2:
-        raise ValueError(f"eval_every must be at least 2 (one document in eval_every is held out), got {eval_every}")
+        raise UserError(f"eval_every must be at least 2 (one document in eval_every is held out), got {eval_every}")
 
 
 def _is_held_out(index: int, eval_every: int) -> bool:

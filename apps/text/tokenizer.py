@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mambakit.errors import UserError
+
 
 @dataclass(frozen=True)
 class ByteTokenizer:
@@ -44,7 +46,7 @@ class ByteTokenizer:
     def from_json(cls, text: str) -> ByteTokenizer:
         data = json.loads(text)
         if data.get("kind") != "bytes":
-            raise ValueError(f"tokenizer.json: kind {data.get('kind')!r} is not a byte tokenizer")
+            raise UserError(f"tokenizer.json: kind {data.get('kind')!r} is not a byte tokenizer")
         return cls()
 
 
@@ -82,7 +84,7 @@ class HFTokenizer:
     def to_be_trained(cls, vocab_size: int, model: str = "bpe") -> HFTokenizer:
         """A byte-level BPE (GPT-2's scheme) or Unigram tokenizer of `vocab_size` ids, trained by `fit`."""
         if model not in ("bpe", "unigram"):
-            raise ValueError(f"unknown tokenizer model {model!r}: bpe or unigram")
+            raise UserError(f"unknown tokenizer model {model!r}: bpe or unigram")
         return cls(to_train=(vocab_size, model))
 
     def fit(self, documents: Iterable[str]) -> None:
@@ -112,14 +114,14 @@ class HFTokenizer:
         try:
             return cls(tokenizers.Tokenizer.from_str(text))
         except Exception as error:  # tokenizers raises its own Exception subclass with a multi-line text
-            raise ValueError(f"{source}: not a Hugging Face tokenizer ({str(error).splitlines()[0]})") from None
+            raise UserError(f"{source}: not a Hugging Face tokenizer ({str(error).splitlines()[0]})") from None
 
     @classmethod
     def from_path(cls, path: Path) -> HFTokenizer:
         """A tokenizer.json file, or a directory holding one (a Hugging Face model or tokenizer directory)."""
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
-            raise ValueError(
+            raise UserError(
                 f"{path}: no tokenizer.json here (a Hugging Face `tokenizers` file; slow tokenizers need "
                 f"converting with transformers' `save_pretrained` first)"
             )
@@ -150,9 +152,7 @@ def _tokenizers() -> Any:
     try:
         import tokenizers
     except ImportError:
-        raise ValueError(
-            "Hugging Face tokenizers need the `tokenizers` package: pip install 'mambakit[text]'"
-        ) from None
+        raise UserError("Hugging Face tokenizers need the `tokenizers` package: pip install 'mambakit[text]'") from None
     return tokenizers
 
 
@@ -164,9 +164,9 @@ def load_tokenizer(text: str, source: str) -> Tokenizer:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
+        raise UserError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
     if isinstance(data, dict) and data.get("kind") == "bytes":
         return ByteTokenizer()
     if isinstance(data, dict) and "model" in data:
         return HFTokenizer.from_json(text, source)
-    raise ValueError(f"{source}: neither mambakit's byte tokenizer nor a Hugging Face tokenizer.json")
+    raise UserError(f"{source}: neither mambakit's byte tokenizer nor a Hugging Face tokenizer.json")

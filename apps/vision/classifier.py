@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.models import ModelOutput, register_architecture, register_config
 
 from . import models as _vmamba_models  # noqa: F401 - registers the vmamba_* names with timm
@@ -38,11 +39,11 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         if self.model_name not in timm.list_models(self.model_name):
-            raise ValueError(f"config: timm has no model {self.model_name!r} (see timm.list_models())")
+            raise UserError(f"config: timm has no model {self.model_name!r} (see timm.list_models())")
         for name in ("num_classes", "in_chans", "img_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON data."""
@@ -54,7 +55,7 @@ class VisionConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+            raise UserError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
         return cls(**data)
 
 
@@ -67,7 +68,7 @@ class ImageClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if labels is not None and len(labels) != config.num_classes:
-            raise ValueError(f"labels must name each of the {config.num_classes} classes, got {list(labels)}")
+            raise UserError(f"labels must name each of the {config.num_classes} classes, got {list(labels)}")
         self.config = config
         self.labels = None if labels is None else tuple(labels)
         kwargs: dict[str, Any] = {**config.model_kwargs, "num_classes": config.num_classes, "in_chans": config.in_chans}

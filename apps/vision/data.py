@@ -132,7 +132,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(f"pixels must be uint8 of shape HxW, HxWx3 or HxWx4, got {array.dtype} {array.shape}")
+        raise UserError(f"pixels must be uint8 of shape HxW, HxWx3 or HxWx4, got {array.dtype} {array.shape}")
     return Image.fromarray(array)
 
 

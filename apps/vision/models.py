@@ -33,6 +33,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from mambakit.errors import UserError
 from mambakit.nn import SS2D, LayerNorm2d, Linear2d, no_weight_decay_names
 
 
@@ -133,7 +134,7 @@ class VMamba(nn.Module):
         super().__init__()
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+            raise UserError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         dims = _stage_dims(dims, len(depths))
         self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
         self.num_features = self.head_hidden_size = dims[-1]
@@ -224,7 +225,7 @@ class VMamba(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+                raise UserError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
             self.global_pool = global_pool
             self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
             self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
@@ -260,7 +261,7 @@ class VMamba(nn.Module):
         """Each chosen stage's output (after its blocks, before its downsample), as timm defines it: `indices` the
         last n stages if int, all if None, else those listed; `norm` applies the final norm to the last stage's."""
         if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be NCHW or NHWC, got {output_fmt!r}")
+            raise UserError(f"output_fmt must be NCHW or NHWC, got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         intermediates = []
         x = self.patch_embed(x)
@@ -340,7 +341,7 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs: Any) -> VMa
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained:
         if not overlay.get("file") and not overlay.get("state_dict"):
-            raise ValueError(
+            raise UserError(
                 f"{variant}: mambakit does not download weights; download the release (see the model's "
                 f"pretrained_cfg origin_url) and pass pretrained_cfg_overlay=dict(file=PATH)"
             )

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import UserError
 from ..nn import (
     AttentionState,
     BiMamba,
@@ -173,7 +174,7 @@ class MambaModel(nn.Module):
         they need `max_length`, the most positions the state will see (prompt and generated tokens)."""
         self._check_recurrent()
         if self.config.attn_layer_idx and max_length is None:
-            raise ValueError("this model has attention layers: allocate_state needs max_length (the KV cache size)")
+            raise UserError("this model has attention layers: allocate_state needs max_length (the KV cache size)")
         layers = [
             self._block(i).mixer.allocate_state(batch, max_length, device, dtype)
             if i in self.config.attn_layer_idx
@@ -184,7 +185,7 @@ class MambaModel(nn.Module):
             return MambaState(layers)
         table = self.position_embedding.weight.shape[0]
         if max_length is not None and max_length > table:
-            raise ValueError(
+            raise UserError(
                 f"max_length {max_length} is past the {table} learned positions of this model (max_position_embeddings)"
             )
         device = device or self.position_embedding.weight.device
@@ -196,11 +197,11 @@ class MambaModel(nn.Module):
 
     def _embed(self, input_ids: Tensor | None, inputs_embeds: Tensor | None) -> Tensor:
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+            raise UserError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is not None:
             return inputs_embeds
         if self.embedding is None:
-            raise ValueError("this backbone has no embedding (vocab_size = 0): pass inputs_embeds")
+            raise UserError("this backbone has no embedding (vocab_size = 0): pass inputs_embeds")
         return self.embedding(input_ids)
 
     def _add_positions(self, hidden: Tensor, state: MambaState | None) -> Tensor:
@@ -210,7 +211,7 @@ class MambaModel(nn.Module):
         length, table = hidden.shape[1], self.position_embedding.weight.shape[0]
         start = 0 if state is None or state.position is None else int(state.position)
         if start + length > table:
-            raise ValueError(
+            raise UserError(
                 f"positions {start}..{start + length - 1} are past the {table} learned positions of this model "
                 f"(max_position_embeddings): use shorter sequences, or rotary positions"
             )
@@ -269,7 +270,7 @@ class MambaModel(nn.Module):
 
     def _check_recurrent(self) -> None:
         if not self.config.causal:
-            raise ValueError(
+            raise UserError(
                 "non-causal (bidirectional, RC-equivariant) models read the whole sequence at once: they "
                 "have no recurrent state or step; run forward on the full sequence"
             )

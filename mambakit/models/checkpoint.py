@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..errors import first_line
+from ..errors import MambakitError, UserError, first_line
 from ..jsonfiles import read_json_file
 from .config import CONFIG_VERSION, META_KEYS, V1_MOVED_FIELDS, MambaConfig
 from .heads import MambaLMHeadModel
@@ -63,7 +63,7 @@ _HF_RENAMES = {"backbone.embeddings.": "backbone.embedding."}
 _NAMES_SHOWN = 5
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MambakitError, ValueError):
     """A checkpoint directory or file that cannot be loaded; the message is one line naming the file."""
 
 
@@ -86,7 +86,7 @@ def save_pretrained(model: TrainableModel, path: str | Path, extra_files: dict[s
     extra_files = dict(extra_files or {})
     for name in extra_files:
         if Path(name).name != name or name in (CONFIG_NAME, SAFETENSORS_NAME):
-            raise ValueError(
+            raise UserError(
                 f"extra_files: {name!r} must be a plain file name other than {CONFIG_NAME} and {SAFETENSORS_NAME}"
             )
     directory.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def _save_adapter(model: TrainableModel, directory: Path, extra_files: dict[str,
     """A model with LoRA adapters: only the adapters, in PEFT's format (adapter_config.json last)."""
     tensors, config_text = adapter_files(cast(torch.nn.Module, model))
     if json.loads(config_text).get("base_model_name_or_path") is None:
-        raise ValueError("save_pretrained: the LoRA adapters name no base checkpoint; add them with add_lora(base=...)")
+        raise UserError("save_pretrained: the LoRA adapters name no base checkpoint; add them with add_lora(base=...)")
     with _atomic_path(directory / ADAPTER_WEIGHTS_NAME) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
     for name, content in extra_files.items():
@@ -149,7 +149,7 @@ def load_model(
     from ..ops import list_backends
 
     if scan_backend != "auto" and scan_backend not in list_backends():
-        raise ValueError(f"scan_backend {scan_backend!r} is unknown; choose one of: auto, {', '.join(list_backends())}")
+        raise UserError(f"scan_backend {scan_backend!r} is unknown; choose one of: auto, {', '.join(list_backends())}")
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(

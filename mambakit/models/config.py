@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import UserError
 from ..jsonfiles import load_json_object
 from .registry import register_config
 
@@ -66,19 +67,19 @@ def _attention_fields(attn_cfg: dict[str, Any] | None, data: dict[str, Any]) -> 
     cfg = dict(attn_cfg)
     for key, value in _ATTN_CFG_FIXED.items():
         if key in cfg and cfg.pop(key) != value:
-            raise ValueError(f"config: attn_cfg.{key} = {attn_cfg[key]!r} is not supported (mambakit: {value!r})")
+            raise UserError(f"config: attn_cfg.{key} = {attn_cfg[key]!r} is not supported (mambakit: {value!r})")
     heads = int(cfg.pop("num_heads", 8))
     head_dim = int(cfg.pop("head_dim", 0) or data.get("d_model", 768) // heads)
     if int(cfg.pop("num_heads_kv", 0) or heads) != heads:
-        raise ValueError("config: attn_cfg.num_heads_kv != num_heads (grouped KV heads) is not supported")
+        raise UserError("config: attn_cfg.num_heads_kv != num_heads (grouped KV heads) is not supported")
     if head_dim * heads != data.get("d_model", 768):
-        raise ValueError("config: attn_cfg.head_dim * num_heads must equal d_model")
+        raise UserError("config: attn_cfg.head_dim * num_heads must equal d_model")
     rotary = int(cfg.pop("rotary_emb_dim", 0))
     if rotary not in (0, head_dim):
-        raise ValueError(f"config: attn_cfg.rotary_emb_dim {rotary} is not supported: 0 or the head dim ({head_dim})")
+        raise UserError(f"config: attn_cfg.rotary_emb_dim {rotary} is not supported: 0 or the head dim ({head_dim})")
     biases = {bool(cfg.pop("qkv_proj_bias", True)), bool(cfg.pop("out_proj_bias", True))}
     if len(biases) != 1:
-        raise ValueError("config: attn_cfg.qkv_proj_bias and out_proj_bias must be equal")
+        raise UserError("config: attn_cfg.qkv_proj_bias and out_proj_bias must be equal")
     fields_out = {
         "attn_num_heads": heads,
         "attn_positions": "rope" if rotary else "none",
@@ -86,7 +87,7 @@ def _attention_fields(attn_cfg: dict[str, Any] | None, data: dict[str, Any]) -> 
         "attn_bias": biases.pop(),
     }
     if cfg:
-        raise ValueError(f"config: unknown attn_cfg keys {sorted(cfg)}")
+        raise UserError(f"config: unknown attn_cfg keys {sorted(cfg)}")
     return fields_out
 
 
@@ -172,40 +173,40 @@ class MambaConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
-            raise ValueError(f"config: vocab_size must be an integer >= 0 (0: no embedding), got {self.vocab_size!r}")
+            raise UserError(f"config: vocab_size must be an integer >= 0 (0: no embedding), got {self.vocab_size!r}")
         if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
-            raise ValueError(f"config: dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
+            raise UserError(f"config: dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if self.dt_init not in ("random", "constant"):
-            raise ValueError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
+            raise UserError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
+            raise UserError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
         for name in ("bidirectional", "bidirectional_weight_tie"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
+                raise UserError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "attn_layer_idx", tuple(self.attn_layer_idx))
         if not isinstance(self.d_intermediate, int) or self.d_intermediate < 0:
-            raise ValueError(f"config: d_intermediate must be an integer >= 0, got {self.d_intermediate!r}")
+            raise UserError(f"config: d_intermediate must be an integer >= 0, got {self.d_intermediate!r}")
         layers = self.attn_layer_idx
         if any(not isinstance(i, int) or not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
-            raise ValueError(
+            raise UserError(
                 f"config: attn_layer_idx must hold distinct layer indices in 0..{self.n_layer - 1}, got {list(layers)}"
             )
         if layers:
             if self.bidirectional:
-                raise ValueError("config: attention layers are causal; a bidirectional model cannot have them")
+                raise UserError("config: attention layers are causal; a bidirectional model cannot have them")
             if self.attn_positions not in ATTENTION_POSITIONS:
-                raise ValueError(
+                raise UserError(
                     f"config: attn_positions must be one of {', '.join(ATTENTION_POSITIONS)}, "
                     f"got {self.attn_positions!r}"
                 )
             if self.attn_num_heads < 1 or self.d_model % self.attn_num_heads:
-                raise ValueError(
+                raise UserError(
                     f"config: d_model {self.d_model} must be a multiple of attn_num_heads {self.attn_num_heads}"
                 )
         if self.bidirectional_strategy not in BIDIRECTIONAL_STRATEGIES:
-            raise ValueError(
+            raise UserError(
                 f"config: bidirectional_strategy must be one of {', '.join(BIDIRECTIONAL_STRATEGIES)}, "
                 f"got {self.bidirectional_strategy!r}"
             )
@@ -246,10 +247,10 @@ class MambaConfig:
         ssm_cfg = dict(data.pop("ssm_cfg", None) or {})
         layer = ssm_cfg.pop("layer", "Mamba1")
         if layer != "Mamba1":
-            raise ValueError(f"config: ssm_cfg.layer {layer!r} is not supported; mambakit builds Mamba1 layers")
+            raise UserError(f"config: ssm_cfg.layer {layer!r} is not supported; mambakit builds Mamba1 layers")
         unknown_ssm = set(ssm_cfg) - _SSM_CFG_KEYS
         if unknown_ssm:
-            raise ValueError(f"config: unknown ssm_cfg keys {sorted(unknown_ssm)}; known: {sorted(_SSM_CFG_KEYS)}")
+            raise UserError(f"config: unknown ssm_cfg keys {sorted(unknown_ssm)}; known: {sorted(_SSM_CFG_KEYS)}")
         data.update(ssm_cfg)
         data.update(_attention_fields(data.pop("attn_cfg", None), data))
         # A kernel choice, not part of the architecture: results are the same either way.
@@ -257,7 +258,7 @@ class MambaConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
+            raise UserError(f"config: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class MambaConfig:
     def _from_hf(cls, data: dict[str, Any]) -> MambaConfig:
         activation = data.get("hidden_act", "silu")
         if activation not in ("silu", "swish"):
-            raise ValueError(f"config: hidden_act {activation!r} is not supported; Mamba uses silu")
+            raise UserError(f"config: hidden_act {activation!r} is not supported; Mamba uses silu")
         mapped = {ours: data[theirs] for theirs, ours in _HF_KEYS.items() if theirs in data}
         if isinstance(mapped.get("eos_token_id"), list):
             mapped["eos_token_id"] = mapped["eos_token_id"][0]

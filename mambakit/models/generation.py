@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -41,15 +43,15 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # NaN fails this comparison too
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+            raise UserError(f"min_p must be in [0, 1), got {self.min_p}")
         if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise UserError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 def apply_repetition_penalty(logits: Tensor, sequences: Tensor, penalty: float) -> Tensor:
@@ -270,20 +272,20 @@ def generate(
     graph is captured under it.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
-        raise ValueError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
+        raise UserError(f"input_ids must have shape (batch, length >= 1), got {tuple(input_ids.shape)}")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size:
         lowest, highest = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync
         if not 0 <= lowest <= highest < vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"input_ids hold ids {lowest}..{highest}, outside the model's vocabulary 0..{vocab_size - 1}: "
                 "check the tokenizer"
             )
     on_cuda = input_ids.device.type == "cuda"
     if cuda_graph and not on_cuda:
-        raise ValueError(
+        raise UserError(
             f"cuda_graph=True needs the model and input_ids on a CUDA device, they are on "
             f"{input_ids.device}; leave cuda_graph unset to decode without graphs"
         )

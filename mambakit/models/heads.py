@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..nn import POOLINGS, ResidualBlock, no_weight_decay_names
 from .backbone import MambaModel, MambaState
 from .config import MambaConfig
@@ -108,7 +109,7 @@ class _VocabularyHeadModel(MambaPreTrainedModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         if config.vocab_size < 1:
-            raise ValueError("a language model needs vocab_size >= 1")
+            raise UserError("a language model needs vocab_size >= 1")
         super().__init__(config, scan_backend, device, dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         if config.tie_embeddings:
@@ -142,7 +143,7 @@ class MambaLMHeadModel(_VocabularyHeadModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         if not config.causal:
-            raise ValueError(
+            raise UserError(
                 "a causal language model needs a causal backbone: bidirectional and RC-equivariant "
                 "models would see the tokens they predict; use MambaForMaskedLM"
             )
@@ -190,12 +191,12 @@ class MambaForMaskedLM(_VocabularyHeadModel):
 
 def _check_labels(num_labels: int, labels: Sequence[str] | None) -> tuple[str, ...] | None:
     if num_labels < 1:
-        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        raise UserError(f"num_labels must be >= 1, got {num_labels}")
     if labels is None:
         return None
     labels = tuple(labels)
     if len(labels) != num_labels or not all(isinstance(label, str) for label in labels):
-        raise ValueError(f"labels must name each of the {num_labels} classes, got {list(labels)}")
+        raise UserError(f"labels must name each of the {num_labels} classes, got {list(labels)}")
     return labels
 
 
@@ -241,7 +242,7 @@ class MambaForSequenceClassification(_ClassifierModel):
         labels: Sequence[str] | None = None,
     ) -> None:
         if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+            raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         super().__init__(config, num_labels, scan_backend, device, dtype, labels=labels)
         self.pooling = pooling
 
@@ -316,11 +317,11 @@ class MambaForVectorSequences(MambaPreTrainedModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         if config.vocab_size != 0:
-            raise ValueError("a vector-sequence model reads vectors, not tokens: set vocab_size 0")
+            raise UserError("a vector-sequence model reads vectors, not tokens: set vocab_size 0")
         if not config.causal:
-            raise ValueError("a vector-sequence model needs a causal backbone")
+            raise UserError("a vector-sequence model needs a causal backbone")
         if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
+            raise UserError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         super().__init__(config, scan_backend, device, dtype)
         self.in_features, self.out_features = in_features, out_features
         self.read_in = nn.Linear(in_features, config.d_model, device=device, dtype=dtype)

@@ -24,6 +24,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 #: The Linear layers of the mixers that LoRA targets unless told otherwise (PEFT matches name suffixes).
@@ -56,7 +58,7 @@ def add_lora(
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     missing = [target for target in targets if target not in present]
     if missing or not targets:
-        raise ValueError(
+        raise UserError(
             f"LoRA targets {', '.join(missing) or '(none)'} are not Linear layers of this model; choose among "
             f"{', '.join(sorted(present))}"
         )
@@ -93,9 +95,9 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable adapter config ({error}); save the adapter again") from None
+        raise UserError(f"{path}: unreadable adapter config ({error}); save the adapter again") from None
     if not isinstance(data, dict) or data.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: not a LoRA adapter config (peft_type {data.get('peft_type')!r})")
+        raise UserError(f"{path}: not a LoRA adapter config (peft_type {data.get('peft_type')!r})")
     return data
 
 
@@ -113,7 +115,7 @@ def load_adapter(model: nn.Module, directory: Path) -> nn.Module:
     outcome = peft.set_peft_model_state_dict(model, tensors)
     unexpected = [name for name in outcome.unexpected_keys if "lora_" in name]
     if unexpected:
-        raise ValueError(
+        raise UserError(
             f"{directory / ADAPTER_WEIGHTS_NAME}: adapter weights for layers the base lacks: {unexpected[:3]}"
         )
     return model

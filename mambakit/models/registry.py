@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..errors import MambakitError
+
 T = TypeVar("T", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,7 +43,7 @@ _ARCHITECTURES: dict[str, Registration] = {}
 _BACKBONES: dict[type, Callable[..., Any]] = {}
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(MambakitError, KeyError):
     """A model_type or architecture that no installed domain registers."""
 
     def __str__(self) -> str:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 #: Position schemes of the attention mixer.
 POSITIONS = ("rope", "none")
 
@@ -67,12 +69,12 @@ class CausalSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads}")
+            raise UserError(f"d_model {d_model} must be a multiple of n_heads {n_heads}")
         if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+            raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         if positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head dimension, got {self.head_dim}")
+            raise UserError(f"rotary positions need an even head dimension, got {self.head_dim}")
         self.positions, self.rope_base = positions, rope_base
         factory = {"device": device, "dtype": dtype}
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
@@ -109,7 +111,7 @@ class CausalSelfAttention(nn.Module):
         length = q.shape[2]
         start = 0 if state is None else int(state.length)
         if state is not None and start + length > state.keys.shape[2]:
-            raise ValueError(
+            raise UserError(
                 f"the attention cache holds {state.keys.shape[2]} positions; {start} are filled and {length} more "
                 f"do not fit: allocate the state with a larger max_length"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .block import ResidualBlock
 from .mixer import Mamba
 
@@ -27,7 +28,7 @@ def padded_reverse_index(attention_mask: Tensor | None) -> Tensor | None:
     positions = torch.arange(mask.shape[1], device=mask.device)
     lengths = mask.sum(1, keepdim=True)
     if not torch.equal(mask, positions < lengths):
-        raise ValueError("attention_mask must be right padding: each row 1 on its real tokens, then 0 to the end")
+        raise UserError("attention_mask must be right padding: each row 1 on its real tokens, then 0 to the end")
     if bool(mask.all()):
         return None
     return torch.where(positions < lengths, lengths - 1 - positions, positions)
@@ -52,7 +53,7 @@ class BiMamba(nn.Module):
     def __init__(self, mamba_fwd: Mamba, mamba_rev: Mamba, strategy: str = "add", weight_tie: bool = True) -> None:
         super().__init__()
         if strategy not in ("add", "ew_multiply"):
-            raise ValueError(f"unknown bidirectional strategy {strategy!r}; choose add or ew_multiply")
+            raise UserError(f"unknown bidirectional strategy {strategy!r}; choose add or ew_multiply")
         self.strategy = strategy
         self.mamba_fwd, self.mamba_rev = mamba_fwd, mamba_rev
         if weight_tie:

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..ops import add_rms_norm
 from .norm import RMSNorm
 
@@ -28,7 +29,7 @@ class ResidualBlock(nn.Module):
     ) -> None:
         super().__init__()
         if (mlp is None) != (norm2 is None):
-            raise ValueError("a block's MLP comes with its own norm (norm2): pass both or neither")
+            raise UserError("a block's MLP comes with its own norm (norm2): pass both or neither")
         self.mixer = mixer
         self.norm = norm
         self.residual_in_fp32 = residual_in_fp32

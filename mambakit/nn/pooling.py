@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 POOLINGS = ("mean", "last", "cls", "max")
 
 
@@ -15,7 +17,7 @@ def pool_sequence(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -
     sequence at); cls: position 0 (a CLS token); max: elementwise maximum over real positions.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if attention_mask is None:
         attention_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
     mask = attention_mask.to(torch.bool)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .block import Block
 from .mixer import Mamba, MambaLayerState
 from .norm import create_norm
@@ -134,9 +135,9 @@ class PooledUNet(nn.Module):
         levels = len(pools) + 1
         selective = [selective] * levels if isinstance(selective, bool) else list(selective)
         if len(selective) != levels:
-            raise ValueError(f"selective needs one value per level ({levels}: outermost first), got {selective}")
+            raise UserError(f"selective needs one value per level ({levels}: outermost first), got {selective}")
         if any(p < 1 for p in pools) or expand < 1:
-            raise ValueError(f"pools and expand must be positive integers, got {list(pools)} and {expand}")
+            raise UserError(f"pools and expand must be positive integers, got {list(pools)} and {expand}")
         self.pools = list(pools)
         widths = [d_model * expand**i for i in range(levels)]
 

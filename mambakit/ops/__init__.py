@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import UserError
 from .backends import (
     ENV_VAR,
     Backend,
@@ -70,13 +71,13 @@ def selective_state_update(
 
 def _check_conv(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> None:
     if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"weight must have shape (dim, width) = ({x.shape[1]}, width), got {tuple(weight.shape)}")
+        raise UserError(f"weight must have shape (dim, width) = ({x.shape[1]}, width), got {tuple(weight.shape)}")
     if weight.shape[1] < 1:
-        raise ValueError("weight must have a width of at least 1 (shape (dim, width)), got width 0")
+        raise UserError("weight must have a width of at least 1 (shape (dim, width)), got width 0")
     if bias is not None and tuple(bias.shape) != (x.shape[1],):
-        raise ValueError(f"bias must have shape (dim,) = ({x.shape[1]},), got {tuple(bias.shape)}")
+        raise UserError(f"bias must have shape (dim,) = ({x.shape[1]},), got {tuple(bias.shape)}")
     if activation not in (None, "silu", "swish"):
-        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+        raise UserError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
 def causal_conv1d(
@@ -92,10 +93,10 @@ def causal_conv1d(
     (batch, dim, width-1) are the inputs before x (zeros by default). Returns (batch, dim, L)
     [and the final (batch, dim, width-1) inputs, to continue from]."""
     if x.dim() != 3:
-        raise ValueError(f"x must have shape (batch, dim, L), got {tuple(x.shape)}")
+        raise UserError(f"x must have shape (batch, dim, L), got {tuple(x.shape)}")
     _check_conv(x, weight, bias, activation)
     if initial_states is not None and tuple(initial_states.shape) != (*x.shape[:2], weight.shape[1] - 1):
-        raise ValueError(
+        raise UserError(
             f"initial_states must have shape (batch, dim, width-1) = {(*x.shape[:2], weight.shape[1] - 1)}, "
             f"got {tuple(initial_states.shape)}"
         )
@@ -118,10 +119,10 @@ def causal_conv1d_update(
     """One step of `causal_conv1d`. x: (batch, dim); conv_state (batch, dim, width-1), the last inputs,
     shifted in place to take x. Returns (batch, dim)."""
     if x.dim() != 2:
-        raise ValueError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
+        raise UserError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     _check_conv(x, weight, bias, activation)
     if tuple(conv_state.shape) != (*x.shape, weight.shape[1] - 1):
-        raise ValueError(
+        raise UserError(
             f"conv_state must have shape (batch, dim, width-1) = {(*x.shape, weight.shape[1] - 1)}, "
             f"got {tuple(conv_state.shape)}"
         )
@@ -140,9 +141,9 @@ def add_rms_norm(
     """A pre-norm residual block's entry: residual = hidden + residual (hidden alone when residual is None),
     returns (RMSNorm(residual) * weight in weight's dtype, residual [fp32 when residual_in_fp32])."""
     if weight.shape != hidden.shape[-1:]:
-        raise ValueError(f"weight must have shape ({hidden.shape[-1]},), got {tuple(weight.shape)}")
+        raise UserError(f"weight must have shape ({hidden.shape[-1]},), got {tuple(weight.shape)}")
     if residual is not None and residual.shape != hidden.shape:
-        raise ValueError(f"residual must have hidden's shape {tuple(hidden.shape)}, got {tuple(residual.shape)}")
+        raise UserError(f"residual must have hidden's shape {tuple(hidden.shape)}, got {tuple(residual.shape)}")
     implementation = resolve_backend(backend, hidden.device, "add_rms_norm").load("add_rms_norm")
     return implementation(hidden, residual, weight, eps, residual_in_fp32)
 
@@ -151,7 +152,7 @@ def cross_scan(x: Tensor, backend: str = "auto") -> Tensor:
     """VMamba's 2-D cross-scan: x (batch, dim, H, W) -> (batch, 4, dim, H*W), four 1-D sequences in VMamba's order:
     row-major (l = h*W + w), column-major (l = w*H + h), then each reversed. Differentiable."""
     if x.dim() != 4:
-        raise ValueError(f"x must have shape (batch, dim, H, W), got {tuple(x.shape)}")
+        raise UserError(f"x must have shape (batch, dim, H, W), got {tuple(x.shape)}")
     return resolve_backend(backend, x.device, "cross_scan").load("cross_scan")(x)
 
 
@@ -159,7 +160,7 @@ def cross_merge(y: Tensor, height: int, width: int, backend: str = "auto") -> Te
     """The inverse direction of `cross_scan` (its adjoint): y (batch, 4, dim, height*width) -> (batch, dim, height,
     width), each position the plain sum of its four directions' values. Differentiable."""
     if y.dim() != 4 or y.shape[1] != 4 or y.shape[3] != height * width:
-        raise ValueError(f"y must have shape (batch, 4, dim, {height}*{width}), got {tuple(y.shape)}")
+        raise UserError(f"y must have shape (batch, 4, dim, {height}*{width}), got {tuple(y.shape)}")
     return resolve_backend(backend, y.device, "cross_merge").load("cross_merge")(y, height, width)
 
 

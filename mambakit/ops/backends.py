@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import MambakitError, UserError
+
 ENV_VAR = "MAMBAKIT_SCAN_BACKEND"
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(MambakitError, RuntimeError):
     """A backend was asked for by name but cannot run here; the message says why and what to use."""
 
 
@@ -49,7 +51,7 @@ _REGISTRY: dict[str, Backend] = {}
 def register_backend(backend: Backend) -> None:
     """Add a backend; later registrations come later in the `auto` order. Names must be unique."""
     if backend.name in _REGISTRY or backend.name == "auto":
-        raise ValueError(f"a scan backend named {backend.name!r} is already registered")
+        raise UserError(f"a scan backend named {backend.name!r} is already registered")
     _REGISTRY[backend.name] = backend
 
 
@@ -85,7 +87,7 @@ def resolve_backend(
                 return backend
         raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
     if name not in _REGISTRY:
-        raise ValueError(f"unknown scan backend {name!r}{source}; choose one of: auto, {', '.join(_REGISTRY)}")
+        raise UserError(f"unknown scan backend {name!r}{source}; choose one of: auto, {', '.join(_REGISTRY)}")
     backend = _REGISTRY[name]
     reason = backend.probe(device)
     if reason is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class ScanShape:
@@ -26,14 +28,14 @@ class ScanShape:
 
 def _expect(name: str, tensor: Tensor, shape: tuple[int, ...], meaning: str) -> None:
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name} must have shape {meaning} = {shape}, got {tuple(tensor.shape)}")
+        raise UserError(f"{name} must have shape {meaning} = {shape}, got {tuple(tensor.shape)}")
 
 
 def _expect_float(name: str, tensor: Tensor) -> None:
     if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+        raise UserError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
     if tensor.is_complex():
-        raise ValueError(f"{name} must be real: complex selective scans are not supported")
+        raise UserError(f"{name} must be real: complex selective scans are not supported")
 
 
 def check_scan_args(
@@ -50,19 +52,19 @@ def check_scan_args(
     """Validate selective_scan's arguments and return their sizes; raise ValueError naming the culprit."""
     for name, tensor in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
         if not isinstance(tensor, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+            raise UserError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         _expect_float(name, tensor)
     if u.dim() != 3:
-        raise ValueError(f"u must have shape (batch, dim, L), got {tuple(u.shape)}")
+        raise UserError(f"u must have shape (batch, dim, L), got {tuple(u.shape)}")
     batch, dim, length = u.shape
     if batch == 0 or dim == 0:
-        raise ValueError(f"u must hold at least one sequence of at least one channel, got shape {tuple(u.shape)}")
+        raise UserError(f"u must hold at least one sequence of at least one channel, got shape {tuple(u.shape)}")
     _expect("delta", delta, (batch, dim, length), "(batch, dim, L)")
     if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must have shape (dim, N) = ({dim}, N), got {tuple(A.shape)}")
+        raise UserError(f"A must have shape (dim, N) = ({dim}, N), got {tuple(A.shape)}")
     d_state = A.shape[1]
     if B.dim() != C.dim():
-        raise ValueError(f"B and C must have the same layout, got B {tuple(B.shape)} and C {tuple(C.shape)}")
+        raise UserError(f"B and C must have the same layout, got B {tuple(B.shape)} and C {tuple(C.shape)}")
     if B.dim() == 2:
         _expect("B", B, (dim, d_state), "(dim, N) for a time-invariant scan")
         _expect("C", C, (dim, d_state), "(dim, N) for a time-invariant scan")
@@ -74,11 +76,11 @@ def check_scan_args(
     elif B.dim() == 4:
         groups = B.shape[1]
         if groups == 0 or dim % groups != 0:
-            raise ValueError(f"B's group count ({groups}) must divide dim ({dim}); B has shape {tuple(B.shape)}")
+            raise UserError(f"B's group count ({groups}) must divide dim ({dim}); B has shape {tuple(B.shape)}")
         _expect("B", B, (batch, groups, d_state, length), "(batch, groups, N, L)")
         _expect("C", C, (batch, groups, d_state, length), "(batch, groups, N, L)")
     else:
-        raise ValueError(
+        raise UserError(
             f"B and C must have shape (batch, N, L), (batch, groups, N, L) or (dim, N); got B {tuple(B.shape)}"
         )
     for name, optional in (("D", D), ("delta_bias", delta_bias)):
@@ -93,7 +95,7 @@ def check_scan_args(
         _expect("initial_state", initial_state, (batch, dim, d_state), "(batch, dim, N)")
     devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
     if len(devices) > 1:
-        raise ValueError(f"all selective_scan inputs must be on one device, got {sorted(map(str, devices))}")
+        raise UserError(f"all selective_scan inputs must be on one device, got {sorted(map(str, devices))}")
     return ScanShape(batch, dim, length, d_state, groups)
 
 
@@ -110,7 +112,7 @@ def check_state_update_args(
 ) -> int:
     """Validate selective_state_update's arguments; return the number of B/C groups."""
     if state.dim() != 3:
-        raise ValueError(f"state must have shape (batch, dim, N), got {tuple(state.shape)}")
+        raise UserError(f"state must have shape (batch, dim, N), got {tuple(state.shape)}")
     batch, dim, d_state = state.shape
     _expect("x", x, (batch, dim), "(batch, dim)")
     _expect("dt", dt, (batch, dim), "(batch, dim)")
@@ -122,16 +124,16 @@ def check_state_update_args(
     elif B.dim() == 3:
         groups = B.shape[1]
         if groups == 0 or dim % groups != 0:
-            raise ValueError(f"B's group count ({groups}) must divide dim ({dim})")
+            raise UserError(f"B's group count ({groups}) must divide dim ({dim})")
         _expect("B", B, (batch, groups, d_state), "(batch, groups, N)")
         _expect("C", C, (batch, groups, d_state), "(batch, groups, N)")
     else:
-        raise ValueError(f"B must have shape (batch, N) or (batch, groups, N), got {tuple(B.shape)}")
+        raise UserError(f"B must have shape (batch, N) or (batch, groups, N), got {tuple(B.shape)}")
     for name, tensor in (("D", D), ("dt_bias", dt_bias)):
         if tensor is not None:
             _expect(name, tensor, (dim,), "(dim,)")
     if z is not None:
         _expect("z", z, (batch, dim), "(batch, dim)")
     if state.dtype != torch.float32 and state.dtype != torch.float64:
-        raise ValueError(f"state must be float32 (or float64), got {state.dtype}: the scan state is kept in fp32")
+        raise UserError(f"state must be float32 (or float64), got {state.dtype}: the scan state is kept in fp32")
     return groups

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from . import selective_scan
 
 
@@ -46,7 +47,7 @@ def scan_inputs(
     elif layout == "shared":
         bc_shape = (batch, d_state, length)
     else:
-        raise ValueError(f"layout must be 'shared', 'grouped:G' or 'time_invariant', got {layout!r}")
+        raise UserError(f"layout must be 'shared', 'grouped:G' or 'time_invariant', got {layout!r}")
     generator = torch.Generator(device=device).manual_seed(seed)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     bc_dtype = param_dtype if layout == "time_invariant" else dtype

@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..errors import UserError
+
 # _FAST_LOG: off in the interpreter, which has no PTX
 from .triton_scan import _FAST_LOG, LOG2E, _like_steps, _or, require_powers_of_two
 
@@ -613,7 +615,7 @@ def causal_conv1d_triton(
     channel_last = _channel_last(x)
     config = config or default_config(x)
     if not channel_last and config.steps < width - 1:
-        raise ValueError(f"config.steps must be at least width - 1 = {width - 1} for this layout, got {config.steps}")
+        raise UserError(f"config.steps must be at least width - 1 = {width - 1} for this layout, got {config.steps}")
     out = _TritonConv.apply(
         _in_layout(x, channel_last), weight, bias, initial_states, activation in ("silu", "swish"), config
     )

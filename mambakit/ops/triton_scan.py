@@ -35,6 +35,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
+from ..errors import UserError
+
 LOG2E = tl.constexpr(1.4426950408889634)
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used by the tests without a GPU) has no hardware intrinsics.
 _FAST_LOG = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
@@ -44,7 +46,7 @@ def require_powers_of_two(config: object) -> None:
     """Raise ValueError unless every field of a launch-shape dataclass is a power of two."""
     for name, value in vars(config).items():
         if value < 1 or value & (value - 1):
-            raise ValueError(f"{name} must be a power of two, got {value}")
+            raise UserError(f"{name} must be a power of two, got {value}")
 
 
 @dataclass(frozen=True)

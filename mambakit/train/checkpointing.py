@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..models import save_pretrained
 from ..models.checkpoint import fsync_directory
 from ..models.protocol import TrainableModel
@@ -80,9 +81,9 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file; {directory} is not a training checkpoint") from None
+        raise UserError(f"{path}: no such file; {directory} is not a training checkpoint") from None
     except Exception as error:  # the unpickler fails on bad bytes with many exception types
-        raise ValueError(
+        raise UserError(
             f"{path}: unreadable trainer state ({type(error).__name__}); the file may be truncated "
             f"or corrupt: restore it or start a new run"
         ) from None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .task import Task
 
 
@@ -56,7 +57,7 @@ class ClassificationTask(Task):
             all_logits.append(self.evaluate_logits(model, batch).float().cpu())
             all_labels.append(batch["labels"].cpu())
         if not all_logits:
-            raise ValueError("evaluation data is empty")
+            raise UserError("evaluation data is empty")
         return torch.cat(all_logits), torch.cat(all_labels)
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:

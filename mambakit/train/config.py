@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..jsonfiles import load_json_object
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,9 +36,7 @@ class EvalConfig:
             _check_int(name, getattr(self, name), minimum)
         for name, choices in (("precision", PRECISIONS), ("device", DEVICES)):
             if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"eval config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
+                raise UserError(f"eval config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class TrainConfig:
                 self, "seq_len_warmup", tuple((int(step), int(length)) for step, length in self.seq_len_warmup)
             )
         except (TypeError, ValueError):
-            raise ValueError(
+            raise UserError(
                 f"train config: betas must be two numbers and seq_len_warmup a list of [step, "
                 f"max_length] pairs, got {self.betas!r} and {self.seq_len_warmup!r}"
             ) from None
@@ -126,7 +125,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         if self.max_steps is None and self.epochs is None:
-            raise ValueError("train config: set max_steps or epochs (or both: the first reached ends the run)")
+            raise UserError("train config: set max_steps or epochs (or both: the first reached ends the run)")
         for name in ("lr", "weight_decay", "max_grad_norm"):
             # The optimizer keeps them in fp32 tensors: far beyond any sensible value, below fp32's overflow.
             _check_number(name, getattr(self, name), 0.0, 1e30)
@@ -134,19 +133,19 @@ class TrainConfig:
             _check_number(name, getattr(self, name), 0.0, 1.0)
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.ema_decay == 1.0:
-            raise ValueError("train config: ema_decay must be below 1 (1 would never move the average); 0 is off")
+            raise UserError("train config: ema_decay must be below 1 (1 would never move the average); 0 is off")
         if self.warmup_steps and self.warmup_ratio:
-            raise ValueError("train config: give warmup_steps or warmup_ratio, not both")
+            raise UserError("train config: give warmup_steps or warmup_ratio, not both")
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
-            raise ValueError(f"train config: betas must be two numbers in [0, 1), got {list(self.betas)}")
+            raise UserError(f"train config: betas must be two numbers in [0, 1), got {list(self.betas)}")
         for name, choices in (("precision", PRECISIONS), ("device", DEVICES), ("distributed", DISTRIBUTED)):
             if getattr(self, name) not in choices:
-                raise ValueError(
+                raise UserError(
                     f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
         for name in ("grad_checkpointing", "resume"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
+                raise UserError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
         self._check_seq_len_warmup()
 
     def _check_seq_len_warmup(self) -> None:
@@ -155,12 +154,12 @@ class TrainConfig:
             return
         steps = [step for step, _ in stages]
         if steps[0] != 0 or any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
-            raise ValueError(
+            raise UserError(
                 f"train config: seq_len_warmup stages must start at step 0 and have increasing "
                 f"steps, got {[list(stage) for stage in stages]}"
             )
         if any(length < 1 for _, length in stages):
-            raise ValueError(
+            raise UserError(
                 f"train config: seq_len_warmup max_length values must be >= 1, got {[list(stage) for stage in stages]}"
             )
 
@@ -204,9 +203,9 @@ class TrainConfig:
         known = [field.name for field in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"train config: unknown keys {unknown}; known keys: {', '.join(known)}")
+            raise UserError(f"train config: unknown keys {unknown}; known keys: {', '.join(known)}")
         if "out_dir" not in data:
-            raise ValueError("train config: out_dir is required")
+            raise UserError("train config: out_dir is required")
         return cls(**data)
 
     @classmethod
@@ -217,10 +216,10 @@ class TrainConfig:
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"train config: {name} must be an integer >= {minimum}, got {value!r}")
+        raise UserError(f"train config: {name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float) -> None:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if not (is_number and math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"train config: {name} must be a number in [{low}, {high}], got {value!r}")
+        raise UserError(f"train config: {name} must be a number in [{low}, {high}], got {value!r}")

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from ..errors import UserError
+
 
 class Task:
     """Collation, loss, evaluation metrics and throughput counting for one kind of training.
@@ -42,7 +44,7 @@ class Task:
         """The scalar training loss of one batch (on the model's device, under autocast)."""
         loss = model(**batch).loss
         if loss is None:
-            raise ValueError(
+            raise UserError(
                 f"the model returned no loss for a batch with keys {sorted(batch)}; give the batch "
                 f"labels or override Task.compute_loss"
             )
@@ -60,7 +62,7 @@ class Task:
             total += float(self.compute_loss(model, batch)) * tokens
             weight += tokens
         if weight == 0:
-            raise ValueError("evaluation data is empty: it gave no batch (or no tokens)")
+            raise UserError("evaluation data is empty: it gave no batch (or no tokens)")
         return {"loss": total / weight}
 
     def count_tokens(self, batch: dict[str, Tensor]) -> int:
@@ -88,7 +90,7 @@ class Task:
         """
         reference = batch.get("input_ids", batch.get("inputs_embeds"))
         if reference is None:
-            raise ValueError(
+            raise UserError(
                 "Task.crop: the batch has neither input_ids nor inputs_embeds to tell the sequence "
                 "length; override crop to use seq_len_warmup"
             )

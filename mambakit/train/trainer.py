@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ..errors import MambakitError, UserError
 from ..models import load_model
 from ..models.protocol import TrainableModel, is_trainable
 from ..models.registry import architecture_class
@@ -71,7 +72,7 @@ LAST, BEST = "last", "best"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MambakitError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite; training stopped before the optimizer step and
     wrote no checkpoint, so out_dir/last still holds the last good one."""
 
@@ -378,7 +379,7 @@ class _Trainer:
             self.core, exempt, config, self.total_steps, optimizer_factory, schedule_factory
         )
         if config.ema_decay and self.sharded:
-            raise ValueError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
+            raise UserError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
         if state is None:
             seed = derive_seed(config.seed, distributed.rank)
@@ -408,14 +409,14 @@ class _Trainer:
         config, world_size = self.config, self.dist.world_size
         if self.streaming:
             if config.max_steps is None:
-                raise ValueError(
+                raise UserError(
                     "train_data is a stream (IterableDataset) of unknown length: set max_steps, which "
                     "sizes the learning-rate schedule (epochs can still end the run earlier)"
                 )
             return None, config.max_steps
         steps_per_epoch = len(self.train_data) // world_size // self.step_examples
         if steps_per_epoch == 0:
-            raise ValueError(
+            raise UserError(
                 f"train_data has {len(self.train_data)} examples, fewer than one step takes "
                 f"(batch_size x grad_accum_steps x processes = {self.step_examples * world_size})"
             )
@@ -432,13 +433,13 @@ class _Trainer:
         self.dist.barrier()
         if not self.config.resume:
             if last.exists():
-                raise ValueError(
+                raise UserError(
                     f"{self.out_dir} already holds a training checkpoint (last/): continue it with "
                     f"resume (--resume), or choose another out_dir (--out)"
                 )
             return None
         if not (last / TRAINER_STATE_NAME).is_file():
-            raise ValueError(
+            raise UserError(
                 f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
                 f"start without resume (--resume)"
             )
@@ -463,7 +464,7 @@ class _Trainer:
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"{self.out_dir / LAST} was saved without ema_decay; resume it without ema_decay")
+                raise UserError(f"{self.out_dir / LAST} was saved without ema_decay; resume it without ema_decay")
             self.ema.load(state["ema"])
         self.saved_step = self.step
         rng = state["rng"]
@@ -540,7 +541,7 @@ class _Trainer:
                 clock = time.perf_counter()
             if self.streaming:  # the stream ran out: the epoch is over
                 if steps_this_epoch == 0 and self.examples == 0:
-                    raise ValueError(
+                    raise UserError(
                         f"train_data gave fewer examples than one step takes (batch_size x "
                         f"grad_accum_steps x processes = {self.step_examples * self.dist.world_size})"
                     )
@@ -659,7 +660,7 @@ class _Trainer:
     def _improves(self, metrics: dict[str, float]) -> bool:
         name = self.task.primary_metric
         if name not in metrics:
-            raise ValueError(
+            raise UserError(
                 f"Task.evaluate returned no {name!r} (the task's primary_metric); it returned "
                 f"{', '.join(sorted(metrics))}"
             )
