@@ -22,6 +22,7 @@ import typer
 
 from .domains import RUN_RECORD_NAME, Domain, NoOptions, RunOptions, RunRecord, TaskInputs, load_checkpoint
 from .errors import UserError
+from .validation import check_values, checked_value
 
 DataOption = Annotated[
     list[Path] | None,
@@ -92,14 +93,45 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(
                 f"{path}: not a text config file (invalid UTF-8 at byte {error.start}); give a YAML or JSON file"
             ) from None
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer of more digits than Python converts
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UserError(f"{path}: not valid YAML ({first_line})") from None
     if data is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
         raise UserError(f"{path}: expected a mapping of option names to values")
     return data
+
+
+def _option_bounds(options_class: type, name: str) -> tuple[float | None, float | None, str]:
+    """(min, max, flag) of the domain option `name`, from its typer.Option."""
+    hint = typing.get_type_hints(options_class, include_extras=True)[name]
+    for info in typing.get_args(hint)[1:]:
+        if isinstance(info, typer.models.OptionInfo):
+            flags = [flag for flag in (info.param_decls or ()) if flag.startswith("--")]
+            return info.min, info.max, flags[0] if flags else "--" + name.replace("_", "-")
+    return None, None, "--" + name.replace("_", "-")
+
+
+def _checked_file_values(config: Path, values: dict[str, Any], options_class: type) -> dict[str, Any]:
+    """The --config file's values, each checked against its option's type (a quoted "false" is a string, not
+    false; a number or a mapping is no --data path) and the domain's options against their flags' bounds, which
+    typer checks only on the command line. `data` may be one path or a list; it becomes a list."""
+    where = str(config)
+    common = {f.name for f in dataclasses.fields(RunOptions)}
+    checked = check_values({k: v for k, v in values.items() if k not in common}, options_class, where)
+    for name, value in checked.items():
+        low, high, flag = _option_bounds(options_class, name)
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if is_number and ((low is not None and value < low) or (high is not None and value > high)):
+            bounds = " to ".join(str(bound) for bound in (low, high) if bound is not None)
+            kind = "at least" if high is None else "at most" if low is None else "in"
+            raise UserError(f"{where}: {name} must be {kind} {bounds} (as {flag}), got {value!r}")
+    if "data" in values:
+        data = checked_value("data", values["data"], Path | list[Path], where)
+        values = {**values, "data": data if isinstance(data, list) else [data]}
+    checked.update(check_values(values, RunOptions, where))
+    return checked
 
 
 def _given(value: Any) -> bool:
@@ -115,8 +147,9 @@ def resolve_run_options(
     **flags: Any,
 ) -> tuple[RunOptions, Any]:
     """Merge the --config file (if any) with the flags, for the common options and the domain's own
-    (`options_class`); flags that were given win. Unknown keys in the file, an unknown preset or device, a
-    missing --data path are UserErrors."""
+    (`options_class`); flags that were given win. Unknown keys in the file, its values of the wrong type (or, for
+    the domain's options, outside their flags' bounds), an unknown preset or device, a missing --data path are
+    UserErrors naming the file and key."""
     common = {f.name for f in dataclasses.fields(RunOptions)}
     own = {f.name for f in dataclasses.fields(options_class)}
     merged: dict[str, Any] = {}
@@ -126,13 +159,9 @@ def resolve_run_options(
         unknown = set(from_file) - common - own
         if unknown:
             raise UserError(f"{config}: unknown keys {sorted(unknown)}; known keys: {', '.join(sorted(common | own))}")
+        from_file = _checked_file_values(config, from_file, options_class)
         merged.update({key: value for key, value in from_file.items() if key in common})
     merged.update({key: value for key, value in flags.items() if _given(value)})
-    if "data" in merged:
-        data = merged["data"]
-        merged["data"] = [Path(p) for p in (data if isinstance(data, list) else [data])]
-    if merged.get("out") is not None:
-        merged["out"] = Path(merged["out"])
     if merged.get("preset", "tiny") not in presets:
         raise UserError(f"unknown preset {merged['preset']!r}; choose one of {', '.join(presets)}")
     if merged.get("device", "auto") not in DEVICES:
@@ -141,9 +170,6 @@ def resolve_run_options(
     seed = merged.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise UserError(f"--seed must be an integer in 0..2^63-1 (torch's seed range), got {seed!r}")
-    for section in ("model", "train"):
-        if not isinstance(merged.get(section, {}), dict):
-            raise UserError(f"{config}: `{section}:` must be a mapping of {section} settings")
     for path in merged.get("data", []):
         check_data_source(path)
     # A key that is also a common option (vision's --model beside the file's `model:` section) is the common one.

@@ -20,9 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.errors import UserError
-from mambakit.models import ModelOutput, register_architecture, register_config
+from mambakit.models import MambaConfig, ModelOutput, register_architecture, register_config
 from mambakit.models.heads import next_token_loss
 from mambakit.nn import PooledUNet, UNetState, no_weight_decay_names, pool_sequence
+from mambakit.validation import (
+    FACTOR_LIMIT,
+    LAYER_LIMIT,
+    STATE_LIMIT,
+    VOCAB_LIMIT,
+    WIDTH_LIMIT,
+    check_fields,
+    check_sizes,
+)
 
 from .data import DEFAULT_SAMPLE_RATE, ENCODINGS, MU_LAW_VARIANT
 
@@ -51,19 +60,19 @@ class AudioConfig:
     """Which mu-law: torchaudio's fixed-scale one (no per-clip normalisation, mu = 255)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pools", tuple(self.pools))
-        object.__setattr__(self, "selective", tuple(self.selective))
+        check_fields(self)
         for name in ("d_model", "n_layers", "expand", "d_state", "vocab_size", "sample_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
+            if getattr(self, name) < 1:
+                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if any(pool < 1 for pool in self.pools):
+            raise UserError(f"config: pools must be positive integers, got {list(self.pools)}")
         if len(self.selective) != len(self.pools) + 1:
             raise UserError(
                 f"config: selective needs {len(self.pools) + 1} values (one per level), got {list(self.selective)}"
             )
         if self.encoding not in ENCODINGS:
             raise UserError(f"config: encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if self.num_classes < 0:
             raise UserError(f"config: num_classes must be an integer >= 0, got {self.num_classes!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,13 +80,59 @@ class AudioConfig:
         data["pools"], data["selective"] = list(self.pools), list(self.selective)
         return data
 
+    def estimated_parameters(self) -> int:
+        """Parameters of an AudioLM over this config (embeddings, every level's Mamba blocks, the pooling layers,
+        the LM head), computed without building it, for the sanity limit on configs read from files."""
+        levels = len(self.pools) + 1
+        widths = [self.d_model * self.expand**level for level in range(levels)]
+        total = self.d_model * (2 * self.vocab_size + self.num_classes + 1)  # embeddings, LM head, final norm
+        for level, (width, selective) in enumerate(zip(widths, self.selective, strict=True)):
+            # The U-Net's blocks are mambakit's default Mamba blocks; a one-layer backbone without embedding
+            # counts one of them plus its final norm.
+            block = (
+                MambaConfig(
+                    d_model=width, n_layer=1, vocab_size=0, d_state=self.d_state, selective=selective
+                ).estimated_parameters()
+                - width
+            )
+            stages = 1 if level == levels - 1 else 2  # the centre, or a level's down and up stages
+            total += stages * self.n_layers * block
+        for pool, fine, coarse in zip(self.pools, widths, widths[1:], strict=False):
+            total += (pool * fine * coarse + coarse) + (coarse * pool * fine + pool * fine)  # DownPool, UpPool
+        return total
+
+    def check_size_limits(self) -> None:
+        """Refuse sizes above the sanity limits (`mambakit.validation.check_sizes`), before anything is built."""
+        blocks = self.n_layers * (2 * len(self.pools) + 1)
+        check_sizes(
+            {
+                "d_model": (self.d_model, WIDTH_LIMIT),
+                "n_layers": (self.n_layers, LAYER_LIMIT),
+                "the block count n_layers * (2 * len(pools) + 1)": (blocks, LAYER_LIMIT),
+                "pools": (self.pools, FACTOR_LIMIT),
+                "expand": (self.expand, FACTOR_LIMIT),
+                "the centre's width d_model * expand ** len(pools)": (
+                    self.d_model * self.expand ** len(self.pools),
+                    WIDTH_LIMIT,
+                ),
+                "d_state": (self.d_state, STATE_LIMIT),
+                "vocab_size": (self.vocab_size, VOCAB_LIMIT),
+                "num_classes": (self.num_classes, VOCAB_LIMIT),
+            },
+            self.estimated_parameters,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AudioConfig:
+        """Build from `to_dict`'s output, as read from a file: unknown keys, values of the wrong type and sizes
+        above the sanity limits (`check_size_limits`) raise ValueError naming the key."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**data)
+        config = cls(**data)
+        config.check_size_limits()
+        return config
 
 
 class _AudioModel(nn.Module):

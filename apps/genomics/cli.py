@@ -4,7 +4,6 @@ genomics` and `mambakit eval genomics` from the tasks and options declared here;
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,8 @@ from mambakit.cli_support import (
 )
 from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
 from mambakit.errors import UserError
+from mambakit.jsonfiles import read_json_object
+from mambakit.validation import checked_value
 
 from .models import DOMAIN_NAME, GenomicsMambaConfig, create_model
 from .tasks import ClassifyTask, MlmTask, PretrainTask
@@ -192,14 +193,23 @@ def read_legacy_record(checkpoint: Path, model: Any) -> RunRecord | None:
     path = checkpoint / LEGACY_RECORD
     if not path.is_file():
         return None
-    try:
-        legacy = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: unreadable ({error}); restore it from a copy") from None
-    if legacy.get("classes") and getattr(model, "labels", ()) is None:
-        model.labels = tuple(legacy["classes"])
-    options = {"seq_len": legacy.get("seq_len"), "conjoin": bool(legacy.get("conjoin", False))}
-    return RunRecord(DOMAIN_NAME, legacy.get("task", "classify"), options, legacy.get("seed", 0))
+    legacy = read_json_object(path, "legacy run record")
+    where = str(path)
+    classes = checked_value("classes", legacy.get("classes"), list[str] | None, where)
+    if classes and getattr(model, "labels", ()) is None:
+        num_labels = getattr(model, "num_labels", len(classes))
+        if len(classes) != num_labels:
+            raise UserError(
+                f"{path}: classes lists {len(classes)} names, but the model has {num_labels} classes; restore the "
+                f"checkpoint's {LEGACY_RECORD}"
+            )
+        model.labels = tuple(classes)
+    options = {
+        "seq_len": checked_value("seq_len", legacy.get("seq_len"), int | None, where),
+        "conjoin": checked_value("conjoin", legacy.get("conjoin", False), bool, where),
+    }
+    task = checked_value("task", legacy.get("task", "classify"), str, where)
+    return RunRecord(DOMAIN_NAME, task, options, checked_value("seed", legacy.get("seed", 0), int, where))
 
 
 def predict(

@@ -48,9 +48,7 @@ class GenomicsMambaConfig(MambaConfig):
     """Token id -> id of its complement (an involution over vocab_size ids), for rc_equivariant models."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.rc_equivariant, bool):
-            raise UserError(f"config: rc_equivariant must be true or false, got {self.rc_equivariant!r}")
+        super().__post_init__()  # checks every field's type, these ones too
         self._check_complement_map()
 
     def _check_complement_map(self) -> None:
@@ -58,12 +56,8 @@ class GenomicsMambaConfig(MambaConfig):
             if self.rc_equivariant:
                 raise UserError("config: rc_equivariant needs complement_map (token id -> id of its complement)")
             return
-        # JSON gives a list; a tuple keeps the frozen config hashable and equal after a round trip.
-        object.__setattr__(self, "complement_map", tuple(self.complement_map))
         mapping = self.complement_map
-        if len(mapping) != self.vocab_size or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(mapping) for i in mapping
-        ):
+        if len(mapping) != self.vocab_size or not all(0 <= i < len(mapping) for i in mapping):
             raise UserError(
                 f"config: complement_map must list one token id in [0, vocab_size) for each of the "
                 f"{self.vocab_size} ids, got {list(mapping)}"

@@ -110,7 +110,12 @@ class DNATokenizer:
             data: Any = json.loads(text)
         except json.JSONDecodeError as error:
             raise UserError(f"{source}: not valid JSON ({error})") from None
-        kind = data.get("type") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise UserError(
+                f"{source}: expected a JSON object (the genomics tokenizer), got a JSON {type(data).__name__}; "
+                f"restore the checkpoint's tokenizer.json"
+            )
+        kind = data.get("type")
         if kind != TOKENIZER_TYPE:
             raise UserError(
                 f"{source}: tokenizer type {kind!r} is not {TOKENIZER_TYPE!r}; is this a genomics checkpoint?"

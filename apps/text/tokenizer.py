@@ -43,10 +43,12 @@ class ByteTokenizer:
         return json.dumps({"kind": self.kind}) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> ByteTokenizer:
-        data = json.loads(text)
-        if data.get("kind") != "bytes":
-            raise UserError(f"tokenizer.json: kind {data.get('kind')!r} is not a byte tokenizer")
+    def from_json(cls, text: str, source: str = "tokenizer.json") -> ByteTokenizer:
+        """Read `to_json`'s output; anything else is a one-line UserError naming `source`."""
+        data = _parse(text, source)
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind != "bytes":
+            raise UserError(f'{source}: {_kind_of(data)} is not mambakit\'s byte tokenizer ({{"kind": "bytes"}})')
         return cls()
 
 
@@ -159,14 +161,27 @@ def _tokenizers() -> Any:
 Tokenizer = ByteTokenizer | HFTokenizer
 
 
-def load_tokenizer(text: str, source: str) -> Tokenizer:
-    """The tokenizer a checkpoint's tokenizer.json holds: mambakit's byte tokenizer or a Hugging Face one."""
+def _parse(text: str, source: str) -> Any:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _kind_of(data: Any) -> str:
+    if isinstance(data, dict):
+        return f"kind {data.get('kind')!r}"
+    return f"a JSON {type(data).__name__} (not an object)"
+
+
+def load_tokenizer(text: str, source: str) -> Tokenizer:
+    """The tokenizer a checkpoint's tokenizer.json holds: mambakit's byte tokenizer or a Hugging Face one."""
+    data = _parse(text, source)
     if isinstance(data, dict) and data.get("kind") == "bytes":
         return ByteTokenizer()
     if isinstance(data, dict) and "model" in data:
         return HFTokenizer.from_json(text, source)
-    raise UserError(f"{source}: neither mambakit's byte tokenizer nor a Hugging Face tokenizer.json")
+    raise UserError(
+        f"{source}: neither mambakit's byte tokenizer nor a Hugging Face tokenizer.json ({_kind_of(data)}); "
+        f"restore the checkpoint's tokenizer.json"
+    )

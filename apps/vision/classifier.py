@@ -17,11 +17,14 @@ from torch import Tensor, nn
 
 from mambakit.errors import UserError
 from mambakit.models import ModelOutput, register_architecture, register_config
+from mambakit.validation import LAYER_LIMIT, VOCAB_LIMIT, WIDTH_LIMIT, check_fields, check_sizes
 
 from . import models as _vmamba_models  # noqa: F401 - registers the vmamba_* names with timm
 
 DOMAIN_NAME = "vision"
 _BLOCK_NAME = re.compile(r"(.*\.)?blocks\.\d+|layer\d+\.\d+")
+#: The training resolution: one image of 16384^2 pixels is 3 GiB as float32 already.
+IMAGE_SIZE_LIMIT = 16384
 
 
 @register_config("mambakit-vision", domain=DOMAIN_NAME)
@@ -38,12 +41,42 @@ class VisionConfig:
     """Further `timm.create_model` kwargs (drop_rate, drop_path_rate, ...)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.model_name not in timm.list_models(self.model_name):
             raise UserError(f"config: timm has no model {self.model_name!r} (see timm.list_models())")
         for name in ("num_classes", "in_chans", "img_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
+            if getattr(self, name) < 1:
+                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """The `timm.create_model` keyword arguments of this config (besides the model name)."""
+        return {**self.model_kwargs, "num_classes": self.num_classes, "in_chans": self.in_chans}
+
+    def estimated_parameters(self) -> int:
+        """Parameters of the timm model, counted on a copy built on the meta device (which allocates nothing);
+        0 when the model cannot be built there."""
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(self.model_name, **self.timm_kwargs())
+        except (RuntimeError, NotImplementedError):  # a model whose construction reads tensor values
+            return 0
+        return sum(parameter.numel() for parameter in model.parameters())
+
+    def check_size_limits(self) -> None:
+        """Refuse sizes above the sanity limits (`mambakit.validation.check_sizes`) before anything is built: the
+        fields, every integer in model_kwargs (a width at most), the total of its depth entries and the parameter
+        count."""
+        sizes: dict[str, tuple[Any, int]] = {
+            "num_classes": (self.num_classes, VOCAB_LIMIT),
+            "in_chans": (self.in_chans, WIDTH_LIMIT),
+            "img_size": (self.img_size, IMAGE_SIZE_LIMIT),
+        }
+        for key, value in self.model_kwargs.items():
+            sizes[f"model_kwargs.{key}"] = (value, WIDTH_LIMIT)
+            if "depth" in key and isinstance(value, int | list | tuple):
+                depths = [value] if isinstance(value, int) else [item for item in value if isinstance(item, int)]
+                sizes[f"the layer count of model_kwargs.{key}"] = (sum(depths), LAYER_LIMIT)
+        check_sizes(sizes, self.estimated_parameters)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON data."""
@@ -51,12 +84,15 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
-        """Build from `to_dict`'s output; unknown keys raise ValueError."""
+        """Build from `to_dict`'s output, as read from a file: unknown keys, values of the wrong type and sizes
+        above the sanity limits (`check_size_limits`) raise ValueError naming the key."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**data)
+        config = cls(**data)
+        config.check_size_limits()
+        return config
 
 
 @register_architecture(domain=DOMAIN_NAME)
@@ -71,7 +107,7 @@ class ImageClassifier(nn.Module):
             raise UserError(f"labels must name each of the {config.num_classes} classes, got {list(labels)}")
         self.config = config
         self.labels = None if labels is None else tuple(labels)
-        kwargs: dict[str, Any] = {**config.model_kwargs, "num_classes": config.num_classes, "in_chans": config.in_chans}
+        kwargs = config.timm_kwargs()
         if pretrained_file is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": pretrained_file})
         self.model = timm.create_model(config.model_name, **kwargs)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from ..errors import MambakitError, UserError, first_line
 from ..jsonfiles import read_json_file
+from ..validation import checked_value
 from .config import CONFIG_VERSION, META_KEYS, V1_MOVED_FIELDS, MambaConfig
 from .heads import MambaLMHeadModel
 from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LORA_EXTRA, adapter_files, has_lora
@@ -275,10 +277,27 @@ def _build_model(
         raise CheckpointError(f"{config_path}: {error}") from None
     if not isinstance(head, dict):
         raise CheckpointError(f"{config_path}: 'head' must be a JSON object of head arguments, got {head!r}")
+    head = _checked_head(config_path, cls, head)
     try:
         return cls.from_config(config, head, scan_backend=scan_backend, device=device, dtype=dtype)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: cannot build {architecture} with head {head}: {error}") from None
+
+
+def _checked_head(config_path: Path, cls: Any, head: dict[str, Any]) -> dict[str, Any]:
+    """The head arguments, each checked against the type the architecture's constructor declares for it (a
+    quoted number of labels, say, is refused by name); arguments it does not declare are left to the constructor."""
+    try:
+        declared = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # annotations that name what the module imports only for type checkers
+        return head
+    try:
+        return {
+            key: checked_value(f"head.{key}", value, declared[key], str(config_path)) if key in declared else value
+            for key, value in head.items()
+        }
+    except UserError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:

@@ -7,13 +7,23 @@ Hugging Face `MambaConfig` (hidden_size, state_size, ...). Imports neither torch
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import UserError
 from ..jsonfiles import load_json_object
+from ..validation import (
+    FACTOR_LIMIT,
+    LAYER_LIMIT,
+    STATE_LIMIT,
+    VOCAB_LIMIT,
+    WIDTH_LIMIT,
+    check_fields,
+    check_sizes,
+    checked_value,
+    field_types,
+)
 from .registry import register_config
 
 #: Keys a checkpoint's config.json carries beside the architecture (written by mambakit.models.checkpoint).
@@ -64,26 +74,31 @@ def _attention_fields(attn_cfg: dict[str, Any] | None, data: dict[str, Any]) -> 
     KV heads, partial or interleaved rotary, a conv before attention, a fused MLP) is a ValueError."""
     if not attn_cfg:
         return {}
-    cfg = dict(attn_cfg)
+    cfg = dict(checked_value("attn_cfg", attn_cfg, dict[str, Any]))
     for key, value in _ATTN_CFG_FIXED.items():
         if key in cfg and cfg.pop(key) != value:
             raise UserError(f"config: attn_cfg.{key} = {attn_cfg[key]!r} is not supported (mambakit: {value!r})")
-    heads = int(cfg.pop("num_heads", 8))
-    head_dim = int(cfg.pop("head_dim", 0) or data.get("d_model", 768) // heads)
-    if int(cfg.pop("num_heads_kv", 0) or heads) != heads:
+
+    def take(key: str, annotation: Any, default: Any) -> Any:
+        return checked_value(f"attn_cfg.{key}", cfg.pop(key, default), annotation)
+
+    d_model = checked_value("d_model", data.get("d_model", 768), int)
+    heads = take("num_heads", int, 8)
+    head_dim = take("head_dim", int | None, None) or d_model // max(heads, 1)
+    if (take("num_heads_kv", int | None, None) or heads) != heads:
         raise UserError("config: attn_cfg.num_heads_kv != num_heads (grouped KV heads) is not supported")
-    if head_dim * heads != data.get("d_model", 768):
+    if head_dim * heads != d_model:
         raise UserError("config: attn_cfg.head_dim * num_heads must equal d_model")
-    rotary = int(cfg.pop("rotary_emb_dim", 0))
+    rotary = take("rotary_emb_dim", int, 0)
     if rotary not in (0, head_dim):
         raise UserError(f"config: attn_cfg.rotary_emb_dim {rotary} is not supported: 0 or the head dim ({head_dim})")
-    biases = {bool(cfg.pop("qkv_proj_bias", True)), bool(cfg.pop("out_proj_bias", True))}
+    biases = {take("qkv_proj_bias", bool, True), take("out_proj_bias", bool, True)}
     if len(biases) != 1:
         raise UserError("config: attn_cfg.qkv_proj_bias and out_proj_bias must be equal")
     fields_out = {
         "attn_num_heads": heads,
         "attn_positions": "rope" if rotary else "none",
-        "attn_rope_base": float(cfg.pop("rotary_emb_base", 10000.0)),
+        "attn_rope_base": take("rotary_emb_base", float, 10000.0),
         "attn_bias": biases.pop(),
     }
     if cfg:
@@ -162,6 +177,7 @@ class MambaConfig:
     """Biases in the attention projections (mamba-ssm's qkv_proj_bias and out_proj_bias)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in (
             "d_model",
             "n_layer",
@@ -171,25 +187,20 @@ class MambaConfig:
             "pad_vocab_size_multiple",
             "max_position_embeddings",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"config: {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
+            if getattr(self, name) < 1:
+                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.vocab_size < 0:
             raise UserError(f"config: vocab_size must be an integer >= 0 (0: no embedding), got {self.vocab_size!r}")
-        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+        if self.dt_rank != "auto" and (isinstance(self.dt_rank, str) or self.dt_rank < 1):
             raise UserError(f"config: dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if self.dt_init not in ("random", "constant"):
             raise UserError(f"config: dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise UserError(f"config: need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
-        for name in ("bidirectional", "bidirectional_weight_tie"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"config: {name} must be true or false, got {getattr(self, name)!r}")
-        object.__setattr__(self, "attn_layer_idx", tuple(self.attn_layer_idx))
-        if not isinstance(self.d_intermediate, int) or self.d_intermediate < 0:
+        if self.d_intermediate < 0:
             raise UserError(f"config: d_intermediate must be an integer >= 0, got {self.d_intermediate!r}")
         layers = self.attn_layer_idx
-        if any(not isinstance(i, int) or not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
+        if any(not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
             raise UserError(
                 f"config: attn_layer_idx must hold distinct layer indices in 0..{self.n_layer - 1}, got {list(layers)}"
             )
@@ -224,7 +235,7 @@ class MambaConfig:
     @property
     def resolved_dt_rank(self) -> int:
         """Rank of the delta projection: ceil(d_model / 16) when 'auto'."""
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+        return -(-self.d_model // 16) if self.dt_rank == "auto" else int(self.dt_rank)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -236,15 +247,66 @@ class MambaConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
+    def estimated_parameters(self) -> int:
+        """Parameters of a language model over this config: the embedding (and the LM head when untied), every
+        layer's mixer, norms and MLP, the final norm. Computed without building anything, for the sanity limit on
+        configs read from files (`from_dict`); exact for mambakit's MambaLMHeadModel up to the MLP width's
+        rounding."""
+        d_model, d_inner, d_state = self.d_model, self.d_inner, self.d_state
+        norm = d_model if self.rms_norm else 2 * d_model
+        in_out = 3 * d_inner * d_model + (2 * d_inner + d_model if self.bias else 0)
+        scan = (
+            d_inner * (self.resolved_dt_rank + 2 * d_state) + self.resolved_dt_rank * d_inner + d_inner
+            if self.selective
+            else 2 * d_inner * d_state + d_inner
+        )
+        per_direction = d_inner * self.d_conv + (d_inner if self.conv_bias else 0) + scan + d_inner * d_state + d_inner
+        if self.bidirectional:
+            mamba = (in_out if self.bidirectional_weight_tie else 2 * in_out) + 2 * per_direction
+        else:
+            mamba = in_out + per_direction
+        attention = 4 * d_model * d_model + (4 * d_model if self.attn_bias else 0)
+        mlp = 3 * d_model * self.d_intermediate + norm if self.d_intermediate else 0
+        attention_layers = len(self.attn_layer_idx)
+        layers = (self.n_layer - attention_layers) * mamba + attention_layers * attention + self.n_layer * (norm + mlp)
+        embedding = self.padded_vocab_size * d_model * (1 if self.tie_embeddings else 2)
+        positions = (
+            self.max_position_embeddings * d_model if attention_layers and self.attn_positions == "learned" else 0
+        )
+        return embedding + positions + layers + norm
+
+    def check_size_limits(self) -> None:
+        """Refuse sizes above the sanity limits (`mambakit.validation.check_sizes`), before anything is built."""
+        limits = {
+            "d_model": WIDTH_LIMIT,
+            "n_layer": LAYER_LIMIT,
+            "vocab_size": VOCAB_LIMIT,
+            "pad_vocab_size_multiple": VOCAB_LIMIT,
+            "d_state": STATE_LIMIT,
+            "d_conv": FACTOR_LIMIT,
+            "expand": FACTOR_LIMIT,
+            "dt_rank": WIDTH_LIMIT,
+            "d_intermediate": 4 * WIDTH_LIMIT,
+            "max_position_embeddings": VOCAB_LIMIT,
+        }
+        check_sizes({name: (getattr(self, name), limit) for name, limit in limits.items()}, self.estimated_parameters)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
-        """Build from mambakit, state-spaces or Hugging Face config keys. Unknown keys raise ValueError."""
-        data = dict(data)
+        """Build from mambakit, state-spaces or Hugging Face config keys, as read from a file: every value is
+        checked against its field's type, and sizes against the sanity limits (`check_size_limits`). Unknown keys,
+        wrong types and sizes above the limits raise ValueError naming the key."""
+        config = cls._from_data(dict(data))
+        config.check_size_limits()
+        return config
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any]) -> MambaConfig:
         if data.get("model_type") == "mamba" or "hidden_size" in data:
             return cls._from_hf(data)
         for key in META_KEYS:
             data.pop(key, None)
-        ssm_cfg = dict(data.pop("ssm_cfg", None) or {})
+        ssm_cfg = dict(checked_value("ssm_cfg", data.pop("ssm_cfg", None), dict[str, Any] | None) or {})
         layer = ssm_cfg.pop("layer", "Mamba1")
         if layer != "Mamba1":
             raise UserError(f"config: ssm_cfg.layer {layer!r} is not supported; mambakit builds Mamba1 layers")
@@ -272,9 +334,16 @@ class MambaConfig:
         activation = data.get("hidden_act", "silu")
         if activation not in ("silu", "swish"):
             raise UserError(f"config: hidden_act {activation!r} is not supported; Mamba uses silu")
-        mapped = {ours: data[theirs] for theirs, ours in _HF_KEYS.items() if theirs in data}
-        if isinstance(mapped.get("eos_token_id"), list):
-            mapped["eos_token_id"] = mapped["eos_token_id"][0]
+        eos = data.get("eos_token_id")
+        if isinstance(eos, list):  # transformers allows several; generation stops at the first
+            data = {**data, "eos_token_id": eos[0] if eos else None}
+        types_of = field_types(cls)
+        # Checked under their Hugging Face names, which are the ones in the user's file.
+        mapped = {
+            ours: checked_value(theirs, data[theirs], types_of[ours])
+            for theirs, ours in _HF_KEYS.items()
+            if theirs in data
+        }
         # Hugging Face checkpoints store the vocabulary already padded (or not at all): keep it as it is.
         return cls(**mapped, pad_vocab_size_multiple=1)
 
