@@ -28,8 +28,6 @@ class ScanShape:
     d_state: int
     groups: int
     """Channel groups sharing the per-step B and/or C; 0 when both are time-invariant (dim, N)."""
-    variable_B: bool
-    variable_C: bool
 
     @property
     def time_invariant(self) -> bool:
@@ -45,9 +43,13 @@ def check_tensors(op: str, tensors: dict[str, object], optional: dict[str, objec
             raise UserError(
                 f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor"
             )
+        if value.is_complex():
+            raise UserError(f"{op}: {name} must be real, got {value.dtype}: complex tensors are not supported")
         if not value.is_floating_point():
-            kind = "real: complex scans are not supported" if value.is_complex() else "a floating-point tensor"
-            raise UserError(f"{op}: {name} must be {kind}, got {value.dtype}")
+            raise UserError(
+                f"{op}: {name} must be a floating-point tensor (float32, bfloat16, float16 or float64), "
+                f"got {value.dtype}"
+            )
     _expect_one_device(op, present)
 
 
@@ -130,7 +132,7 @@ def check_scan_args(
         _expect("z", z, (batch, dim, length), "(batch, dim, L)")
     if initial_state is not None:
         _expect("initial_state", initial_state, (batch, dim, d_state), "(batch, dim, N)")
-    return ScanShape(batch, dim, length, d_state, max(B_groups, C_groups), B_groups > 0, C_groups > 0)
+    return ScanShape(batch, dim, length, d_state, max(B_groups, C_groups))
 
 
 def check_state_update_args(
