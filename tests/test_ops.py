@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import pytest
 import torch
-from scan_cases import CASES, scan_inputs
+from scan_cases import CASES, run_in_triton_interpreter, scan_inputs
 
 from mambakit import ops
-from mambakit.ops.reference import causal_conv1d_ref, selective_scan_ref
+from mambakit.ops.reference import causal_conv1d_ref, selective_scan_ref, selective_state_update_ref
 from mambakit.ops.timing import relative_error
 from mambakit.ops.torch_scan import selective_scan_torch
 
@@ -239,3 +242,168 @@ def test_auto_picks_a_backend_only_for_its_auto_ops(monkeypatch):
     assert ops.resolve_backend("auto", cpu, "selective_scan").name == "scan_only"
     assert ops.resolve_backend("auto", cpu, "selective_state_update").name == "torch"
     assert ops.resolve_backend("scan_only", cpu, "selective_state_update").name == "scan_only"
+
+
+# B and C each in their own layout, as mamba-ssm takes them: one time-invariant (dim, N), the other per step.
+MIXED_LAYOUTS = [
+    ("time_invariant", "shared"),
+    ("shared", "time_invariant"),
+    ("time_invariant", "grouped:3"),
+    ("grouped:2", "time_invariant"),
+]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+triton_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA GPU and triton")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layouts", MIXED_LAYOUTS, ids="B-{0[0]}-C-{0[1]}".format)
+def test_backends_take_a_time_invariant_B_or_C_beside_a_per_step_one(device, layouts):
+    b_layout, c_layout = layouts
+    for backend in usable_backends(device):
+        if backend == "mamba_ssm":
+            continue  # no initial state, no gradient through the last one: test_gpu_backends_take_mixed_layouts
+        inputs = scan_inputs(2, 6, 4, 29, b_layout, c_layout=c_layout, device=device)
+
+        def fn(backend=backend, **kwargs):
+            return ops.selective_scan(**kwargs, backend=backend)
+
+        assert_matches_reference(fn, inputs)
+
+
+def test_the_reference_scans_a_mixed_layout_as_its_per_channel_expansion():
+    """A time-invariant B is the per-step B whose every channel is its own group, constant over time; C in 3 groups
+    is C repeated over each group's 2 channels: the oracle gives the mixed call the expanded call's result."""
+    inputs = scan_inputs(2, 6, 4, 17, "time_invariant", c_layout="grouped:3", seed=4)
+    expanded = {
+        **inputs,
+        "B": inputs["B"][None, :, :, None].expand(2, 6, 4, 17),
+        "C": inputs["C"].repeat_interleave(2, dim=1),
+    }
+    mixed_out, mixed_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    out, last = selective_scan_ref(**expanded, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(mixed_out, out, rtol=1e-13, atol=0)
+    torch.testing.assert_close(mixed_last, last, rtol=1e-13, atol=0)
+
+
+def test_per_step_B_and_C_in_different_group_counts_are_refused():
+    inputs = scan_inputs(2, 8, 4, 10, "grouped:2", c_layout="grouped:4")
+    with pytest.raises(ValueError, match=r"B and C vary per step in different channel groups \(B \(2, 2, 4, 10\), C"):
+        ops.selective_scan(**inputs)
+
+
+def low_precision(inputs: dict, dtype: torch.dtype) -> dict:
+    """The scan's inputs as a Mamba layer feeds them: u, delta, z and a per-step B or C in `dtype`, the rest fp32."""
+    per_step = {"u", "delta", "z"} | {name for name in ("B", "C") if inputs[name].dim() > 2}
+    return {k: v.to(dtype if k in per_step else torch.float32) for k, v in inputs.items()}
+
+
+@pytest.mark.gpu
+@triton_gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda", "mamba_ssm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layouts", MIXED_LAYOUTS, ids="B-{0[0]}-C-{0[1]}".format)
+def test_gpu_backends_take_mixed_layouts(layouts, dtype, backend):
+    """Every GPU backend, in fp32 and bf16: the cuda backend hands mixed layouts to the Triton kernels, mamba_ssm
+    its own kernel (or Triton's, for a time-invariant B beside a C in several groups)."""
+    reason = ops.available_backends("cuda")[backend]
+    if reason is not None:
+        pytest.skip(reason)
+    inputs = scan_inputs(2, 96, 16, 700, layouts[0], c_layout=layouts[1], device="cuda", initial=backend != "mamba_ssm")
+    ref_out, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    grad_out = torch.randn_like(ref_out)
+    _, _, ref_grads = run_with_grads(selective_scan_ref, inputs, torch.float64, grad_out, torch.zeros_like(ref_last))
+    leaves = {k: v.detach().requires_grad_() for k, v in low_precision(inputs, dtype).items()}
+    out = ops.selective_scan(**leaves, delta_softplus=True, backend=backend)
+    grads = torch.autograd.grad((out.double() * grad_out).sum(), list(leaves.values()))
+    tolerance = FP32_TOL if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype and relative_error(out, ref_out) < tolerance
+    for name, grad in zip(leaves, grads, strict=True):
+        assert grad.dtype == leaves[name].dtype, name
+        assert relative_error(grad, ref_grads[name]) < tolerance, f"gradient of {name}"
+
+
+def step_inputs(batch: int, dim: int, d_state: int, groups: int, device: str, seed: int = 0) -> list[torch.Tensor]:
+    """x, dt, A, B, C, D, z, dt_bias of one decode step, fp32 (B, C in `groups` groups, or (batch, N) for 1)."""
+    g = torch.Generator().manual_seed(seed)
+    bc = (batch, groups, d_state) if groups > 1 else (batch, d_state)
+    tensors = [
+        torch.randn(batch, dim, generator=g),
+        torch.randn(batch, dim, generator=g) * 0.5,
+        -torch.rand(dim, d_state, generator=g) - 0.1,
+        torch.randn(*bc, generator=g),
+        torch.randn(*bc, generator=g),
+        torch.randn(dim, generator=g),
+        torch.randn(batch, dim, generator=g),
+        torch.randn(dim, generator=g) * 0.3,
+    ]
+    return [t.to(device) for t in tensors]
+
+
+def check_half_precision_state_step(step, dtype: torch.dtype, device: str) -> None:
+    """A decode step on a state kept in `dtype`: updated in place and stored in `dtype` (within its rounding of the
+    exact new state), y computed in fp32 from the unrounded new state (within 1e-5 of float64)."""
+    inputs = step_inputs(3, 40, 5, 2, device, seed=7)
+    state = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(8)).to(device, dtype)
+    storage = state.data_ptr()
+    exact_state = state.double()
+    exact_y = selective_state_update_ref(exact_state, *(t.double() for t in inputs), dt_softplus=True)
+    y = step(state, *inputs, dt_softplus=True)
+    assert state.dtype == dtype and state.data_ptr() == storage
+    assert relative_error(state, exact_state) < torch.finfo(dtype).eps
+    assert y.dtype == torch.float32 and relative_error(y, exact_y) < FP32_TOL
+
+
+def check_indexed_state_step(step, device: str) -> None:
+    """With state_batch_indices the step updates those rows of a cache: the others are untouched, a negative index
+    (padding) touches nothing and gives 0, the named rows get what a plain step on them gives."""
+    inputs = step_inputs(3, 40, 5, 1, device, seed=9)
+    cache = torch.randn(7, 40, 5, generator=torch.Generator().manual_seed(10)).to(device)
+    before = cache.clone()
+    indices = torch.tensor([4, -1, 0], dtype=torch.int32, device=device)
+    y = step(cache, *inputs, dt_softplus=True, state_batch_indices=indices)
+    rows = before[[4, 0, 0]].double()
+    exact_y = selective_state_update_ref(rows, *(t.double() for t in inputs), dt_softplus=True)
+    assert torch.equal(cache[[1, 2, 3, 5, 6]], before[[1, 2, 3, 5, 6]])
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    assert relative_error(cache[[4, 0]], rows[[0, 2]]) < FP32_TOL
+    assert relative_error(y[[0, 2]], exact_y[[0, 2]]) < FP32_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_state_update_keeps_a_half_precision_state(backend, dtype):
+    check_half_precision_state_step(functools.partial(ops.selective_state_update, backend=backend), dtype, "cpu")
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_state_update_of_cache_rows_named_by_state_batch_indices(backend):
+    check_indexed_state_step(functools.partial(ops.selective_state_update, backend=backend), "cpu")
+
+
+@pytest.mark.gpu
+@triton_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_state_update_keeps_a_half_precision_state(dtype):
+    check_half_precision_state_step(functools.partial(ops.selective_state_update, backend="triton"), dtype, "cuda")
+    check_indexed_state_step(functools.partial(ops.selective_state_update, backend="triton"), "cuda")
+
+
+def interpreter_check_mixed_layouts_and_half_states() -> None:
+    """The Triton kernels in Triton's CPU interpreter (run with TRITON_INTERPRET=1): mixed B/C layouts over several
+    channel blocks and tiles, forward and every gradient; the decode step with fp16/bf16 states and cache rows."""
+    from mambakit.ops.triton_scan import ScanConfig, selective_scan_triton
+    from mambakit.ops.triton_step import selective_state_update_triton
+
+    config = ScanConfig(fwd_block_d=2, fwd_block_l=8, bwd_block_d=2, bwd_block_l=16)
+    for b_layout, c_layout in MIXED_LAYOUTS:
+        inputs = scan_inputs(2, 6, 3, 21, b_layout, c_layout=c_layout, seed=3)
+        assert_matches_reference(functools.partial(selective_scan_triton, config=config), inputs)
+    for dtype in (torch.float16, torch.bfloat16):
+        check_half_precision_state_step(selective_state_update_triton, dtype, "cpu")
+    check_indexed_state_step(selective_state_update_triton, "cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_mixed_layouts_and_half_states_in_triton_interpreter():
+    run_in_triton_interpreter("test_ops", "interpreter_check_mixed_layouts_and_half_states")

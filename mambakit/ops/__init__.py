@@ -1,8 +1,9 @@
 """Selective-scan ops (and the conv, norm and 2-D cross-scan around them): one API, several backends (see
 `backends`), each checked against `reference`.
 
-Shapes follow mamba-ssm: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L), (batch, groups, N, L)
-or (dim, N) for a time-invariant layer; D, delta_bias (dim,); states (batch, dim, N), always fp32 math.
+Shapes follow mamba-ssm: u, delta, z (batch, dim, L); A (dim, N); B, C each (batch, N, L), (batch, groups, N, L)
+or (dim, N) for a time-invariant one; D, delta_bias (dim,); states (batch, dim, N), always fp32 math. Bad
+arguments (a list, an integer tensor, tensors on two devices, a wrong shape) are ValueErrors naming the argument.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .backends import (
     register_backend,
     resolve_backend,
 )
-from .checks import check_scan_args, check_state_update_args
+from .checks import check_scan_args, check_state_update_args, check_tensors
 
 
 def selective_scan(
@@ -38,6 +39,9 @@ def selective_scan(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The selective scan (Mamba's S6): h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, y_t = C_t h_t + D u_t,
     out = y * silu(z). delta gets `delta_bias` added, then softplus when `delta_softplus`.
+
+    B and C are each time-invariant (dim, N) or per step, (batch, N, L) or (batch, groups, N, L), as in mamba-ssm:
+    one may be time-invariant while the other varies; two per-step ones share one group count.
 
     `initial_state` (batch, dim, N) starts the recurrence (zeros by default); with `return_last_state` the
     state after the last step comes back too, differentiable, so a sequence can be scanned in pieces.
@@ -60,13 +64,19 @@ def selective_state_update(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """One recurrent step of the selective scan, O(1) in sequence length. `state` (batch, dim, N), fp32, is
-    updated in place; x, dt, z: (batch, dim); B, C: (batch, N) or (batch, groups, N). Returns (batch, dim)."""
-    check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+    """One recurrent step of the selective scan, O(1) in sequence length. `state` (batch, dim, N) is updated in
+    place in its own dtype: fp32, or fp16/bf16 for a cache of half the memory (the step's math is fp32 either
+    way, as in mamba-ssm), or float64. x, dt, z: (batch, dim); B, C: (batch, N) or (batch, groups, N).
+
+    With `state_batch_indices` (batch,) int32/int64, `state` is a cache of any number of rows and row
+    state_batch_indices[i] is batch element i's state (mamba-ssm's continuous batching); a negative index marks
+    a padding element: no state is touched and its output is 0. Returns (batch, dim) in x's dtype."""
+    check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     implementation = resolve_backend(backend, x.device, "selective_state_update").load("selective_state_update")
-    return implementation(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return implementation(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
 
 
 def _check_conv(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> None:
@@ -92,6 +102,7 @@ def causal_conv1d(
     """Depthwise causal 1-D convolution. x: (batch, dim, L); weight: (dim, width); `initial_states`
     (batch, dim, width-1) are the inputs before x (zeros by default). Returns (batch, dim, L)
     [and the final (batch, dim, width-1) inputs, to continue from]."""
+    check_tensors("causal_conv1d", {"x": x, "weight": weight}, {"bias": bias, "initial_states": initial_states})
     if x.dim() != 3:
         raise UserError(f"x must have shape (batch, dim, L), got {tuple(x.shape)}")
     _check_conv(x, weight, bias, activation)
@@ -118,6 +129,7 @@ def causal_conv1d_update(
 ) -> Tensor:
     """One step of `causal_conv1d`. x: (batch, dim); conv_state (batch, dim, width-1), the last inputs,
     shifted in place to take x. Returns (batch, dim)."""
+    check_tensors("causal_conv1d_update", {"x": x, "conv_state": conv_state, "weight": weight}, {"bias": bias})
     if x.dim() != 2:
         raise UserError(f"x must have shape (batch, dim), got {tuple(x.shape)}")
     _check_conv(x, weight, bias, activation)
@@ -140,6 +152,7 @@ def add_rms_norm(
 ) -> tuple[Tensor, Tensor]:
     """A pre-norm residual block's entry: residual = hidden + residual (hidden alone when residual is None),
     returns (RMSNorm(residual) * weight in weight's dtype, residual [fp32 when residual_in_fp32])."""
+    check_tensors("add_rms_norm", {"hidden": hidden, "weight": weight}, {"residual": residual})
     if weight.shape != hidden.shape[-1:]:
         raise UserError(f"weight must have shape ({hidden.shape[-1]},), got {tuple(weight.shape)}")
     if residual is not None and residual.shape != hidden.shape:
@@ -151,6 +164,7 @@ def add_rms_norm(
 def cross_scan(x: Tensor, backend: str = "auto") -> Tensor:
     """VMamba's 2-D cross-scan: x (batch, dim, H, W) -> (batch, 4, dim, H*W), four 1-D sequences in VMamba's order:
     row-major (l = h*W + w), column-major (l = w*H + h), then each reversed. Differentiable."""
+    check_tensors("cross_scan", {"x": x})
     if x.dim() != 4:
         raise UserError(f"x must have shape (batch, dim, H, W), got {tuple(x.shape)}")
     return resolve_backend(backend, x.device, "cross_scan").load("cross_scan")(x)
@@ -159,6 +173,7 @@ def cross_scan(x: Tensor, backend: str = "auto") -> Tensor:
 def cross_merge(y: Tensor, height: int, width: int, backend: str = "auto") -> Tensor:
     """The inverse direction of `cross_scan` (its adjoint): y (batch, 4, dim, height*width) -> (batch, dim, height,
     width), each position the plain sum of its four directions' values. Differentiable."""
+    check_tensors("cross_merge", {"y": y})
     if y.dim() != 4 or y.shape[1] != 4 or y.shape[3] != height * width:
         raise UserError(f"y must have shape (batch, 4, dim, {height}*{width}), got {tuple(y.shape)}")
     return resolve_backend(backend, y.device, "cross_merge").load("cross_merge")(y, height, width)

@@ -2,8 +2,8 @@
 first use by NVRTC for the GPU at hand (mambakit.ops.nvrtc; no build step, no toolkit).
 
 The forward saves the state at the start of every chunk; the backward kernel rebuilds each chunk from it. The
-cases the kernels do not take yet run on the Triton kernels: time-invariant B/C, float64, L = 0 and more than
-MAX_STATES states.
+cases the kernels do not take yet run on the Triton kernels: a time-invariant B or C (either or both), float64,
+L = 0 and more than MAX_STATES states.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import nvrtc
+from .reference import channel_groups
 
 SOURCE_FILE = Path(__file__).parent / "cuda" / "selective_scan.cu"
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -106,9 +107,13 @@ def _channels_per_cta(dim: int, groups: int) -> int:
     return next(c for c in (CHANNELS, 2, 1) if per_group % c == 0)
 
 
-def _falls_back(tensors: tuple[Tensor | None, ...], B: Tensor, states: int, length: int) -> bool:
+def _falls_back(tensors: tuple[Tensor | None, ...], B: Tensor, C: Tensor, states: int, length: int) -> bool:
+    # The kernels stage a chunk's per-step B and C in shared memory and have no time-invariant path; the Triton
+    # kernels take each of B and C in its own layout, so a mixed call runs there rather than on a (batch, dim, N, L)
+    # expansion of the time-invariant one (dim times the memory of a per-step B).
     return (
         B.dim() == 2
+        or C.dim() == 2
         or length == 0
         or states > MAX_STATES
         or any(t is not None and t.dtype == torch.float64 for t in tensors)
@@ -132,7 +137,7 @@ def selective_scan_cuda(
     (arguments already checked), gradients for every input and through the returned last state."""
     batch, dim, length = u.shape
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if _falls_back(tensors, B, A.shape[1], length):
+    if _falls_back(tensors, B, C, A.shape[1], length):
         from .triton_scan import selective_scan_triton
 
         return selective_scan_triton(
@@ -160,7 +165,7 @@ class _CudaScan(torch.autograd.Function):
         batch, dim, length = u.shape
         states = A.shape[1]
         dtype = u.dtype
-        groups = 1 if B.dim() == 3 else B.shape[1]
+        groups = channel_groups(B, C)
         ctx.input_shapes = (B.shape, C.shape, B.dtype, C.dtype, A.dtype)
         u = _unit_stride(u)
         delta, z = _unit_stride(delta.to(dtype)), None if z is None else _unit_stride(z.to(dtype))

@@ -2,7 +2,8 @@
 
 mamba-ssm's Mamba-1 scan has no initial state (the registry sends such calls elsewhere, see Backend.lacks) and
 does not backpropagate through the last state it returns: that gradient is refused with a message naming the
-backends that can.
+backends that can. Its kernel reads the group count off B, so a time-invariant B with a C in several groups (which
+its reference, and mambakit, accept) runs on the Triton kernels.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ def selective_scan_mamba_ssm(
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba-ssm's selective_scan_fn with mambakit's argument checks already done by the caller."""
+    if B.dim() == 2 and C.dim() == 4 and C.shape[1] > 1:
+        from .triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None, return_last_state)
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     # Its kernels take any batch/channel strides with unit-stride steps (selective_scan_fn copies others) and
-    # want (dim, N) B/C in fp32 like A.
-    if B.dim() == 2:
-        B, C = B.float().contiguous(), C.float().contiguous()
+    # want a (dim, N) B or C in fp32 like A, a per-step one in u's dtype.
+    B, C = (BC.float().contiguous() if BC.dim() == 2 else BC.to(u.dtype) for BC in (B, C))
     result = selective_scan_fn(
         u,
         delta,
@@ -85,8 +89,11 @@ def selective_state_update_mamba_ssm(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
 ) -> Tensor:
-    """mamba-ssm's Triton decode step; state updated in place."""
+    """mamba-ssm's Triton decode step; state updated in place, in its own dtype."""
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
-    return selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    # Passed only when given: mamba-ssm releases before 2.2.3 have no such argument.
+    indexed = {} if state_batch_indices is None else {"state_batch_indices": state_batch_indices}
+    return selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, **indexed)

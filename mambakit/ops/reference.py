@@ -25,6 +25,11 @@ def per_channel(BC: Tensor, dim: int) -> Tensor:
     return BC.repeat_interleave(dim // BC.shape[1], dim=1)
 
 
+def channel_groups(B: Tensor, C: Tensor) -> int:
+    """The channel groups of whichever of B and C varies per step in groups (both do in the same ones), else 1."""
+    return next((BC.shape[1] for BC in (B, C) if BC.dim() == 4), 1)
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -40,7 +45,7 @@ def selective_scan_ref(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan, one time step at a time.
 
-    u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l), (b, g, n, l) or (d, n); D, delta_bias: (d,);
+    u, delta, z: (b, d, l); A: (d, n); B, C: each (b, n, l), (b, g, n, l) or (d, n); D, delta_bias: (d,);
     initial_state: (b, d, n). Returns out (b, d, l) in u's dtype, and the last state (b, d, n) when asked.
     """
     dtype_in = u.dtype
@@ -51,15 +56,15 @@ def selective_scan_ref(
         delta_f = delta_f + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta_f = F.softplus(delta_f)
+    # B and C each keep their own layout: either may be time-invariant while the other varies per step.
     B_f, C_f = per_channel(B.to(compute), dim), per_channel(C.to(compute), dim)
-    time_invariant = B.dim() == 2
     batch, _, length = u.shape
     h = initial_state.to(compute) if initial_state is not None else u_f.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(length):
         dt = delta_f[:, :, t, None]
-        Bt = B_f if time_invariant else B_f[..., t]
-        Ct = C_f if time_invariant else C_f[..., t]
+        Bt = B_f if B.dim() == 2 else B_f[..., t]
+        Ct = C_f if C.dim() == 2 else C_f[..., t]
         h = torch.exp(dt * A_f) * h + dt * Bt * u_f[:, :, t, None]
         ys.append((h * Ct).sum(-1))
     y = torch.stack(ys, dim=-1)
@@ -69,6 +74,30 @@ def selective_scan_ref(
         y = y * F.silu(z.to(compute))
     out = y.to(dtype_in)
     return (out, h) if return_last_state else out
+
+
+def step_dtype(state: Tensor) -> torch.dtype:
+    """The math of a decode step: fp32 for an fp32, fp16 or bf16 state (which stores the result rounded), fp64 for
+    a float64 one."""
+    return torch.float64 if state.dtype == torch.float64 else torch.float32
+
+
+def cached_states(state: Tensor, state_batch_indices: Tensor | None) -> Tensor:
+    """The states a decode step updates: `state` itself, or with `state_batch_indices` a copy of those rows of the
+    cache `state` (row 0 standing in for padding, marked by a negative index)."""
+    return state if state_batch_indices is None else state[state_batch_indices.clamp(min=0)]
+
+
+def store_states(state: Tensor, state_batch_indices: Tensor | None, new_state: Tensor, y: Tensor) -> None:
+    """Write a step's new states into `state` in its dtype: all of it, or the rows `state_batch_indices` names; a
+    padding row (negative index) writes nothing and its output y is zeroed, as in mamba-ssm."""
+    if state_batch_indices is None:
+        if new_state is not state:  # the torch backend updates an fp32 state in place
+            state.copy_(new_state)
+        return
+    valid = state_batch_indices >= 0
+    state[state_batch_indices[valid]] = new_state[valid].to(state.dtype)
+    y.masked_fill_(~valid[:, None], 0)
 
 
 def selective_state_update_ref(
@@ -82,12 +111,15 @@ def selective_state_update_ref(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
 ) -> Tensor:
-    """One recurrent step. state: (b, d, n), updated in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
+    """One recurrent step. state: (b, d, n) in fp32, fp16, bf16 or fp64, updated in place in its own dtype (the math
+    is fp32, fp64 for a fp64 state); x, dt, z: (b, d); B, C: (b, n) or (b, g, n). With `state_batch_indices` (b,)
+    the step's states are those rows of a larger cache `state` (negative: a padding row, skipped, output 0).
 
-    Returns y: (b, d) in x's dtype.
+    Returns y: (b, d) in x's dtype, from the new state before it is rounded to the state's dtype.
     """
-    compute = state.dtype
+    compute = step_dtype(state)
     dim = x.shape[1]
     dt_f = dt.to(compute)
     if dt_bias is not None:
@@ -100,13 +132,14 @@ def selective_state_update_ref(
         B_f = B.to(compute).repeat_interleave(dim // B.shape[1], dim=1)
         C_f = C.to(compute).repeat_interleave(dim // C.shape[1], dim=1)
     x_f = x.to(compute)
-    new_state = torch.exp(dt_f[..., None] * A.to(compute)) * state + dt_f[..., None] * B_f * x_f[..., None]
-    state.copy_(new_state)
+    h = cached_states(state, state_batch_indices).to(compute)
+    new_state = torch.exp(dt_f[..., None] * A.to(compute)) * h + dt_f[..., None] * B_f * x_f[..., None]
     y = (new_state * C_f).sum(-1)
     if D is not None:
         y = y + D.to(compute) * x_f
     if z is not None:
         y = y * F.silu(z.to(compute))
+    store_states(state, state_batch_indices, new_state, y)
     return y.to(x.dtype)
 
 

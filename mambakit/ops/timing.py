@@ -26,6 +26,7 @@ def scan_inputs(
     seed: int = 0,
     requires_grad: bool = False,
     layout: str = "shared",
+    c_layout: str | None = None,
     gated: bool = True,
     skip: bool = True,
     bias: bool = True,
@@ -36,21 +37,13 @@ def scan_inputs(
     delta_bias (scaled by 0.3, `bias`), and with `initial` an initial state. Inputs switched off are left out.
 
     B and C are (batch, N, L) for layout "shared", (batch, G, N, L) for "grouped:G", (dim, N) for
-    "time_invariant". All are drawn in float64 from a generator on `device` seeded with `seed`, then u, delta,
-    z and per-step B, C are rounded to `dtype`; A, D, delta_bias, the initial state and time-invariant B, C are
-    fp32 (float64 when `dtype` is), as a layer's parameters and state. Each is a leaf with `requires_grad`.
+    "time_invariant"; `c_layout`, when given, is C's and `layout` B's alone. All are drawn in float64 from a
+    generator on `device` seeded with `seed`, then u, delta, z and per-step B, C are rounded to `dtype`; A, D,
+    delta_bias, the initial state and time-invariant B, C are fp32 (float64 when `dtype` is), as a layer's
+    parameters and state. Each is a leaf with `requires_grad`.
     """
-    if layout == "time_invariant":
-        bc_shape: tuple[int, ...] = (dim, d_state)
-    elif layout.startswith("grouped:"):
-        bc_shape = (batch, int(layout.split(":", 1)[1]), d_state, length)
-    elif layout == "shared":
-        bc_shape = (batch, d_state, length)
-    else:
-        raise UserError(f"layout must be 'shared', 'grouped:G' or 'time_invariant', got {layout!r}")
     generator = torch.Generator(device=device).manual_seed(seed)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    bc_dtype = param_dtype if layout == "time_invariant" else dtype
 
     def leaf(value: Tensor, kind: torch.dtype) -> Tensor:
         return value.to(kind).requires_grad_(requires_grad)
@@ -64,9 +57,10 @@ def scan_inputs(
         "A": leaf(
             -torch.rand(dim, d_state, generator=generator, device=device, dtype=torch.float64) * 2 - 0.05, param_dtype
         ),
-        "B": rand(*bc_shape, kind=bc_dtype),
-        "C": rand(*bc_shape, kind=bc_dtype),
     }
+    for name, its_layout in (("B", layout), ("C", layout if c_layout is None else c_layout)):
+        shape = _bc_shape(its_layout, batch, dim, d_state, length)
+        inputs[name] = rand(*shape, kind=param_dtype if its_layout == "time_invariant" else dtype)
     if skip:
         inputs["D"] = rand(dim, kind=param_dtype)
     if gated:
@@ -76,6 +70,16 @@ def scan_inputs(
     if initial:
         inputs["initial_state"] = rand(batch, dim, d_state, kind=param_dtype)
     return inputs
+
+
+def _bc_shape(layout: str, batch: int, dim: int, d_state: int, length: int) -> tuple[int, ...]:
+    if layout == "time_invariant":
+        return (dim, d_state)
+    if layout.startswith("grouped:"):
+        return (batch, int(layout.split(":", 1)[1]), d_state, length)
+    if layout == "shared":
+        return (batch, d_state, length)
+    raise UserError(f"layout must be 'shared', 'grouped:G' or 'time_invariant', got {layout!r}")
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:

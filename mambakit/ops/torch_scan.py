@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import state_dtype
+from .reference import cached_states, channel_groups, state_dtype, step_dtype, store_states
 
 #: Elements of one (T, b, d, n) work tensor; three are alive at once in the backward. 1M (4 MB in fp32) measured
 #: fastest on a 2-core Xeon (2 MB L2 per core): bigger chunks fall out of cache, smaller ones pay more per-chunk
@@ -98,7 +98,7 @@ def _contract_n(BC: Tensor, x: Tensor, start: int, stop: int) -> Tensor:
 
 class _ChunkedScan(torch.autograd.Function):
     """Core recurrence only: (u, delta, A, B, C, h0) -> (y without D/z, last state), in one float dtype.
-    B and C come as (b, g, n, l) or, time-invariant, already in the chunk layout (g, n, k)."""
+    B and C each come as (b, g, n, l) or, time-invariant, already in the chunk layout (g, n, k)."""
 
     @staticmethod
     def forward(
@@ -138,7 +138,7 @@ class _ChunkedScan(torch.autograd.Function):
         g, chunk = ctx.groups, ctx.chunk
         batch, dim, length = u.shape
         k, n = dim // g, A.shape[1]
-        time_invariant = B.dim() == 3
+        B_invariant, C_invariant = B.dim() == 3, C.dim() == 3
         if grad_y is None:
             grad_y = u.new_zeros(batch, dim, length)
         grad_y = grad_y.to(u.dtype)
@@ -150,8 +150,8 @@ class _ChunkedScan(torch.autograd.Function):
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dA = torch.zeros_like(A_gnk)
-        dB = torch.zeros_like(B) if time_invariant else torch.empty_like(B)
-        dC = torch.zeros_like(C) if time_invariant else torch.empty_like(C)
+        dB = torch.zeros_like(B) if B_invariant else torch.empty_like(B)
+        dC = torch.zeros_like(C) if C_invariant else torch.empty_like(C)
         work = _Workspace(u, 3, min(chunk, length), batch, g, n, k)
         steps_a, steps_h, steps_lam = work.steps
         starts = list(range(0, length, chunk))
@@ -167,7 +167,7 @@ class _ChunkedScan(torch.autograd.Function):
             _run_recurrence(steps_a, steps_h, steps, h_start)
             gy = _time_major(grad_y, g, start, stop)
             # Adjoint: lam_t = C_t*gy_t + a_{t+1}*lam_{t+1}, seeded by the carry from the chunk after.
-            if time_invariant:
+            if C_invariant:
                 torch.mul(gy, C, out=lam)
             else:
                 torch.mul(gy, _time_major_BC(C, start, stop).transpose(-1, -2), out=lam)
@@ -175,13 +175,16 @@ class _ChunkedScan(torch.autograd.Function):
             for t in range(steps - 2, -1, -1):
                 steps_lam[t].addcmul_(steps_a[t + 1], steps_lam[t + 1])
             carry = steps_a[0] * steps_lam[0]
-            # dC_t = sum over the group's channels of gy_t * h_t; dB_t likewise of lam_t * delta_t * u_t.
-            if time_invariant:
+            # dC_t = sum over the group's channels of gy_t * h_t; dB_t likewise of lam_t * delta_t * u_t; a
+            # time-invariant B or C sums them over the steps and the batch instead.
+            # Per step as row vector @ transposed block: 4x faster on CPU than block @ column vector.
+            if C_invariant:
                 dC += (states * gy).sum((0, 1))
+            else:
+                dC[..., start:stop] = (gy @ states.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
+            if B_invariant:
                 dB += (lam * delta_u).sum((0, 1))
             else:
-                # As row vector @ transposed block: 4x faster on CPU than block @ column vector.
-                dC[..., start:stop] = (gy @ states.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
                 dB[..., start:stop] = (delta_u @ lam.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
             lam_B = _contract_n(B, lam, start, stop)
             # w_t = lam_t * a_t * h_{t-1} (= dL/da_t * a_t, the decay's share of the gradient), built in place
@@ -200,7 +203,7 @@ class _ChunkedScan(torch.autograd.Function):
 
 def _as_groups(BC: Tensor, groups: int) -> Tensor:
     """To the layouts _ChunkedScan takes: (b, n, l) -> (b, 1, n, l); (b, g, n, l) passes through;
-    time-invariant (d, n) -> (g, n, k) with g = 1."""
+    time-invariant (d, n) -> (g, n, k), in the groups of the other (per-step) one, or g = 1."""
     if BC.dim() == 2:
         return _per_channel(BC, groups)
     return BC.unsqueeze(1) if BC.dim() == 3 else BC
@@ -223,7 +226,7 @@ def selective_scan_torch(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked selective scan; same contract as `mambakit.ops.selective_scan`. `chunk_size` (time steps per
     chunk) only trades memory for speed; by default a work tensor holds about CHUNK_ELEMENTS values."""
-    groups = B.shape[1] if B.dim() == 4 else 1
+    groups = channel_groups(B, C)
     dtype_in = u.dtype
     compute = state_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_c, delta_c = u.to(compute), delta.to(compute)
@@ -267,11 +270,14 @@ def selective_state_update_torch(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
 ) -> Tensor:
     """`selective_state_update_ref`'s step in fewer ops: at the small shapes of decoding each op costs more in
     dispatch than in arithmetic, so the state is updated in place (one multiply, one fused multiply-add) and
-    y = state @ C is one batched matrix product."""
-    compute = state.dtype
+    y = state @ C is one batched matrix product. An fp16/bf16 state (or cache rows picked by
+    `state_batch_indices`) is updated in an fp32 copy and written back rounded."""
+    compute = step_dtype(state)
+    h = _in(cached_states(state, state_batch_indices), compute)
     dim = x.shape[1]
     x_c = _in(x, compute)
     delta = _in(dt, compute) if dt_bias is None else _in(dt, compute) + _in(dt_bias, compute)
@@ -282,14 +288,15 @@ def selective_state_update_torch(
         C = C.repeat_interleave(dim // C.shape[1], dim=1)
     else:
         B, C = B[:, None, :], C[:, None, :]
-    state.mul_(torch.exp(delta.unsqueeze(-1) * _in(A, compute)))
-    state.addcmul_((delta * x_c).unsqueeze(-1), _in(B, compute))
+    h.mul_(torch.exp(delta.unsqueeze(-1) * _in(A, compute)))
+    h.addcmul_((delta * x_c).unsqueeze(-1), _in(B, compute))
     C_c = _in(C, compute)
-    y = torch.bmm(state, C_c.transpose(1, 2)).squeeze(-1) if C_c.shape[1] == 1 else (state * C_c).sum(-1)
+    y = torch.bmm(h, C_c.transpose(1, 2)).squeeze(-1) if C_c.shape[1] == 1 else (h * C_c).sum(-1)
     if D is not None:
         y = torch.addcmul(y, _in(D, compute), x_c)
     if z is not None:
         y = y * F.silu(_in(z, compute))
+    store_states(state, state_batch_indices, h, y)
     return y.to(x.dtype)
 
 

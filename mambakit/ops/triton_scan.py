@@ -36,6 +36,7 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 from ..errors import UserError
+from .reference import channel_groups
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used by the tests without a GPU) has no hardware intrinsics.
@@ -157,11 +158,11 @@ def _seeded_scan(decay, inputs, offs_l, h_prev, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _load_bc(base, n, stride_n, t, tmask, chans, chan_mask, stride_chan, VARIABLE_BC: tl.constexpr):
+def _load_bc(base, n, stride_n, t, tmask, chans, chan_mask, stride_chan, VARIABLE: tl.constexpr):
     """B or C (fp32) for state n over a tile, shaped to broadcast against (channels, steps): per-step values
     are loaded as a full (channels, steps) tile of equal rows, which puts them in the layout of the other
     tiles with no conversion (the repeated rows hit L1); time-invariant ones are a (channels, 1) column."""
-    if VARIABLE_BC:
+    if VARIABLE:
         ptrs = base + n * stride_n + t
         values = tl.load(
             tl.broadcast_to(ptrs[None, :], (chans.shape[0], t.shape[0])),
@@ -226,7 +227,8 @@ def _scan_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
     SAVE_EVERY: tl.constexpr,
-    VARIABLE_BC: tl.constexpr,
+    VARIABLE_B: tl.constexpr,
+    VARIABLE_C: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -282,8 +284,8 @@ def _scan_fwd_kernel(
         for n in tl.range(0, N, loop_unroll_factor=UNROLL):
             a = tl.load(A_ptr + chans * stride_A_d + n * stride_A_n, mask=chan_mask, other=0.0).to(tl.float32)
             decay = tl.exp2(dt * (a * LOG2E)[:, None])
-            B_n = _load_bc(B_base, n, stride_B_n, t, tmask, chans, chan_mask, stride_B_d, VARIABLE_BC)
-            C_n = _load_bc(C_base, n, stride_C_n, t, tmask, chans, chan_mask, stride_C_d, VARIABLE_BC)
+            B_n = _load_bc(B_base, n, stride_B_n, t, tmask, chans, chan_mask, stride_B_d, VARIABLE_B)
+            C_n = _load_bc(C_base, n, stride_C_n, t, tmask, chans, chan_mask, stride_C_d, VARIABLE_C)
             h_prev = tl.load(state_rows + n, mask=chan_mask, other=0.0)
             states = _seeded_scan(decay, dt_u * B_n, offs_l, h_prev, False)
             y += states * C_n
@@ -356,7 +358,8 @@ def _scan_bwd_kernel(
     N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
-    VARIABLE_BC: tl.constexpr,
+    VARIABLE_B: tl.constexpr,
+    VARIABLE_C: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -366,7 +369,7 @@ def _scan_bwd_kernel(
     FAST_LOG: tl.constexpr,
     UNROLL: tl.constexpr,
 ):
-    """dA_ptr and, for time-invariant B/C, dB_ptr/dC_ptr receive (batch, dim, N) per-batch partial sums."""
+    """dA_ptr and, for a time-invariant B or C, dB_ptr or dC_ptr receive (batch, dim, N) per-batch partial sums."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1)
     n_groups = tl.num_programs(1)
@@ -384,7 +387,7 @@ def _scan_bwd_kernel(
     else:
         lam = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     dA = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # column n: this program's share of dA[:, n]
-    dB_sum = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # time-invariant B/C only, likewise
+    dB_sum = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # a time-invariant B or C only, likewise
     dC_sum = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -430,8 +433,8 @@ def _scan_bwd_kernel(
             decay = tl.exp2(dt * a2)
             # a_{t+1}; 1 past the end, where lam_{L-1} = C gy + (gradient of the last state).
             decay_next = tl.where(next_mask, tl.exp2(dt_next * a2), 1.0)
-            B_n = _load_bc(B_base, n, stride_B_n, t, tmask, chans, chan_mask, stride_B_d, VARIABLE_BC)
-            C_n = _load_bc(C_base, n, stride_C_n, t, tmask, chans, chan_mask, stride_C_d, VARIABLE_BC)
+            B_n = _load_bc(B_base, n, stride_B_n, t, tmask, chans, chan_mask, stride_B_d, VARIABLE_B)
+            C_n = _load_bc(C_base, n, stride_C_n, t, tmask, chans, chan_mask, stride_C_d, VARIABLE_C)
             inputs = dt_u * B_n
             states = _seeded_scan(decay, inputs, offs_l, _column(h_start, offs_l, n), False)
             y += states * C_n
@@ -441,15 +444,17 @@ def _scan_bwd_kernel(
             w = lam_t * (states - inputs)  # lam_t * a_t * h_{t-1} = dL/da_t * a_t
             w_A += w * a[:, None]
             dA = _with_column(dA, offs_l, n, _column(dA, offs_l, n) + tl.sum(w * dt, axis=1))
-            if VARIABLE_BC:
+            if VARIABLE_B:
                 tl.atomic_add(
                     dB_ptr + dBC_base + n * length + t, tl.sum(lam_t * dt_u, axis=0), mask=tmask, sem="relaxed"
                 )
+            else:
+                dB_sum = _with_column(dB_sum, offs_l, n, _column(dB_sum, offs_l, n) + tl.sum(lam_t * dt_u, axis=1))
+            if VARIABLE_C:
                 tl.atomic_add(
                     dC_ptr + dBC_base + n * length + t, tl.sum(gy * states, axis=0), mask=tmask, sem="relaxed"
                 )
             else:
-                dB_sum = _with_column(dB_sum, offs_l, n, _column(dB_sum, offs_l, n) + tl.sum(lam_t * dt_u, axis=1))
                 dC_sum = _with_column(dC_sum, offs_l, n, _column(dC_sum, offs_l, n) + tl.sum(gy * states, axis=1))
         du = dt * lam_B
         u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -474,8 +479,9 @@ def _scan_bwd_kernel(
             tl.store(dz_rows[:, None] + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
     _store_per_state(dA_ptr + state_rows, dA, offs_l, chan_mask, N)
-    if not VARIABLE_BC:
+    if not VARIABLE_B:
         _store_per_state(dB_ptr + state_rows, dB_sum, offs_l, chan_mask, N)
+    if not VARIABLE_C:
         _store_per_state(dC_ptr + state_rows, dC_sum, offs_l, chan_mask, N)
     if HAS_D:
         tl.store(dD_ptr + batch * dim + chans, dD, mask=chan_mask)
@@ -541,7 +547,7 @@ class _TritonScan(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         d_state = A.shape[1]
-        groups = B.shape[1] if B.dim() == 4 else 1
+        groups = channel_groups(B, C)
         save = any(ctx.needs_input_grad[:9])
         bwd_block_l = _bwd_tile_length(config, d_state)
         out = _like_steps(u)
@@ -583,7 +589,8 @@ class _TritonScan(torch.autograd.Function):
             BLOCK_D=config.fwd_block_d,
             BLOCK_L=config.fwd_block_l,
             SAVE_EVERY=bwd_block_l,
-            VARIABLE_BC=B.dim() > 2,
+            VARIABLE_B=B.dim() > 2,
+            VARIABLE_C=C.dim() > 2,
             HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None,
@@ -604,8 +611,7 @@ class _TritonScan(torch.autograd.Function):
         config = ctx.config
         batch, dim, length = u.shape
         d_state = A.shape[1]
-        groups = B.shape[1] if B.dim() == 4 else 1
-        variable = B.dim() > 2
+        groups = channel_groups(B, C)
         dout = torch.zeros_like(u) if dout is None else _last_axis_contiguous(dout)
         dlast = dlast.contiguous() if dlast is not None else None
         f32 = torch.float32
@@ -613,12 +619,12 @@ class _TritonScan(torch.autograd.Function):
         dz = _like_steps(z) if z is not None else None
         # Per-step dB/dC are added over channel blocks with atomics; time-invariant ones, like dA, are
         # per-batch partial sums.
-        if variable:
-            dB = u.new_zeros((batch, groups, d_state, length), dtype=f32)
-            dC = torch.zeros_like(dB)
-        else:
-            dB = u.new_empty((batch, dim, d_state), dtype=f32)
-            dC = torch.empty_like(dB)
+        dB, dC = (
+            u.new_zeros((batch, groups, d_state, length), dtype=f32)
+            if BC.dim() > 2
+            else u.new_empty((batch, dim, d_state), dtype=f32)
+            for BC in (B, C)
+        )
         dA = u.new_empty(batch, dim, d_state, dtype=f32)
         dD = u.new_empty(batch, dim, dtype=f32) if D is not None else None
         dbias = u.new_empty(batch, dim, dtype=f32) if delta_bias is not None else None
@@ -667,7 +673,8 @@ class _TritonScan(torch.autograd.Function):
             N=d_state,
             BLOCK_D=config.bwd_block_d,
             BLOCK_L=ctx.block_l,
-            VARIABLE_BC=variable,
+            VARIABLE_B=B.dim() > 2,
+            VARIABLE_C=C.dim() > 2,
             HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None,
@@ -678,8 +685,7 @@ class _TritonScan(torch.autograd.Function):
             UNROLL=min(config.bwd_unroll, d_state),
             num_warps=config.bwd_warps,
         )
-        if not variable:
-            dB, dC = dB.sum(0), dC.sum(0)
+        dB, dC = (grad if BC.dim() > 2 else grad.sum(0) for grad, BC in ((dB, B), (dC, C)))
         return (
             du,
             ddelta,
@@ -734,10 +740,10 @@ def selective_scan_triton(
         )
     u, delta = _last_axis_contiguous(u), _last_axis_contiguous(delta)
     z = _last_axis_contiguous(z) if z is not None else None
-    if B.dim() > 2:
-        # Per-step B/C are re-read for every channel: fp32 copies (1/dim of u's size) save the kernels a
-        # conversion per element; autograd casts their gradients back.
-        B, C = _last_axis_contiguous(B.float()), _last_axis_contiguous(C.float())
+    # Per-step B/C are re-read for every channel: fp32 copies (1/dim of u's size) save the kernels a conversion
+    # per element; autograd casts their gradients back. B and C may differ in layout: one time-invariant (dim, N),
+    # the other per step; each has its own constexpr flag in the kernels, so no layout is expanded into another.
+    B, C = (_last_axis_contiguous(BC.float()) if BC.dim() > 2 else BC for BC in (B, C))
     config = config or default_config(u.shape[0], u.shape[1])
     out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, config)
     return (out, last) if return_last_state else out

@@ -1,7 +1,10 @@
 """The `triton` backend's decode step: one recurrent step of the selective scan, the state updated in place.
 
 One program owns BLOCK_D channels x all N states of one batch element: it reads the state once, writes it once,
-and reads x, dt, z and each channel's B/C row (its group's); fp32 math whatever the input dtype.
+and reads x, dt, z and each channel's B/C row (its group's); fp32 math whatever the input dtype. The state may be
+fp32, fp16 or bf16 (a halved cache, as inference servers keep it): it is widened on load and rounded on store, as
+in mamba-ssm's kernel, and y comes from the unrounded fp32 state. With state indices the batch element's state is
+a row of a larger cache, and a negative index marks a padding row: skipped, its output 0.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def _state_update_kernel(
     D_ptr,
     z_ptr,
     bias_ptr,
+    indices_ptr,
     out_ptr,
     dim,
     group_dim,
@@ -48,6 +52,7 @@ def _state_update_kernel(
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    HAS_INDICES: tl.constexpr,
     FAST_LOG: tl.constexpr,
 ):
     batch = tl.program_id(1).to(tl.int64)
@@ -56,8 +61,15 @@ def _state_update_kernel(
     cols = tl.arange(0, NP)
     mask = chan_mask[:, None] & (cols[None, :] < N)
     groups = chans // group_dim
-    state_ptrs = state_ptr + batch * stride_s_b + chans[:, None] * stride_s_d + cols[None, :]
-    h = tl.load(state_ptrs, mask=mask, other=0.0)
+    row = batch
+    if HAS_INDICES:
+        row = tl.load(indices_ptr + batch).to(tl.int64)
+        if row < 0:
+            padding = tl.zeros((BLOCK_D,), dtype=out_ptr.dtype.element_ty)
+            tl.store(out_ptr + batch * dim + chans, padding, mask=chan_mask)
+            return
+    state_ptrs = state_ptr + row * stride_s_b + chans[:, None] * stride_s_d + cols[None, :]
+    h = tl.load(state_ptrs, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + batch * stride_x_b + chans, mask=chan_mask, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + batch * stride_dt_b + chans, mask=chan_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -89,15 +101,18 @@ def selective_state_update_triton(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
 ) -> Tensor:
     """One step of the selective scan on the GPU; same contract as `mambakit.ops.selective_state_update`
-    (arguments already checked): `state` (batch, dim, N) updated in place, returns y (batch, dim) in x's
-    dtype. A float64 state goes to the reference implementation, which keeps float64."""
+    (arguments already checked): `state` (batch, dim, N) in fp32, fp16 or bf16 updated in place (or its rows
+    `state_batch_indices`), returns y (batch, dim) in x's dtype. A float64 state goes to the reference
+    implementation, which keeps float64."""
     if state.dtype == torch.float64:
         from .reference import selective_state_update_ref
 
-        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    batch, dim, d_state = state.shape
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    _, dim, d_state = state.shape
+    batch = x.shape[0]
     if B.dim() == 2:  # (batch, N): one group
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     groups = B.shape[1]
@@ -120,6 +135,7 @@ def selective_state_update_triton(
         D if D is not None else x,
         z if z is not None else x,
         dt_bias if dt_bias is not None else x,
+        state_batch_indices if state_batch_indices is not None else x,
         out,
         dim,
         dim // groups,
@@ -140,6 +156,7 @@ def selective_state_update_triton(
         HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=dt_softplus,
+        HAS_INDICES=state_batch_indices is not None,
         FAST_LOG=_FAST_LOG,
         num_warps=1 if small else 4,
     )
