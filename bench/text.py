@@ -2,7 +2,8 @@
 text (#13): a byte-level LM and a BPE LM (a tokenizer trained on the training text) through `mambakit train
 text`, on the default corpus (this Python's standard-library sources; every 20th module held out).
 
-    PYTHONPATH=.:bench .venv/bin/python bench/text.py [--max-steps 600] [--device cpu] [--out bench/results]
+    PYTHONPATH=.:bench .venv/bin/python bench/text.py [--max-steps 600] [--eval-every N] [--device cpu]
+        [--out bench/results]
 
 The compressors are scored alone and given the training text (what they add after it: the fair match for a model
 trained on that text). Writes text_<device>.json and .md."""
@@ -10,7 +11,9 @@ trained on that text). Writes text_<device>.json and .md."""
 from __future__ import annotations
 
 import argparse
+import json
 import lzma
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ def _xz_size(data: bytes) -> int:
 
 
 def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: str) -> dict[str, Any]:
+    shutil.rmtree(args.work / name, ignore_errors=True)  # each measurement starts from scratch
     run = RunOptions(
         task="lm",
         out=args.work / name,
@@ -43,13 +47,18 @@ def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: s
         batch_size=args.batch_size,
         device=device,
         preset=args.preset,
-        train={"eval_every": args.max_steps, "save_every": args.max_steps},
+        train={"eval_every": args.eval_every or args.max_steps, "save_every": args.max_steps},
     )
     started = time.perf_counter()
     metrics = train_domain(DOMAIN, run, TextOptions(seq_len=args.seq_len, tokenizer=tokenizer))
     seconds = time.perf_counter() - started
     report.log(f"{name}: {metrics} in {seconds:.0f} s")
-    return {"tokenizer": tokenizer or "bytes", "seconds": round(seconds, 1), **metrics}
+    curve = [
+        {"step": record["step"], "bits_per_byte": record["eval_bits_per_byte"]}
+        for record in map(json.loads, (args.work / name / "metrics.jsonl").read_text().splitlines())
+        if "eval_bits_per_byte" in record
+    ]
+    return {"tokenizer": tokenizer or "bytes", "seconds": round(seconds, 1), **metrics, "eval_curve": curve}
 
 
 def main() -> None:
@@ -58,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (the curve is saved)")
     parser.add_argument("--bpe-vocab", type=int, default=2000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-text"))
@@ -68,10 +78,11 @@ def main() -> None:
     documents = read_documents(default_corpus_files())
     train_text = "".join(training_documents(documents)).encode()
     held = "".join(text for i, text in enumerate(documents) if i % 20 == 19).encode()
-    compressors = {
-        "xz -9e": report.compressed_bits(_xz_size, train_text, held),
-        "zstd -19 --long=27": report.compressed_bits(_zstd_size, train_text, held),
-    }
+    compressors = {"xz -9e": report.compressed_bits(_xz_size, train_text, held)}
+    if shutil.which("zstd"):  # the zstd program is not on every machine (xz is Python's own lzma)
+        compressors["zstd -19 --long=27"] = report.compressed_bits(_zstd_size, train_text, held)
+    else:
+        report.log("zstd is not installed here: its row is left out")
     models = {
         "byte LM": _train("bytes", None, args, device),
         f"BPE LM ({args.bpe_vocab})": _train("bpe", f"train:{args.bpe_vocab}", args, device),
