@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from .domains import RUN_RECORD_NAME, Domain, NoOptions, RunOptions, RunRecord, TaskInputs, load_checkpoint
-from .errors import UserError
+from .errors import UserError, first_line
 from .validation import check_values, checked_value
 
 DataOption = Annotated[
@@ -70,6 +70,8 @@ GradCheckpointingOption = Annotated[
 
 PRESETS = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
+#: The resolved settings of a run, written into its --out folder when the run is accepted.
+RUN_CONFIG_NAME = "run_config.json"
 
 __all__ = ["UserError"]  # re-exported: apps and tests take it from here or from mambakit.errors
 
@@ -261,6 +263,7 @@ def train_domain(domain: Domain, run: RunOptions, options: Any) -> dict[str, flo
         domain.options_to_json(options),
         optimizer,
         schedule,
+        {option.name: _option_flag(domain, option.name) for option in dataclasses.fields(domain.options)},
     )
 
 
@@ -275,12 +278,17 @@ def run_training(
     domain_options: dict[str, Any],
     optimizer_factory: Any = None,
     schedule_factory: Any = None,
+    option_flags: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Train through mambakit.train.fit with the run's options over the task's defaults, write the resolved
-    configuration beside the checkpoints, print the held-out metrics (and, when `splits` has a test set, the test
-    metrics of the best checkpoint), and exit non-zero unless the training completed."""
+    configuration beside the checkpoints once the run is accepted, print the held-out metrics (and, when `splits`
+    has a test set, the test metrics of the best checkpoint), and exit non-zero unless the training completed.
+
+    --resume is refused, in one line naming the flags, when the run in --out was made by another domain or task or
+    with other model settings (`option_flags` maps the domain options to their flags, for that line); a second
+    Ctrl-C says what it kept and exits 130."""
     from .models import load_model
-    from .train import TrainConfig, TrainingDiverged, evaluate, fit
+    from .train import TrainConfig, evaluate, fit
     from .train.optim import adamw, warmup_cosine
 
     out_dir = run.out or Path("runs") / f"{domain}-{run.task or 'default'}"
@@ -304,18 +312,16 @@ def run_training(
         )
     except (TypeError, ValueError) as error:
         raise UserError(f"training settings: {error}") from None
-    # Under torchrun every process runs this; only the first writes and reports.
+    resolved = {
+        "domain": domain,
+        "options": run.to_json(),
+        "domain_options": domain_options,
+        "model": model.config.to_dict(),
+        "train": config.to_dict(),
+    }
+    flags = {name: (option_flags or {}).get(name) or _flag_of(name) for name in domain_options}
+    # Under torchrun every process runs this; fit lets only the first write, and only it reports.
     is_main = is_main_process()
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {
-            "domain": domain,
-            "options": run.to_json(),
-            "domain_options": domain_options,
-            "model": model.config.to_dict(),
-            "train": config.to_dict(),
-        }
-        (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     try:
         result = fit(
             model,
@@ -324,12 +330,14 @@ def run_training(
             splits.val,
             config,
             extra_files=extra_files,
+            run_files={RUN_CONFIG_NAME: json.dumps(resolved, indent=2) + "\n"},
+            check_resume=lambda checkpoint: _check_same_run(out_dir, resolved, flags),
             optimizer_factory=optimizer_factory or adamw,
             schedule_factory=schedule_factory or warmup_cosine,
         )
-    except TrainingDiverged as error:
-        print(f"mambakit: error: {error}; the last good checkpoint is in {out_dir / 'last'}", file=sys.stderr)
-        raise typer.Exit(1) from None
+    except KeyboardInterrupt as stopped:  # a second Ctrl-C: fit's TrainingAborted says what it kept
+        print(f"mambakit: {first_line(stopped) if str(stopped) else 'stopped without saving'}", file=sys.stderr)
+        raise typer.Exit(130) from None
     if result.status != "completed":
         print(
             f"mambakit: training {result.status} at step {result.step}; checkpoint in {out_dir / 'last'}; "
@@ -345,6 +353,77 @@ def run_training(
     test_metrics = evaluate(load_model(chosen, device=config.device), task, splits.test, config.eval_config())
     print_metrics(f"{domain}: test metrics of {chosen}", test_metrics)
     return test_metrics
+
+
+def _check_same_run(out_dir: Path, resolved: Mapping[str, Any], flags: Mapping[str, str]) -> None:
+    """Refuse, in one line naming the flags, to resume the run in `out_dir` with `resolved` settings when its
+    run_config.json says it was made by another domain or task, or with other model settings. Without that file
+    (a run made through the Python API) fit still compares the models."""
+    path = out_dir / RUN_CONFIG_NAME
+    if not path.is_file():
+        return
+    remedy = "restore it, or delete it to resume without comparing the settings"
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({first_line(error)}); {remedy}") from None
+    sections = ("options", "domain_options", "model")
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(key), dict) for key in sections)):
+        raise UserError(f"{path}: not a run configuration (a JSON object with {', '.join(sections)}); {remedy}")
+    new = json.loads(json.dumps(resolved))  # JSON's types (lists, not tuples), as the saved file has them
+    if saved.get("domain") != new["domain"]:
+        raise UserError(
+            f"{out_dir} holds a {saved.get('domain')} run, not a {new['domain']} one; resume it with "
+            f"`mambakit train {saved.get('domain')}`, or choose another --out"
+        )
+    old_options, options = saved["options"], new["options"]
+    differences = []  # (setting, this run's value, the saved run's value)
+    if old_options.get("task") != options["task"]:
+        differences.append(("--task", options["task"], old_options.get("task")))
+    if saved["model"] != new["model"]:
+        settings = [
+            ("--preset", options["preset"], old_options.get("preset")),
+            ("the config file's model:", options["model"], old_options.get("model")),
+            *((flags[name], value, saved["domain_options"].get(name)) for name, value in new["domain_options"].items()),
+        ]
+        changed = [setting for setting in settings if setting[1] != setting[2]]
+        # No setting explains it (the data sized the model, say): name the model's values that differ.
+        old_model = saved["model"]
+        differences += changed or [
+            (key, value, old_model.get(key)) for key, value in new["model"].items() if old_model.get(key) != value
+        ]
+    if differences:
+        given = ", ".join(f"{setting} {_shown(value)}" for setting, value, _ in differences)
+        recorded = ", ".join(_shown(old) for _, _, old in differences)
+        raise UserError(
+            f"{given} {'does' if len(differences) == 1 else 'do'} not match the run in {out_dir} ({recorded}); "
+            f"resume with the same settings or choose another --out"
+        )
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a user typed it: on/off for a switch, compact JSON for a mapping."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _flag_of(name: str) -> str:
+    """The flag typer makes of an option named `name` when it declares none."""
+    return "--" + name.replace("_", "-")
+
+
+def _option_flag(domain: Domain, name: str) -> str:
+    """The command-line flag of the domain option `name`: the one its typer.Option declares, else typer's."""
+    hints = typing.get_type_hints(domain.options, include_extras=True)
+    for info in typing.get_args(hints[name])[1:]:
+        declared = (getattr(info, "default", None), *(getattr(info, "param_decls", None) or ()))
+        for flag in declared:
+            if isinstance(flag, str) and flag.startswith("--"):
+                return flag.split("/")[0]
+    return _flag_of(name)
 
 
 def evaluate_domain(

@@ -10,7 +10,7 @@ An app subclasses `Task` for its collation, loss and metrics; `fit` does the res
 from .config import EvalConfig, TrainConfig
 from .optim import parameter_groups
 from .task import Task
-from .trainer import Callback, StepInfo, TrainingDiverged, TrainResult, evaluate, fit
+from .trainer import Callback, StepInfo, TrainingAborted, TrainingDiverged, TrainResult, evaluate, fit
 
 __all__ = [
     "Callback",
@@ -19,6 +19,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TrainResult",
+    "TrainingAborted",
     "TrainingDiverged",
     "evaluate",
     "fit",

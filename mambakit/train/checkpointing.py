@@ -8,7 +8,8 @@
 
 A directory is written whole into a temporary sibling (`.last.tmp-<random>`), its files fsynced, then swapped in
 by two renames: the old one to `.last.old`, the new one to `last`. At every moment `last` or, between the two
-renames, `.last.old` holds a complete checkpoint; `recover` puts `.last.old` back after a crash there.
+renames, `.last.old` holds a complete checkpoint (`complete_copy` finds it); `recover` puts `.last.old` back after
+a crash there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from .config import TrainConfig
 
 TRAINER_STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
+#: What resuming reads from a trainer state; a file without one of them was not written by this trainer.
+_STATE_KEYS = ("step", "epoch", "examples_in_epoch", "best_metric", "best_step", "optimizer", "scheduler", "rng")
 
 
 def write_checkpoint(
@@ -40,12 +43,8 @@ def write_checkpoint(
     config: TrainConfig,
 ) -> None:
     """Atomically replace `directory` with a checkpoint of `model`, `trainer_state` and `config`."""
-    # Clear what a crash in an earlier write left, never the only complete copy.
-    recover(directory)
+    tidy(directory)
     old = _old(directory)
-    shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):
-        shutil.rmtree(stale)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex}")
     try:
         save_pretrained(model, tmp, dict(extra_files or {}))
@@ -68,6 +67,15 @@ def write_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def tidy(directory: Path) -> None:
+    """Finish or clear what a crash in an earlier write of `directory` left (`recover`, then delete the temporary
+    and old copies), never the only complete copy."""
+    recover(directory)
+    shutil.rmtree(_old(directory), ignore_errors=True)
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def recover(directory: Path) -> None:
     """Finish a swap that a crash interrupted: bring back `.name.old` when `name` is missing."""
     old = _old(directory)
@@ -75,11 +83,21 @@ def recover(directory: Path) -> None:
         old.rename(directory)
 
 
+def complete_copy(directory: Path) -> Path | None:
+    """`directory`, or its `.name.old` where a crash between a swap's two renames left the only complete copy;
+    None when there is neither."""
+    if directory.is_dir():
+        return directory
+    old = _old(directory)
+    return old if old.is_dir() else None
+
+
 def read_trainer_state(directory: Path) -> dict[str, Any]:
-    """The trainer state saved in checkpoint `directory` (read without executing pickled code)."""
+    """The trainer state saved in checkpoint `directory` (read without executing pickled code); a file that is
+    unreadable or lacks what resuming needs is a one-line UserError naming it."""
     path = directory / TRAINER_STATE_NAME
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; {directory} is not a training checkpoint") from None
     except Exception as error:  # the unpickler fails on bad bytes with many exception types
@@ -87,12 +105,36 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
             f"{path}: unreadable trainer state ({type(error).__name__}); the file may be truncated "
             f"or corrupt: restore it or start a new run"
         ) from None
+    missing = [key for key in _STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        problem = f"lacks {', '.join(missing)}"
+    else:
+        invalid = [key for key, valid in _STATE_VALUES.items() if not valid(state[key])]
+        problem = f"has an invalid {', '.join(invalid)}" if invalid else ""
+    if problem:
+        raise UserError(
+            f"{path}: the trainer state {problem} (not written by mambakit's trainer, or edited); restore it, "
+            f"or start over with another out_dir (--out)"
+        )
+    return state
 
 
 def read_train_config(directory: Path) -> TrainConfig | None:
     """The TrainConfig saved beside a checkpoint, or None when the file is missing."""
     path = directory / TRAIN_CONFIG_NAME
     return TrainConfig.load(path) if path.is_file() else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_STATE_VALUES: dict[str, Callable[[Any], bool]] = {
+    "step": _is_count,
+    "epoch": _is_count,
+    "examples_in_epoch": _is_count,
+    "rng": lambda value: isinstance(value, list) and len(value) > 0,  # one RNG state per process
+}
 
 
 def _old(directory: Path) -> Path:

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -77,6 +79,25 @@ class Distributed:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj)
         return gathered
+
+    def main_decides(self, decide: Callable[[], T]) -> T | None:
+        """Run `decide` on the main process only and let every process know whether it raised: the main process
+        re-raises its exception, the others a UserError with its first line (so no process waits for a peer that
+        gave up). Returns what `decide` returned on the main process, None on the others."""
+        result, refusal = None, None
+        if self.is_main:
+            try:
+                result = decide()
+            except Exception as error:
+                refusal = error
+        if self.world_size > 1:
+            shared = [None if refusal is None else first_line(refusal)]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None and refusal is None:
+                raise UserError(shared[0])
+        if refusal is not None:
+            raise refusal
+        return result
 
     def barrier(self) -> None:
         if self.world_size > 1:

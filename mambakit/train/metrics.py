@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from ..errors import UserError
+from .run_folder import write_run_files
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +94,36 @@ class MetricsLog:
         self._file.close()
 
 
+def records_until(path: Path, step: int) -> list[str]:
+    """The lines of a metrics file whose step is `step` or earlier, each ending in a newline; a line torn by a crash
+    (not JSON) is dropped. A record without a numeric step, or a file that is not text, is a one-line UserError
+    naming the file."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_bytes().decode().splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path}: not a metrics file (invalid UTF-8 at byte {error.start}); delete it and resume again"
+        ) from None
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        record_step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(record_step, int | float) or isinstance(record_step, bool):
+            raise UserError(
+                f"{path} line {number}: a record without a numeric step ({line[:40]}); delete that line (or the "
+                f"file) and resume again"
+            )
+        if record_step <= step:
+            kept.append(line + "\n")
+    return kept
+
+
 def _keep_records_until(path: Path, step: int) -> None:
     """Drop the lines of a metrics file whose step is after `step` (atomically: a crash keeps the old file)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines(keepends=True) if _step_of(line) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
-def _step_of(line: str) -> float:
-    """A record's step; a line torn by a crash counts as after every step, so it is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return float("inf")
+    if path.is_file():
+        write_run_files(path.parent, {path.name: "".join(records_until(path, step))})

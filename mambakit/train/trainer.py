@@ -8,6 +8,7 @@ step boundary: log, evaluate, save, callbacks, then stop if SIGINT/SIGTERM arriv
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import random
@@ -31,11 +32,20 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..errors import MambakitError, UserError
+from ..errors import MambakitError, UserError, first_line
+from ..jsonfiles import read_json_file
 from ..models import load_model
+from ..models.checkpoint import CONFIG_NAME
 from ..models.protocol import TrainableModel, is_trainable
 from ..models.registry import architecture_class
-from .checkpointing import TRAINER_STATE_NAME, read_train_config, read_trainer_state, recover, write_checkpoint
+from .checkpointing import (
+    TRAINER_STATE_NAME,
+    complete_copy,
+    read_train_config,
+    read_trainer_state,
+    tidy,
+    write_checkpoint,
+)
 from .config import EvalConfig, TrainConfig
 from .data import (
     EVAL,
@@ -61,8 +71,9 @@ from .distributed import (
     unwrap,
     wrap_model,
 )
-from .metrics import MetricsLog
+from .metrics import METRICS_NAME, MetricsLog, records_until
 from .optim import OptimizerFactory, ScheduleFactory, adamw, build_optimizer, no_weight_decay_names, warmup_cosine
+from .run_folder import RunFolderLock, lock_run_folder, write_run_files
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -74,15 +85,29 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class TrainingDiverged(MambakitError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite; training stopped before the optimizer step and
-    wrote no checkpoint, so out_dir/last still holds the last good one."""
+    wrote no checkpoint, so out_dir/last (when the run saved one) still holds the last good one."""
 
     def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Path | None) -> None:
         self.step, self.loss, self.grad_norm, self.checkpoint = step, loss, grad_norm, checkpoint
-        kept = f"{checkpoint} still holds the last good checkpoint" if checkpoint else "no checkpoint was written"
+        kept = f"{checkpoint} still holds the last good checkpoint" if checkpoint else "no checkpoint was saved yet"
         super().__init__(
             f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; {kept}; "
             f"lower the lr, lengthen the warm-up or check the data"
         )
+
+
+class TrainingAborted(KeyboardInterrupt):
+    """A Ctrl-C after a stop request stopped training at once, without saving (for a save that hangs);
+    `checkpoint` (out_dir/last, when the run saved one) holds the last checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path | None, saved_step: int | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        kept = (
+            f"{checkpoint} keeps step {saved_step}: continue from it with resume (--resume)"
+            if checkpoint
+            else "no checkpoint was saved, so a new run starts over"
+        )
+        super().__init__(f"stopped at once by a second Ctrl-C after step {step}, without saving; {kept}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,8 @@ def fit(
     config: TrainConfig | None = None,
     *,
     extra_files: Mapping[str, bytes | str] | None = None,
+    run_files: Mapping[str, bytes | str] | None = None,
+    check_resume: Callable[[Path], None] | None = None,
     callbacks: Sequence[Callback] = (),
     optimizer_factory: OptimizerFactory = adamw,
     schedule_factory: ScheduleFactory = warmup_cosine,
@@ -160,14 +187,22 @@ def fit(
     tokenizer config) beside the weights. With config.resume the run continues from out_dir/last and ends
     bit-identical to an uninterrupted one; without it, an out_dir that already holds last/ is refused.
 
+    One run uses an out_dir at a time: a second is refused (naming the first's pid) while the first runs; the lock
+    goes with the process, however it ends. Nothing is written into out_dir before the run is accepted: a refused
+    run (already running, nothing to resume, a checkpoint of another model, a corrupt trainer state) leaves it as it
+    was. `run_files` (e.g. the CLI's resolved configuration) are written into out_dir once the run is accepted.
+    `check_resume`, when resuming, is called with the checkpoint directory before anything is loaded; it refuses
+    the resume by raising (a UserError saying what differs).
+
     `config` is required (it may be passed by position or by name). `callbacks` are called after every step with
     a `StepInfo`, on every process. `optimizer_factory` builds the optimizer (default AdamW over config's lr, betas
     and weight decay) and `schedule_factory` its per-step learning-rate schedule (default: linear warm-up, then
     cosine, scaling each parameter group's lr).
 
-    SIGINT/SIGTERM stop at the next step boundary after writing last/ (status "interrupted"). A NaN/inf loss or
-    gradient norm raises `TrainingDiverged` and writes nothing. Under torchrun (WORLD_SIZE > 1) the process group
-    is created (and destroyed at the end) unless the caller made one; rank 0 alone logs and writes files.
+    SIGINT/SIGTERM stop at the next step boundary after writing last/ (status "interrupted"); a second SIGINT
+    raises `TrainingAborted` (a KeyboardInterrupt) at once, without saving. A NaN/inf loss or gradient norm raises
+    `TrainingDiverged` and writes nothing. Under torchrun (WORLD_SIZE > 1) the process group is created (and
+    destroyed at the end) unless the caller made one; rank 0 alone locks out_dir, logs and writes files.
     """
     if config is None:
         raise TypeError("fit: config (a TrainConfig) is required")
@@ -181,20 +216,26 @@ def fit(
     if eval_data is not None:
         check_dataset(eval_data, "eval_data")
     distributed, device = setup(config.device)
-    trainer = _Trainer(
-        model,
-        task,
-        train_data,
-        eval_data,
-        config,
-        extra_files,
-        callbacks,
-        distributed,
-        device,
-        optimizer_factory,
-        schedule_factory,
-    )
-    result = trainer.run()
+    lock = distributed.main_decides(lambda: lock_run_folder(config.out_dir, create=not config.resume))
+    try:
+        trainer = _Trainer(
+            model,
+            task,
+            train_data,
+            eval_data,
+            config,
+            extra_files,
+            callbacks,
+            distributed,
+            device,
+            optimizer_factory,
+            schedule_factory,
+            _Admission(check_resume, run_files or {}, lock),
+        )
+        result = trainer.run()
+    finally:
+        if lock is not None:
+            lock.release()
     # Not on an exception: destroying the group can block on processes still inside a collective, while a process
     # that exits lets torchrun stop the others.
     distributed.close()
@@ -242,6 +283,34 @@ def _full_groups(batches: Iterable[dict[str, Tensor]], size: int) -> Iterator[li
     iterator = iter(batches)
     while len(group := list(islice(iterator, size))) == size:
         yield group
+
+
+def _check_same_model(model: Any, checkpoint: Path) -> None:
+    """A one-line UserError naming what differs when `checkpoint` (a mambakit checkpoint directory) holds another
+    model than `model`: another architecture, or other config values or head settings."""
+    path = checkpoint / CONFIG_NAME
+    if not path.is_file():  # a LoRA adapter checkpoint: loading its weights checks it
+        return
+    saved = read_json_file(path, "checkpoint config")
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"{path}: expected a JSON object of config keys; restore it, or start over with another out_dir (--out)"
+        )
+    expected = json.loads(json.dumps({**model.config.to_dict(), "head": model.head_config()}))  # JSON's types
+    if saved.get("architecture") != model.architecture:
+        differences = [f"architecture {model.architecture!r} (the checkpoint's: {saved.get('architecture')!r})"]
+    else:
+        differences = [
+            f"{key} {value!r} (the checkpoint's: {saved.get(key)!r})"
+            for key, value in expected.items()
+            if saved.get(key) != value
+        ]
+    if differences:
+        raise UserError(
+            f"the model does not match the checkpoint in {checkpoint}: {', '.join(differences[:4])}"
+            f"{' ...' if len(differences) > 4 else ''}; resume with the same model settings, or start over with "
+            f"another out_dir (--out)"
+        )
 
 
 class _StopRequest:
@@ -323,8 +392,19 @@ class _WeightAverage:
             torch._foreach_copy_(self.average, [t.to(a.device) for t, a in zip(tensors, self.average, strict=True)])
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """What fit was given to accept a run into out_dir: the caller's resume check, the files to write once the run
+    is accepted, and the run folder's lock (None on the processes other than rank 0)."""
+
+    check_resume: Callable[[Path], None] | None
+    run_files: Mapping[str, bytes | str]
+    lock: RunFolderLock | None
+
+
 class _Trainer:
-    """The state of one fit call; built fully (model placed and wrapped, optimizer, resume) by __init__."""
+    """The state of one fit call; built fully (run accepted into out_dir, model placed and wrapped, optimizer,
+    resume) by __init__."""
 
     def __init__(
         self,
@@ -339,6 +419,7 @@ class _Trainer:
         device: torch.device,
         optimizer_factory: OptimizerFactory,
         schedule_factory: ScheduleFactory,
+        admission: _Admission,
     ) -> None:
         self.task, self.train_data, self.eval_data, self.config = task, train_data, eval_data, config
         self.extra_files, self.callbacks = dict(extra_files or {}), tuple(callbacks)
@@ -358,9 +439,9 @@ class _Trainer:
         self.stop = _StopRequest(announce=distributed.is_main)
         self._shadow: Any = None  # a TrainableModel nn.Module, built on first use
 
-        state = self._prepare_out_dir()
-        if state is not None:
-            model.load_state_dict(load_model(self.out_dir / LAST, merge_adapters=False).state_dict())
+        resumed = self._admit(model, admission.check_resume)
+        if resumed is not None:
+            self._load_weights(model, resumed[0])
         model.to(device)
         if config.grad_checkpointing:
             if hasattr(model, "set_grad_checkpointing"):
@@ -381,13 +462,14 @@ class _Trainer:
         if config.ema_decay and self.sharded:
             raise UserError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
-        if state is None:
+        if resumed is None:
             seed = derive_seed(config.seed, distributed.rank)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
         else:
-            self._restore(state)
+            self._restore(*resumed)
+        distributed.main_decides(lambda: self._accept(admission))
         self._log(
             logging.INFO,
             "training %d steps on %s (%d process%s, %s): %d examples per step",
@@ -423,27 +505,51 @@ class _Trainer:
         lengths = [n for n in (config.max_steps, config.epochs and config.epochs * steps_per_epoch) if n]
         return steps_per_epoch * self.step_examples, min(lengths)
 
-    def _prepare_out_dir(self) -> dict[str, Any] | None:
-        """Create out_dir; the trainer state to resume from, or None for a fresh run."""
-        last = self.out_dir / LAST
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in (LAST, BEST):
-                recover(self.out_dir / name)
-        self.dist.barrier()
+    def _admit(self, model: Any, check_resume: Callable[[Path], None] | None) -> tuple[Path, dict[str, Any]] | None:
+        """Decide, on rank 0 under the run folder's lock and before anything is written, whether this run may use
+        out_dir; refusals are one-line UserErrors on every process. Returns the checkpoint to resume from and its
+        trainer state, or None for a fresh run."""
+        resumed = self.dist.main_decides(lambda: self._check_out_dir(model, check_resume))
+        if self.config.resume and not self.dist.is_main:
+            source = complete_copy(self.out_dir / LAST)
+            assert source is not None, "rank 0 accepted the resume, so the checkpoint is there"
+            resumed = source, read_trainer_state(source)
+        return resumed
+
+    def _check_out_dir(
+        self, model: Any, check_resume: Callable[[Path], None] | None
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """`_admit`'s decision, made on rank 0 only (it reads out_dir, writes nothing)."""
+        out_dir, last = self.out_dir, self.out_dir / LAST
+        source = complete_copy(last)  # last/, or what a crash in the middle of replacing it left
+        resumable = source is not None and (source / TRAINER_STATE_NAME).is_file()
         if not self.config.resume:
-            if last.exists():
+            if resumable:
                 raise UserError(
-                    f"{self.out_dir} already holds a training checkpoint (last/): continue it with "
-                    f"resume (--resume), or choose another out_dir (--out)"
+                    f"{out_dir} already holds a training checkpoint (last/): continue it with resume (--resume), "
+                    f"or choose another out_dir (--out)"
+                )
+            if source is not None:
+                raise UserError(
+                    f"{last} has no {TRAINER_STATE_NAME}, so it cannot be resumed, and a new run would replace it: "
+                    f"delete {last} to start over there, or choose another out_dir (--out)"
                 )
             return None
-        if not (last / TRAINER_STATE_NAME).is_file():
+        if source is None:
             raise UserError(
-                f"nothing to resume in {self.out_dir}: it has no {LAST}/{TRAINER_STATE_NAME}; "
-                f"start without resume (--resume)"
+                f"nothing to resume in {out_dir}: it has no {LAST}/ checkpoint; start without resume (--resume)"
             )
-        saved = read_train_config(last)
+        if not resumable:
+            raise UserError(
+                f"nothing to resume in {out_dir}: {LAST}/ has no {TRAINER_STATE_NAME}; start over with another "
+                f"out_dir (--out), or delete {last}"
+            )
+        if check_resume is not None:
+            check_resume(source)
+        _check_same_model(model, source)
+        state = read_trainer_state(source)
+        records_until(out_dir / METRICS_NAME, state["step"])  # a damaged metrics file is refused here, unchanged
+        saved = read_train_config(source)
         if saved is not None:
             new, old = self.config.to_dict(), saved.to_dict()
             changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key != "resume" and new[key] != old[key]]
@@ -453,18 +559,42 @@ class _Trainer:
                     "resuming with a changed config (%s): the run will differ from an uninterrupted one",
                     ", ".join(changed),
                 )
-        return read_trainer_state(last)
+        return source, state
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        set_optimizer_state_dict(
-            self.core, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
-        )
-        self.scheduler.load_state_dict(state["scheduler"])
+    def _load_weights(self, model: Any, source: Path) -> None:
+        try:
+            model.load_state_dict(load_model(source, merge_adapters=False).state_dict())
+        except RuntimeError as error:  # shapes or names that differ, where the configs did not tell
+            raise UserError(
+                f"{source}: its weights do not fit the model ({first_line(error)}); resume with the same model "
+                f"settings, or start over with another out_dir (--out)"
+            ) from None
+
+    def _accept(self, admission: _Admission) -> None:
+        """The run is accepted: finish or clear what a crash left of a checkpoint write, write the run files, record
+        the owner."""
+        for name in (LAST, BEST):
+            tidy(self.out_dir / name)
+        write_run_files(self.out_dir, admission.run_files)
+        if admission.lock is not None:
+            admission.lock.record_owner()
+
+    def _restore(self, source: Path, state: dict[str, Any]) -> None:
+        try:
+            set_optimizer_state_dict(
+                self.core, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise UserError(
+                f"{source / TRAINER_STATE_NAME}: its optimizer state does not fit this run's optimizer "
+                f"({first_line(error)}); resume with the same settings, or start over with another out_dir (--out)"
+            ) from None
         self.step, self.epoch, self.examples = state["step"], state["epoch"], state["examples_in_epoch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
         if self.ema is not None:
             if state.get("ema") is None:
-                raise UserError(f"{self.out_dir / LAST} was saved without ema_decay; resume it without ema_decay")
+                raise UserError(f"{source} was saved without ema_decay; resume it without ema_decay")
             self.ema.load(state["ema"])
         self.saved_step = self.step
         rng = state["rng"]
@@ -477,7 +607,7 @@ class _Trainer:
                 len(rng),
             )
         restore_rng(rng[self.dist.rank % len(rng)])
-        self._log(logging.INFO, "resumed from %s at step %d (epoch %d)", self.out_dir / LAST, self.step, self.epoch)
+        self._log(logging.INFO, "resumed from %s at step %d (epoch %d)", source, self.step, self.epoch)
 
     def run(self) -> TrainResult:
         if self._done():
@@ -486,6 +616,9 @@ class _Trainer:
         try:
             with self.stop.installed():
                 status = "completed" if self._done() else self._loop(log)
+        except KeyboardInterrupt:
+            checkpoint = None if self.saved_step is None else self.out_dir / LAST
+            raise TrainingAborted(self.step, checkpoint, self.saved_step) from None
         finally:
             log.close()
         return TrainResult(
