@@ -7,6 +7,7 @@ it). Any other exception is a bug in mambakit: one line that says so, exit code 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -62,14 +63,25 @@ app.add_typer(bench_app, name="bench")
 
 def _domain_command(domain: Domain, verb: str) -> Callable[..., None]:
     if verb in domain.commands:
-        return domain.commands[verb]
-    return train_command(domain) if verb == "train" else eval_command(domain)
+        return _checked(domain, domain.commands[verb])
+    return _checked(domain, train_command(domain) if verb == "train" else eval_command(domain))
+
+
+def _checked(domain: Domain, command: Callable[..., None]) -> Callable[..., None]:
+    """`command`, run only once the packages the domain declares as required import (its --help works without)."""
+
+    @functools.wraps(command)
+    def run_checked(**values: object) -> None:
+        domain.check_requirements()
+        command(**values)
+
+    return run_checked
 
 
 def _add_domain_commands(domains: dict[str, Domain]) -> None:
     for domain in domains.values():
         for name, command in domain.benchmarks.items():
-            bench_app.command(name, help=command.__doc__ or domain.help)(command)
+            bench_app.command(name, help=command.__doc__ or domain.help)(_checked(domain, command))
     for verb in VERBS:
         group = typer.Typer(cls=DomainGroup, help=VERB_HELP[verb], no_args_is_help=True)
         for domain in domains.values():
@@ -91,7 +103,7 @@ def info() -> None:
     console.print(f"mambakit {__version__}, torch {torch.__version__}, python {platform.python_version()}")
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     console.print(f"CUDA device: {cuda}; CPU threads: {torch.get_num_threads()}")
-    console.print(f"domains: {', '.join(load_domains()) or 'none installed'}")
+    _print_domains(console)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     table = Table("scan backend", *devices, title="selective-scan backends (auto picks the first usable)")
     reasons = {device: available_backends(device) for device in devices}
@@ -99,6 +111,23 @@ def info() -> None:
         table.add_row(name, *(escape(reasons[device][name] or "usable") for device in devices))
     console.print(table)
     _print_nvrtc(console)
+
+
+def _print_domains(console: Console) -> None:
+    """Each installed domain: usable or not, and what it (or one of its features) lacks and how to install it."""
+    domains = load_domains()
+    if not domains:
+        console.print("domains: none installed")
+        return
+    table = Table("domain", "status", "missing packages (and the extras that install them)", title="domains")
+    for name, domain in domains.items():
+        unmet = domain.unmet_requirements()
+        usable = all(requirement.needed_for for requirement, _ in unmet)
+        missing = "; ".join(
+            requirement.explain(requirement.needed_for or "every command", error) for requirement, error in unmet
+        )
+        table.add_row(name, "usable" if usable else "not usable", escape(missing or "none"))
+    console.print(table)
 
 
 def _print_nvrtc(console: Console) -> None:
@@ -153,8 +182,11 @@ def convert(
 
     if dtype not in STORAGE_DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
-    if out.resolve() == source.resolve():
+    # resolve() equates every spelling (a trailing slash, relative or absolute, a symlink); samefile also a bind mount.
+    if out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source)):
         raise UserError(f"--out {out} is the source folder; write the converted checkpoint to another folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; a checkpoint is a folder: give a new or an existing folder's path")
     model = load_model(source)
     kept = {CONFIG_NAME, SAFETENSORS_NAME, "trainer_state.pt"}
     extra_files = {

@@ -21,6 +21,7 @@ Importing this module imports neither torch nor typer.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import UserError
+from .errors import MambakitError, UserError, described
 
 ENTRY_POINT_GROUP = "mambakit.apps"
 VERBS = ("train", "eval", "generate", "predict")
@@ -147,6 +148,55 @@ class DomainTask:
         return dataset
 
 
+class MissingExtraError(MambakitError, ImportError):
+    """An optional package a domain (or one of its features) needs is missing or broken; the message names the
+    mambakit extra that installs it."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A module a domain imports from an optional package: `package` is the name users know it by, `extra` the
+    mambakit extra that installs it. With `needed_for` empty, every command of the domain needs it (the CLI checks
+    before running one); otherwise only that feature does, and the rest of the domain works without it."""
+
+    module: str
+    package: str
+    extra: str
+    needed_for: str = ""
+
+    def import_error(self) -> Exception | None:
+        """None when the module imports, else the error importing it raised."""
+        try:
+            importlib.import_module(self.module)
+        except Exception as error:  # an ABI mismatch or a broken dependency raises more than ImportError
+            return error
+        return None
+
+    def is_absent(self, error: Exception) -> bool:
+        """Whether `error` (from `import_error`) says the package is not installed, rather than installed but
+        broken (failing on a dependency of its own, an ABI mismatch)."""
+        missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+        return missing is not None and (self.module == missing or self.module.startswith(missing + "."))
+
+    def explain(self, needer: str, error: Exception) -> str:
+        """One line: `needer` ("the genomics domain", "writing Parquet") needs the package, and what to run: install
+        the extra, or reinstall it when the package is there but its import fails (the error is quoted)."""
+        if self.is_absent(error):
+            return f"{needer} needs {self.package}: pip install 'mambakit[{self.extra}]'"
+        return (
+            f"{needer} needs {self.package}, which is installed but fails to import ({described(error)}); reinstall "
+            f"it: pip install --force-reinstall 'mambakit[{self.extra}]'"
+        )
+
+    def load(self, needer: str) -> Any:
+        """The imported module; a `MissingExtraError` saying that `needer` (e.g. "writing Parquet") needs the
+        package when it does not import."""
+        error = self.import_error()
+        if error is not None:
+            raise MissingExtraError(self.explain(needer, error)) from error
+        return importlib.import_module(self.module)
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """The options of a domain that has none of its own."""
@@ -224,6 +274,9 @@ class Domain:
     read_legacy: Callable[[Path, Any], RunRecord | None] | None = None
     """For checkpoints written before run records existed: (checkpoint dir, model) -> the record, or None when
     the checkpoint is not this domain's."""
+    requires: Sequence[Requirement] = ()
+    """The optional packages the domain imports: those without `needed_for` are checked before any of its
+    commands runs; `mambakit info` reports every one that is missing."""
 
     def __post_init__(self) -> None:
         unknown = set(self.commands) - set(VERBS)
@@ -269,6 +322,27 @@ class Domain:
             name: Path(value) if value is not None and _is_path(hints[name]) else value for name, value in data.items()
         }
         return self.options(**values)
+
+    def unmet_requirements(self) -> list[tuple[Requirement, Exception]]:
+        """(requirement, import error) of each declared package that does not import, leaving out those that fail
+        only because another declared package is absent (timm without torchvision: torchvision is what to install).
+        """
+        failed = [(requirement, requirement.import_error()) for requirement in self.requires]
+        unmet = [(requirement, error) for requirement, error in failed if error is not None]
+        absent = {requirement.module.split(".")[0] for requirement, error in unmet if requirement.is_absent(error)}
+
+        def caused_by_another(requirement: Requirement, error: Exception) -> bool:
+            missing = getattr(error, "name", None) or ""
+            return not requirement.is_absent(error) and missing.split(".")[0] in absent
+
+        return [(requirement, error) for requirement, error in unmet if not caused_by_another(requirement, error)]
+
+    def check_requirements(self) -> None:
+        """A `MissingExtraError` naming the first package every command of the domain needs that does not import,
+        and the extra that installs it."""
+        for requirement, error in self.unmet_requirements():
+            if not requirement.needed_for:
+                raise MissingExtraError(requirement.explain(f"the {self.name} domain", error))
 
     def make_featurizer(self, options: Any) -> Any:
         """The featurizer of a new run (None for a domain without one)."""

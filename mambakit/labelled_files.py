@@ -6,9 +6,11 @@ row. No domain knowledge here."""
 from __future__ import annotations
 
 import csv
+import math
+import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import UserError, described, first_line
+from .errors import MambakitError, UserError, described, first_line
 from .splits import SPLIT_NAMES, stratified_split
 
 LABEL_COLUMNS = ("label", "class")
@@ -68,6 +70,36 @@ def visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def check_readable(path: Path, error: type[MambakitError]) -> None:
+    """An `error` when this user may not read `path` (a file) or list it (a folder), so a data file the permissions
+    hide is named up front rather than failing mid-run as if corrupt, or silently left out of a folder's listing."""
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise error(f"{path}: cannot list this folder (permission denied); allow it (chmod a+rx) or move it out")
+    if not path.is_dir() and not os.access(path, os.R_OK):
+        raise error(f"{path}: cannot read this file (permission denied); allow it (chmod a+r) or move it out")
+
+
+def visible_files(
+    folder: Path, wanted: Callable[[Path], bool], error: type[MambakitError]
+) -> tuple[list[Path], list[Path]]:
+    """(the files `wanted` takes, the other files) under `folder`, recursively, sorted, leaving out hidden files and
+    folders; a wanted file this user may not read, or a folder it may not list, is an `error` naming it."""
+    check_readable(folder, error)
+    kept: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(folder.rglob("*")):
+        if not visible(path, folder):
+            continue
+        if path.is_dir():
+            check_readable(path, error)
+        elif path.is_file() and wanted(path):
+            check_readable(path, error)
+            kept.append(path)
+        elif path.is_file():
+            others.append(path)
+    return kept, others
+
+
 def warn_skipped(where: Path, skipped: list[Path], kind: str) -> None:
     """One warning for the files under `where` that are not `kind` ("audio", "images") by their suffix, attributed
     to the caller of the reader that calls this."""
@@ -115,7 +147,9 @@ def read_label_table(
         raise error(f"{path}: no such file or folder; check the path")
     if path.is_dir():
         raise error(f"{path}: is a folder; expected a CSV/TSV file")
+    check_readable(path, error)
     rows: list[TableRow] = []
+    label_rows: list[tuple[str | None, int]] = []
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             header_line = handle.readline()
@@ -149,6 +183,7 @@ def read_label_table(
                         f"{path}:{number}: {file}: no such {kind} file (relative paths are relative to the "
                         f"table's folder {path.parent})"
                     )
+                check_readable(file, error)
                 label = row[label_column].strip() if label_column is not None else None
                 if require_label and not label:
                     raise error(f"{path}:{number}: empty label")
@@ -158,6 +193,7 @@ def read_label_table(
                     if split is None:
                         raise error(f"{path}:{number}: split must be train, val or test, got {row[split_column]!r}")
                 rows.append(TableRow(file, label or None, split, f"{path}:{number} ({value})"))
+                label_rows.append((label or None, number))
     except UnicodeDecodeError as decode_error:
         raise error(
             f"{path}: not a UTF-8 text table (undecodable byte at offset {decode_error.start}); expected CSV/TSV"
@@ -166,7 +202,30 @@ def read_label_table(
         raise error(f"{path}: malformed CSV ({first_line(csv_error)})") from None
     if not rows:
         raise error(f"{path}: no rows below the header")
+    check_label_spellings(path, label_rows, error)
     return rows
+
+
+def check_label_spellings(
+    path: Path | str, labels: Iterable[tuple[str | None, int]], error: type[MambakitError]
+) -> None:
+    """An `error` naming the file, both spellings and their lines when two of `labels` ((label, line number) pairs)
+    are one number written two ways ("1" and "1.0", "01", "1e0"): they would silently become two classes, and
+    merging them would be a guess."""
+    first: dict[float, tuple[str | None, int]] = {}
+    for label, line in labels:
+        try:
+            value = float(label or "nan")
+        except ValueError:
+            continue  # not a number: compared as written
+        if not math.isfinite(value):
+            continue
+        spelling, seen_at = first.setdefault(value, (label, line))
+        if spelling != label:
+            raise error(
+                f"{path}: labels {spelling!r} (line {seen_at}) and {label!r} (line {line}) are one number written "
+                f"two ways, which would make two classes; write the label one way"
+            )
 
 
 def some(names: Sequence[str], shown: int = 10) -> str:

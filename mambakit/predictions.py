@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Predictions", "read_predictions_csv", "write_predictions_csv", "write_top_k_csv"]
+__all__ = ["Predictions", "check_output_file", "read_predictions_csv", "write_predictions_csv", "write_top_k_csv"]
 
 #: Digits after the decimal point of each probability.
 PROBABILITY_DECIMALS = 6
@@ -37,6 +37,18 @@ class Predictions:
     predictions: list[str]
     class_names: list[str]
     probabilities: np.ndarray | None
+
+
+def check_output_file(path: Path, what: str = "predictions", example_name: str = "predictions.csv") -> None:
+    """A one-line UserError, before any work is done, when the --out `path` is an existing folder: `what` (the
+    predictions, the embeddings) is written to one file, e.g. `example_name` inside that folder."""
+    from .errors import UserError  # here: importing the package at the top would import torch
+
+    if path.is_dir():
+        raise UserError(
+            f"--out {path}: is a folder; the {what} are written to one file: give a file path such as "
+            f"{path / example_name}"
+        )
 
 
 def write_predictions_csv(

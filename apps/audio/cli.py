@@ -24,6 +24,7 @@ from mambakit.cli_support import resolve_device as resolve_device_name
 from mambakit.domains import Domain, DomainTask, Splits, TaskInputs, load_checkpoint
 from mambakit.errors import UserError
 
+from .data import PYARROW, SOUNDFILE, TORCHAUDIO
 from .models import DOMAIN_NAME, AudioClassifier, AudioConfig, AudioLM
 
 #: Model sizes, all at SaShiMi's pools 4 x 4: tiny trains in minutes on a CPU; small (SaShiMi's width, d_model 64,
@@ -210,6 +211,7 @@ def generate(
     from .data import decode, encode, read_audio, silence_code, write_wav
     from .generate import generate_audio
 
+    SOUNDFILE.load("generate audio (it writes WAV files)")
     if checkpoint is None:
         checkpoint = SHIPPED_MODEL
         if not (checkpoint / "config.json").is_file():
@@ -274,13 +276,14 @@ def predict(
     """Label audio clips (files, folders, a CSV of paths) with a classifier checkpoint; labelled input is scored."""
     import torch
 
-    from mambakit.predictions import write_predictions_csv
+    from mambakit.predictions import check_output_file, write_predictions_csv
     from mambakit.train.classification import classification_metrics
 
     from .data import AudioClassificationDataset, read_audio_inputs
 
     if not data:
         raise UserError("predict needs --data: audio files, folders, or a CSV of audio paths")
+    check_output_file(out)
     resolved = resolve_device_name(device or "auto")
     loaded = load_checkpoint(DOMAIN, checkpoint, device=resolved, verb="predict")
     model = loaded.model
@@ -316,4 +319,5 @@ DOMAIN = Domain(
     options=AudioOptions,
     presets=PRESETS,
     commands={"generate": generate, "predict": predict},
+    requires=(SOUNDFILE, TORCHAUDIO, PYARROW),
 )

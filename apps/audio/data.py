@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mambakit import hf_dumps, labelled_files
+from mambakit.domains import Requirement
 from mambakit.errors import UserError, described
 from mambakit.hf_dumps import HF_SUFFIXES
 from mambakit.labelled_files import read_label_table, some
@@ -49,6 +50,10 @@ HF_AUDIO_COLUMNS = ("audio",)
 DEFAULT_SAMPLE_RATE = 8000
 #: What to install for the audio I/O.
 AUDIO_EXTRA = "pip install 'mambakit[audio]'"
+#: The optional packages of the audio domain; training and evaluating on the embedded data need none of them.
+SOUNDFILE = Requirement("soundfile", "soundfile", "audio", needed_for="audio files (--data, --prompt, WAV output)")
+TORCHAUDIO = Requirement("torchaudio.functional", "torchaudio", "audio", needed_for="resampling clips of another rate")
+PYARROW = Requirement("pyarrow", "pyarrow", "audio", needed_for="Hugging Face datasets dumps (.parquet/.arrow)")
 
 DATA_DIR = Path(__file__).resolve().with_name("data")
 #: The embedded default data set (provenance and licence in data/README.md).
@@ -194,23 +199,14 @@ def silence_code(encoding: str = "mu-law") -> int:
 
 
 def _soundfile() -> Any:
-    try:
-        import soundfile
-    except ImportError:
-        raise AudioDataError(f"reading and writing audio needs soundfile; {AUDIO_EXTRA}") from None
-    return soundfile
+    return SOUNDFILE.load("reading and writing audio")
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """float32 samples at `to_rate` (torchaudio.functional.resample, its default windowed-sinc filter)."""
     if from_rate == to_rate:
         return np.asarray(samples, dtype=np.float32)
-    try:
-        import torchaudio.functional as audio_functional
-    except ImportError:
-        raise AudioDataError(
-            f"resampling {from_rate} Hz audio to {to_rate} Hz needs torchaudio; {AUDIO_EXTRA}"
-        ) from None
+    audio_functional = TORCHAUDIO.load(f"resampling {from_rate} Hz audio to {to_rate} Hz")
     tensor = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     return audio_functional.resample(tensor, int(from_rate), int(to_rate)).numpy()
 
@@ -292,13 +288,9 @@ def is_audio_file(path: Path) -> bool:
 
 
 def _audio_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(audio files, other files) under `folder`, recursively, sorted; hidden files and folders are left out."""
-    audio: list[Path] = []
-    others: list[Path] = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and labelled_files.visible(path, folder):
-            (audio if is_audio_file(path) else others).append(path)
-    return audio, others
+    """(audio files, other files) under `folder`, recursively, sorted; hidden files and folders are left out, and
+    one this user may not read is an error."""
+    return labelled_files.visible_files(folder, is_audio_file, AudioDataError)
 
 
 def _labelled(records: list[AudioRecord], where: Path | str) -> LabelledAudio:

@@ -18,12 +18,23 @@ from mambakit.cli_support import (
     print_metrics,
     resolve_device,
 )
-from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
+from mambakit.domains import (
+    EVAL_OPTION,
+    Domain,
+    DomainTask,
+    Requirement,
+    RunRecord,
+    Splits,
+    TaskInputs,
+    load_checkpoint,
+)
 from mambakit.errors import UserError
 from mambakit.jsonfiles import read_json_object
 from mambakit.validation import checked_value
 
 from .models import DOMAIN_NAME, GenomicsMambaConfig, create_model
+from .predict import MAX_PREDICT_LENGTH, PARQUET
+from .prepare import DEFAULT_EVAL_WINDOWS
 from .tasks import ClassifyTask, MlmTask, PretrainTask
 from .tokenizer import DNATokenizer
 
@@ -85,6 +96,15 @@ class GenomicsOptions:
     rc_aug: Annotated[bool, typer.Option("--rc-aug", help="Train on random reverse complements too.")] = False
     conjoin: ConjoinOption = False
     pooling: Annotated[str, typer.Option(help="classify: mean | last | cls | max over the real bases.")] = "mean"
+    eval_windows: Annotated[
+        int,
+        typer.Option(
+            "--eval-windows",
+            min=1,
+            help=f"pretrain/mlm: windows each evaluation scores, evenly spread over the held-out part "
+            f"(default {DEFAULT_EVAL_WINDOWS}); raise it for a finer estimate on a large genome.",
+        ),
+    ] = field(default=DEFAULT_EVAL_WINDOWS, metadata=EVAL_OPTION)
 
 
 def _model(task: str, inputs: TaskInputs, splits: Splits) -> Any:
@@ -139,6 +159,7 @@ def _genome_data(inputs: TaskInputs) -> Splits:
         window=inputs.options.seq_len or DEFAULT_WINDOW,
         seed=inputs.run.seed,
         rc_augment=inputs.options.rc_aug,
+        eval_windows=inputs.options.eval_windows,
     )
 
 
@@ -225,37 +246,52 @@ def predict(
     genome: GenomeOption = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
+    max_length: Annotated[
+        int,
+        typer.Option(
+            "--max-length",
+            min=2,
+            help="Longest sequence taken (bases), and most padded bases run together: memory grows with it.",
+        ),
+    ] = MAX_PREDICT_LENGTH,
 ) -> None:
     """Label DNA sequences (FASTA/FASTQ/BED/CSV) with a classifier checkpoint, or export embeddings (--embed) from
     any genomics checkpoint. Labels in the input, if any, are checked against the model's classes and scored."""
     import torch
 
     from mambakit.models import MambaForSequenceClassification
-    from mambakit.predictions import write_predictions_csv
+    from mambakit.predictions import check_output_file, write_predictions_csv
     from mambakit.train.classification import classification_metrics
 
     from .datasets import SequenceDataset
+    from .predict import check_embeddings_path, check_lengths, predict_logits, save_embeddings
     from .predict import embed as embed_sequences
-    from .predict import predict_logits, save_embeddings
 
     if not data:
         raise UserError("predict needs --data: the sequences to label or embed")
+    if embed:
+        check_embeddings_path(out)
+    else:
+        check_output_file(out)
     loaded = load_checkpoint(DOMAIN, checkpoint, device=resolve_device(device or "auto"), verb="predict")
     model, tokenizer = loaded.model, loaded.featurizer
     options = DOMAIN.options_from_json(loaded.record.options, str(checkpoint))
     records = read_inputs(list(data), genome)
+    check_lengths(records, max_length, options.seq_len)
     classes = list(getattr(model, "labels", None) or [])
     labelled = embed is False and bool(classes) and all(r.label is not None for r in records)
     dataset = SequenceDataset(records, tokenizer, classes if labelled else None, options.seq_len)
     if embed:
         written = save_embeddings(
-            out, embed_sequences(model, dataset, batch_size or 64, conjoin=conjoin), dataset.names
+            out,
+            embed_sequences(model, dataset, batch_size or 64, conjoin=conjoin, max_tokens=max_length),
+            dataset.names,
         )
         print(f"wrote {len(dataset):,} embeddings to {written}")
         return
     if not isinstance(model, MambaForSequenceClassification):
         raise UserError(f"{checkpoint}: a {model.architecture} predicts no labels; use --embed for embeddings")
-    logits = predict_logits(model, dataset, batch_size or 64, conjoin=conjoin or options.conjoin)
+    logits = predict_logits(model, dataset, batch_size or 64, conjoin or options.conjoin, max_length)
     probabilities = torch.from_numpy(logits).softmax(-1).numpy()
     written = write_predictions_csv(out, dataset.names, probabilities.argmax(-1), probabilities, classes)
     print(f"wrote {len(dataset):,} predictions to {written}")
@@ -276,4 +312,5 @@ DOMAIN = Domain(
     presets=PRESETS,
     commands={"predict": predict},
     read_legacy=read_legacy_record,
+    requires=(Requirement("Bio", "Biopython", "genomics"), PARQUET),
 )

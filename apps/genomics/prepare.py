@@ -19,7 +19,7 @@ from .readers import (
     LabelledData,
     Region,
     load_labelled,
-    read_sequences,
+    read_genome,
     read_split_bed,
     split_genome,
 )
@@ -27,6 +27,9 @@ from .tokenizer import DNATokenizer
 
 DATA_DIR = Path(__file__).resolve().with_name("data")
 CLASSIFICATION_DATA = DATA_DIR / "oct4_vs_mafk"
+#: Windows each evaluation of pretraining scores (validation, test) unless --eval-windows says otherwise: the
+#: embedded genome's held-out parts fit, and a 50 Mbp genome's are sampled instead of scored whole.
+DEFAULT_EVAL_WINDOWS = 128
 GENOME = DATA_DIR / "genome" / "c_diphtheriae_NCTC11397.fna.gz"
 
 
@@ -68,13 +71,16 @@ def pretraining_splits(
     test_fraction: float = 0.05,
     splits_bed: str | Path | None = None,
     rc_augment: bool = False,
+    eval_windows: int | None = DEFAULT_EVAL_WINDOWS,
 ) -> Splits:
     """Windows of `window` bases over a genome FASTA (None: the embedded C. diphtheriae chromosome) for causal
     or masked LM pretraining, split by contig (or by region within contigs, see `readers.split_genome`), or by
-    a BED file whose 4th column names each interval's split. `rc_augment` applies to training only."""
+    a BED file whose 4th column names each interval's split. `rc_augment` applies to training only. Validation
+    and test keep at most `eval_windows` windows each (None: all), evenly spread over their regions, so each
+    evaluation costs the same whatever the genome's size."""
     tokenizer = tokenizer or DNATokenizer()
     path = Path(GENOME if genome is None else genome)
-    contigs = encode_genome(read_sequences(path), tokenizer)
+    contigs = encode_genome(read_genome(path), tokenizer)
     if splits_bed is not None:
         regions = read_split_bed(splits_bed)
         for split_regions in regions.values():
@@ -84,10 +90,10 @@ def pretraining_splits(
     else:
         regions = split_genome({name: len(ids) for name, ids in contigs.items()}, val_fraction, test_fraction, seed)
 
-    def windows(split: str, augment: bool = False) -> GenomeWindows | None:
+    def windows(split: str, augment: bool = False, most: int | None = None) -> GenomeWindows | None:
         chosen: list[Region] = regions.get(split, [])
         if not chosen:
             return None
-        return GenomeWindows(contigs, chosen, window, tokenizer=tokenizer, rc_augment=augment)
+        return GenomeWindows(contigs, chosen, window, tokenizer=tokenizer, rc_augment=augment, max_windows=most)
 
-    return Splits(windows("train", rc_augment), windows("val"), windows("test"))
+    return Splits(windows("train", rc_augment), windows("val", most=eval_windows), windows("test", most=eval_windows))

@@ -21,6 +21,7 @@ from typing import Literal, TextIO
 import numpy as np
 
 from mambakit.errors import MambakitError
+from mambakit.labelled_files import check_label_spellings, check_readable
 from mambakit.splits import check_fractions
 
 from .tokenizer import DNATokenizer
@@ -85,6 +86,7 @@ def _check_file(path: Path) -> None:
         raise GenomicsDataError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise GenomicsDataError(f"{path}: is a directory; expected a file")
+    check_readable(path, GenomicsDataError)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -179,10 +181,15 @@ def _locate(path: Path, kind: str, record_index: int, offset: int) -> int:
 def iter_sequences(path: str | Path) -> Iterator[SequenceRecord]:
     """The records of a FASTA or FASTQ file (plain, gzip or BGZF), checked: every character must be a base or an
     IUPAC code (either case). Records with no bases are skipped with one warning for the file."""
+    for _, record in _numbered_sequences(Path(path)):
+        yield record
+
+
+def _numbered_sequences(path: Path) -> Iterator[tuple[int, SequenceRecord]]:
+    """(position in the file, from 1, counting empty records too; record) of `iter_sequences`' records."""
     from Bio.SeqIO.FastaIO import SimpleFastaParser
     from Bio.SeqIO.QualityIO import FastqGeneralIterator
 
-    path = Path(path)
     kind, _ = _sniff(path)
     empty = 0
     with _reading(path), _open_text(path) as handle:
@@ -201,18 +208,37 @@ def iter_sequences(path: str | Path) -> Iterator[SequenceRecord]:
                         f"{path}:{line}: record {name!r} holds {sequence[bad]!r}, which is "
                         f"neither a base (ACGTUN) nor an IUPAC code; fix or remove the record"
                     )
-                yield SequenceRecord(name, sequence, source=f"{path} (record {name})")
+                yield index + 1, SequenceRecord(name, sequence, source=f"{path} (record {name})")
         except ValueError as error:  # biopython's FASTQ checks
             if isinstance(error, GenomicsDataError):
                 raise
             raise GenomicsDataError(f"{path}: malformed {kind.upper()} after record {index + 1} ({error})") from None
     if empty:
-        warnings.warn(f"{path}: skipped {empty} record(s) with no bases", stacklevel=2)
+        warnings.warn(f"{path}: skipped {empty} record(s) with no bases", stacklevel=3)
 
 
 def read_sequences(path: str | Path) -> list[SequenceRecord]:
     """All records of a FASTA/FASTQ file (see `iter_sequences`); an error when none holds a base."""
     records = list(iter_sequences(path))
+    if not records:
+        raise GenomicsDataError(f"{path}: no sequences (every record is empty)")
+    return records
+
+
+def read_genome(path: str | Path) -> list[SequenceRecord]:
+    """The contigs of a genome FASTA (see `iter_sequences`), whose names must be unique: a name that repeats is an
+    error naming both records' positions, since one contig would otherwise silently replace the other."""
+    path = Path(path)
+    records: list[SequenceRecord] = []
+    positions: dict[str, int] = {}
+    for position, record in _numbered_sequences(path):
+        first = positions.setdefault(record.name, position)
+        if first != position:
+            raise GenomicsDataError(
+                f"{path}: contig name {record.name!r} is used by records {first} and {position}; contig names must "
+                f"be unique: rename or remove one"
+            )
+        records.append(record)
     if not records:
         raise GenomicsDataError(f"{path}: no sequences (every record is empty)")
     return records
@@ -238,7 +264,7 @@ class IndexedFasta:
                 raise GenomicsDataError(f"{self.path}: {error}; contig names must be unique") from None
             # Plain gzip has no random access: read it whole (fine for the small genomes it is used for).
             self._index = None
-            self._in_memory = {record.name: record.sequence for record in read_sequences(self.path)}
+            self._in_memory = {record.name: record.sequence for record in read_genome(self.path)}
         if not self.names:
             raise GenomicsDataError(f"{self.path}: no FASTA records")
 
@@ -355,6 +381,7 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
     (optional when `require_label` is false), and optionally `name`/`id` and `split` (train/val/test)."""
     path = Path(path)
     records = []
+    label_rows: list[tuple[str | None, int]] = []
     with _reading(path), _open_text(path) as handle:
         header_line = handle.readline()
         delimiter = "\t" if "\t" in header_line else ","
@@ -396,8 +423,10 @@ def read_table(path: str | Path, require_label: bool = True) -> list[SequenceRec
                     )
             name = row[name_column].strip() if name_column is not None else f"row{number}"
             records.append(SequenceRecord(name, sequence, label, f"{path}:{number}", split))
+            label_rows.append((label, number))
     if not records:
         raise GenomicsDataError(f"{path}: no rows below the header")
+    check_label_spellings(path, label_rows, GenomicsDataError)
     return records
 
 

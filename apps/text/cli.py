@@ -19,9 +19,19 @@ from mambakit.cli_support import (
     is_main_process,
     resolve_device,
 )
-from mambakit.domains import EVAL_OPTION, Domain, DomainTask, RunRecord, Splits, TaskInputs, load_checkpoint
+from mambakit.domains import (
+    EVAL_OPTION,
+    Domain,
+    DomainTask,
+    Requirement,
+    RunRecord,
+    Splits,
+    TaskInputs,
+    load_checkpoint,
+)
 from mambakit.errors import UserError
 
+from .data import DATASETS, PYARROW
 from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
 PRESETS = {
@@ -146,32 +156,41 @@ def _checkpoint_tokenizer(checkpoint: Path) -> Tokenizer:
         raise UserError(str(error)) from None
 
 
-def _token_streams(inputs: TaskInputs, keep_train: bool = True) -> tuple[Any, Any]:
+def _token_streams(inputs: TaskInputs) -> tuple[Any, Any]:
     """(training, held-out) token streams of the given files, folders, globs and hf: sources, or of the default
     corpus, read document by document; a tokenizer still to train is trained on the training documents first
-    (it is the run's featurizer, saved after). Long streams spill to the run folder's tokens/ (a temporary
-    folder, removed at exit, without one and in torchrun processes other than the first). `keep_train=False`:
-    only the held-out stream is built."""
-    from .data import default_corpus_files, encode_split, expand_paths, iter_documents, training_documents
+    (it is the run's featurizer, saved after). Long streams spill to `_spill_dir`."""
+    from .data import encode_split, iter_documents, training_documents
 
-    sources = expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
+    sources = _sources(inputs)
     options = inputs.options
     tokenizer = inputs.featurizer
     if isinstance(tokenizer, HFTokenizer) and tokenizer.to_train is not None:
         vocab_size, model = tokenizer.to_train
         announce(f"training a {model} tokenizer of {vocab_size:,} ids on the training text")
         tokenizer.fit(training_documents(iter_documents(sources, options.text_field, options.errors)))
-    if inputs.run.out is not None and is_main_process():
-        spill_dir = inputs.run.out / "tokens"
-    else:  # eval, or a torchrun process other than the first (only that one writes in the run folder)
-        import atexit
-        import shutil
-        import tempfile
-
-        spill_dir = Path(tempfile.mkdtemp(prefix="mambakit-tokens-"))
-        atexit.register(shutil.rmtree, spill_dir, ignore_errors=True)
     documents = iter_documents(sources, options.text_field, options.errors)
-    return encode_split(documents, tokenizer, spill_dir=spill_dir, keep_train=keep_train)
+    return encode_split(documents, tokenizer, spill_dir=_spill_dir(inputs))
+
+
+def _sources(inputs: TaskInputs) -> list[Any]:
+    from .data import default_corpus_files, expand_paths
+
+    return expand_paths(inputs.run.data) if inputs.run.data else default_corpus_files()
+
+
+def _spill_dir(inputs: TaskInputs) -> Path:
+    """Where long token streams spill: the run folder's tokens/, or a temporary folder removed at exit (eval, and
+    torchrun processes other than the first, which alone writes in the run folder)."""
+    if inputs.run.out is not None and is_main_process():
+        return inputs.run.out / "tokens"
+    import atexit
+    import shutil
+    import tempfile
+
+    spill_dir = Path(tempfile.mkdtemp(prefix="mambakit-tokens-"))
+    atexit.register(shutil.rmtree, spill_dir, ignore_errors=True)
+    return spill_dir
 
 
 def _windows(tokens: Any, seq_len: int, what: str) -> Any:
@@ -193,8 +212,16 @@ def _lm_data(inputs: TaskInputs) -> Splits:
 
 
 def _lm_eval_data(inputs: TaskInputs) -> Any:
-    """The held-out part of the given text (or of the default corpus)."""
-    return _windows(_token_streams(inputs, keep_train=False)[1], inputs.options.seq_len, "held-out")
+    """What `eval` scores: the text given with --data, whole (it was named to be scored); without it, the held-out
+    part of the default corpus, which training did not see."""
+    from .data import encode_split, encode_whole, iter_documents
+
+    documents = iter_documents(_sources(inputs), inputs.options.text_field, inputs.options.errors)
+    if inputs.run.data:
+        tokens = encode_whole(documents, inputs.featurizer, _spill_dir(inputs))
+        return _windows(tokens, inputs.options.seq_len, "evaluation")
+    held_out = encode_split(documents, inputs.featurizer, spill_dir=_spill_dir(inputs), keep_train=False)[1]
+    return _windows(held_out, inputs.options.seq_len, "held-out")
 
 
 def _lm_model(inputs: TaskInputs, splits: Splits) -> Any:
@@ -478,4 +505,10 @@ DOMAIN = Domain(
     presets=PRESETS,
     commands={"generate": generate},
     read_legacy=read_legacy_record,
+    requires=(
+        Requirement("tokenizers", "tokenizers", "text", needed_for="Hugging Face tokenizers (--tokenizer)"),
+        DATASETS,
+        PYARROW,
+        Requirement("peft", "peft", "lora", needed_for="LoRA fine-tuning (--lora-rank)"),
+    ),
 )

@@ -19,7 +19,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from mambakit.domains import Requirement
 from mambakit.errors import UserError, described, first_line
+from mambakit.labelled_files import check_readable
 
 from .tokenizer import Tokenizer
 
@@ -41,6 +43,9 @@ BATCH_CHARACTERS = 2**24
 #: Parquet rows read at a time: text rows can be long, so far fewer than pyarrow's default.
 PARQUET_BATCH_ROWS = 1024
 INSTALL_TEXT = "pip install 'mambakit[text]'"
+#: The optional packages of --data sources (the `text` extra brings both: datasets needs pyarrow).
+PYARROW = Requirement("pyarrow.parquet", "pyarrow", "text", needed_for=".parquet/.arrow files in --data")
+DATASETS = Requirement("datasets", "datasets", "text", needed_for=f"{HUB_PREFIX}NAME sources in --data")
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,8 @@ def default_corpus_files() -> list[Path]:
 
 def expand_paths(paths: list[Path]) -> list[Source]:
     """Files as given; the text files inside given folders (recursively, sorted); the files a glob pattern that
-    is not itself a path matches (sorted, `**` recursive); and hf:NAME[:CONFIG] entries as `HubSource`s."""
+    is not itself a path matches (sorted, `**` recursive); and hf:NAME[:CONFIG] entries as `HubSource`s. A given
+    file, or a file or folder inside a given folder, that this user may not read is a UserError naming it."""
     sources: list[Source] = []
     for path in paths:
         given = str(path)
@@ -82,12 +88,20 @@ def expand_paths(paths: list[Path]) -> list[Source]:
             sources.append(_hub_source(given))
         elif path.is_dir():
             readable = TEXT_SUFFIXES | RECORD_SUFFIXES
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in readable)
+            check_readable(path, UserError)
+            found: list[Path] = []
+            for entry in sorted(path.rglob("*")):
+                if entry.is_dir():
+                    check_readable(entry, UserError)  # else the files of one it may not list are silently left out
+                elif entry.is_file() and entry.suffix.lower() in readable:
+                    check_readable(entry, UserError)
+                    found.append(entry)
             if not found:
                 suffixes = ", ".join(sorted(readable - {""}))
                 raise UserError(f"{path}: no text files in this folder (looked for {suffixes})")
             sources.extend(found)
         elif path.is_file():
+            check_readable(path, UserError)
             sources.append(path)
         elif any(character in given for character in GLOB_CHARACTERS):
             # Folders are left out: `**` matches every folder on the way to the files.
@@ -234,11 +248,9 @@ def _missing_column(path: Path, columns: list[str], text_field: str) -> UserErro
 
 
 def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise UserError(f"reading Parquet/Arrow data needs pyarrow; install it with: {INSTALL_TEXT}") from None
+    PYARROW.load(f"{path}: reading Parquet")
+    import pyarrow
+
     try:
         parquet = pyarrow.parquet.ParquetFile(path)
         columns = parquet.schema_arrow.names
@@ -263,10 +275,7 @@ def _arrow_texts(path: Path, text_field: str) -> Iterator[str]:
 def _hub_texts(source: HubSource, text_field: str) -> Iterator[str]:
     """The `text_field` of each record of the source's "train" split, streamed (nothing is downloaded up front);
     a hub id needs a network, a local folder of data files does not."""
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"{source}: reading a `datasets` source needs the datasets package: {INSTALL_TEXT}") from None
+    datasets = DATASETS.load(f"{source}: reading a `datasets` source")
     # `datasets` raises many exception types (connection, missing split, bad files): each is one line here.
     try:
         records = iter(datasets.load_dataset(source.name, source.config, split="train", streaming=True))
@@ -376,6 +385,24 @@ def _batches(documents: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, s
         yield batch
 
 
+def _stream_format(tokenizer: Tokenizer) -> tuple[Any, list[int]]:
+    """(the token dtype: int16 when the vocabulary fits, else int32; the ids that follow each document)."""
+    dtype = np.int16 if tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int32
+    return dtype, [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+
+
+def encode_whole(documents: Iterable[str], tokenizer: Tokenizer, spill_dir: Path | None = None) -> np.ndarray:
+    """One token stream of every document, in order, each followed by the end-of-text token (when the tokenizer
+    has one): what scoring given text whole needs. Past SPILL_TOKENS it goes to whole.tokens in `spill_dir` (when
+    given), returned as a read-only memmap, as `encode_split`'s streams do."""
+    dtype, separator = _stream_format(tokenizer)
+    stream = _TokenBuffer(dtype, None if spill_dir is None else spill_dir / "whole.tokens")
+    for batch in _batches(enumerate(documents)):
+        ids = tokenizer.encode_batch([text for _, text in batch])
+        stream.append(np.array([token for document in ids for token in (*document, *separator)], dtype))
+    return stream.finish()
+
+
 def encode_split(
     documents: Iterable[str],
     tokenizer: Tokenizer,
@@ -391,8 +418,7 @@ def encode_split(
     returned as a read-only memmap. `keep_train=False` (evaluation) returns an empty training stream and stops
     encoding training documents once the held-out stream has begun."""
     _check_eval_every(eval_every)
-    dtype = np.int16 if tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int32
-    separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    dtype, separator = _stream_format(tokenizer)
     train, held_out = (
         _TokenBuffer(dtype, None if spill_dir is None else spill_dir / f"{name}.tokens")
         for name in ("train", "held_out")

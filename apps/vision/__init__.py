@@ -12,8 +12,8 @@ Importing it registers the VMamba models with timm, so `timm.create_model("vmamb
 
 try:
     from . import models
-except ModuleNotFoundError as error:  # timm is the `vision` extra: the CLI then says how to install it
-    if error.name != "timm":
+except ModuleNotFoundError as error:  # a package of the `vision` extra: the CLI then says how to install it
+    if (error.name or "").split(".")[0] not in ("timm", "torchvision", "PIL"):
         raise
 else:
     __all__ = ["models"]

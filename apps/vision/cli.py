@@ -13,7 +13,7 @@ import typer
 
 from mambakit.cli_support import BatchSizeOption, CheckpointOption, DataOption, DeviceOption, print_metrics
 from mambakit.cli_support import resolve_device as resolve_device_name
-from mambakit.domains import Domain, DomainTask, Splits, TaskInputs, load_checkpoint
+from mambakit.domains import Domain, DomainTask, Requirement, Splits, TaskInputs, load_checkpoint
 from mambakit.errors import UserError
 
 DOMAIN_NAME = "vision"
@@ -42,11 +42,14 @@ ModelOption = Annotated[
 ]
 
 
-def _needs_timm() -> None:
-    try:
-        import timm  # noqa: F401 - only checking that it is there
-    except ModuleNotFoundError:
-        raise UserError("the vision app needs timm: pip install 'mambakit[vision]'") from None
+#: What every vision command imports (images decode through Pillow; timm needs torchvision), dependencies first so
+#: the first one missing is the one named; and pyarrow for `datasets` dumps.
+REQUIREMENTS = (
+    Requirement("PIL", "Pillow", "vision"),
+    Requirement("torchvision", "torchvision", "vision"),
+    Requirement("timm", "timm", "vision"),
+    Requirement("pyarrow", "pyarrow", "vision", needed_for="Hugging Face datasets dumps (.parquet/.arrow)"),
+)
 
 
 #: timm schedulers offered by --sched (those that need no metric and no epoch structure).
@@ -107,7 +110,6 @@ def _img_size(inputs: TaskInputs) -> int:
 
 
 def _data(inputs: TaskInputs) -> Splits:
-    _needs_timm()
     from .data import ImageDataset, split_indices
     from .tasks import image_transform
 
@@ -144,7 +146,6 @@ def _eval_data(inputs: TaskInputs) -> Any:
 
 
 def _model(inputs: TaskInputs, splits: Splits) -> Any:
-    _needs_timm()
     from .classifier import ImageClassifier, VisionConfig
 
     options: VisionOptions = inputs.options
@@ -232,7 +233,6 @@ def _schedule(inputs: TaskInputs) -> Any:
 
 
 def _task(inputs: TaskInputs) -> Any:
-    _needs_timm()
     from .tasks import ImageClassificationTask
 
     return ImageClassificationTask(len(inputs.labels), inputs.options.mixup, inputs.options.cutmix)
@@ -281,7 +281,6 @@ def evaluate(
 ) -> None:
     """Score a vision checkpoint: top-1/top-5 accuracy, MCC, AUROC on labelled images (--data), or on the embedded
     test split; writes the confusion matrix as a PNG."""
-    _needs_timm()
     from mambakit.domains import RunOptions
     from mambakit.train import EvalConfig
     from mambakit.train import evaluate as evaluate_model
@@ -334,10 +333,9 @@ def predict(
     """Classify images (files, folders, a CSV of paths) with a vision checkpoint folder, or with released weights
     (-c vssm1_tiny_0230s_ckpt_epoch_264.pth --model vmamba_tiny_s1l8: ImageNet classes); writes the top-k classes
     per image. Labels in the input, if any, are scored."""
-    _needs_timm()
     import torch
 
-    from mambakit.predictions import write_top_k_csv
+    from mambakit.predictions import check_output_file, write_top_k_csv
     from mambakit.train.classification import classification_metrics
 
     from .data import ImageDataset, read_images
@@ -345,6 +343,7 @@ def predict(
 
     if not data:
         raise UserError("predict needs --data: image files, folders of images, or a CSV of image paths")
+    check_output_file(out)
     resolved = resolve_device_name(device or "auto")
     if checkpoint.is_file():
         network, transform, labels = _official_model(checkpoint, model, resolved)
@@ -392,4 +391,5 @@ DOMAIN = Domain(
     options=VisionOptions,
     presets=PRESETS,
     commands={"eval": evaluate, "predict": predict},
+    requires=REQUIREMENTS,
 )

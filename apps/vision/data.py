@@ -204,14 +204,9 @@ def is_image_file(path: Path) -> bool:
 
 
 def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under `folder`, recursively, sorted; hidden files and folders are left out."""
-    images: list[Path] = []
-    others: list[Path] = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not labelled_files.visible(path, folder):
-            continue
-        (images if is_image_file(path) else others).append(path)
-    return images, others
+    """(image files, other files) under `folder`, recursively, sorted; hidden files and folders are left out, and
+    one this user may not read is an error."""
+    return labelled_files.visible_files(folder, is_image_file, VisionDataError)
 
 
 def _labelled(records: list[ImageRecord], where: Path | str, classes: Sequence[str] | None = None) -> LabelledImages:
