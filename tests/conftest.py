@@ -18,5 +18,12 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("MAMBAKIT_CACHE_DIR", tempfile.mkdtemp(prefix="mambakit-test-cache-"))
 
 import torch  # noqa: E402 - after the thread settings, which torch reads at import
+from hypothesis import settings  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+# CI explores the same fuzz examples each run (a red build must be reproducible); elsewhere hypothesis varies them.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

@@ -34,6 +34,11 @@ POSITIONS = ("rope", "learned", "none")
 #: Learned position tables cover this many positions at least (the longest the Mamba paper tests attention at),
 #: so extrapolation can be measured; positions past the training length keep their initial values.
 LEARNED_POSITIONS = 1 << 14
+#: The longest sequence (and the most tokens to copy or pairs) a run may ask for: 4x the Mamba paper's longest
+#: induction-heads test (2^20); numbers past this only exhaust memory.
+MAX_LENGTH = 1 << 22
+#: The largest vocabulary (or ICL vector dimension).
+MAX_VOCAB = 1 << 20
 TRAIN_DEFAULTS = {
     "max_steps": 400,
     "batch_size": 32,
@@ -63,18 +68,25 @@ class SyntheticOptions:
         typer.Option(
             "--length",
             min=4,
+            max=MAX_LENGTH,
             help="Sequence length; copying: the longest string (default: the task's; eval: length to test at).",
         ),
     ] = field(default=None, metadata=EVAL_OPTION)
     vocab: Annotated[
         int | None,
-        typer.Option("--vocab", min=3, help="Vocabulary size; icl-* tasks: vector dimension d (default: the task's)."),
+        typer.Option(
+            "--vocab",
+            min=3,
+            max=MAX_VOCAB,
+            help="Vocabulary size; icl-* tasks: vector dimension d (default: the task's).",
+        ),
     ] = None
     count: Annotated[
         int | None,
         typer.Option(
             "--count",
             min=1,
+            max=MAX_LENGTH,
             help="Tokens to copy / key-value pairs; copying: the shortest string; icl-* tasks: points or pairs per "
             "prompt N (default: the task's).",
         ),
@@ -156,8 +168,10 @@ def _eval_lengths(text: str) -> list[int]:
         lengths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         lengths = []
-    if not lengths or min(lengths) < 4:
-        raise UserError(f"--lengths {text!r}: give comma-separated sequence lengths of at least 4, e.g. 64,256,1024")
+    if not lengths or min(lengths) < 4 or max(lengths) > MAX_LENGTH:
+        raise UserError(
+            f"--lengths {text!r}: give comma-separated sequence lengths from 4 to {MAX_LENGTH}, e.g. 64,256,1024"
+        )
     return lengths
 
 

@@ -67,7 +67,7 @@ def selective_scan_ref(
         Ct = C_f if C.dim() == 2 else C_f[..., t]
         h = torch.exp(dt * A_f) * h + dt * Bt * u_f[:, :, t, None]
         ys.append((h * Ct).sum(-1))
-    y = torch.stack(ys, dim=-1)
+    y = torch.stack(ys, dim=-1) if ys else u_f.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.to(compute)[:, None] * u_f
     if z is not None:
