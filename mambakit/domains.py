@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import MambakitError, UserError, described
+from .validation import check_values
 
 ENTRY_POINT_GROUP = "mambakit.apps"
 VERBS = ("train", "eval", "generate", "predict")
@@ -230,6 +230,7 @@ class RunRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(data) - known:
             raise UserError(f"{source}: unknown keys {sorted(set(data) - known)}; known: {', '.join(sorted(known))}")
+        data = check_values(data, cls, source)
         if data.get("version", RUN_RECORD_VERSION) > RUN_RECORD_VERSION:
             raise UserError(
                 f"{source}: run record version {data['version']} was written by a newer mambakit; upgrade mambakit"
@@ -314,14 +315,10 @@ class Domain:
 
     def options_from_json(self, data: Mapping[str, Any], source: str) -> Any:
         """The domain options from `options_to_json`'s output; options added since take their defaults."""
-        hints = typing.get_type_hints(self.options)
         known = {f.name for f in dataclasses.fields(self.options)}
         if set(data) - known:
             raise UserError(f"{source}: unknown {self.name} options {sorted(set(data) - known)}")
-        values = {
-            name: Path(value) if value is not None and _is_path(hints[name]) else value for name, value in data.items()
-        }
-        return self.options(**values)
+        return self.options(**check_values(data, self.options, source))
 
     def unmet_requirements(self) -> list[tuple[Requirement, Exception]]:
         """(requirement, import error) of each declared package that does not import, leaving out those that fail
@@ -347,10 +344,6 @@ class Domain:
     def make_featurizer(self, options: Any) -> Any:
         """The featurizer of a new run (None for a domain without one)."""
         return None if self.featurizer is None else self.featurizer(options)
-
-
-def _is_path(hint: Any) -> bool:
-    return hint is Path or Path in typing.get_args(hint)
 
 
 def load_checkpoint(domain: Domain, checkpoint: Path, device: Any = None, verb: str = "eval") -> Loaded:

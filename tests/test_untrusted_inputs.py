@@ -19,6 +19,7 @@ import torch
 from mambakit import validation
 from mambakit.cli import main
 from mambakit.domains import RunRecord
+from mambakit.errors import UserError
 from mambakit.models import (
     CheckpointError,
     MambaConfig,
@@ -264,6 +265,7 @@ def test_published_mamba_shapes_are_within_the_limits(name: str) -> None:
 
 def test_parameter_estimates_match_the_built_models() -> None:
     from mambakit.apps.audio.models import AudioConfig, AudioLM
+
     from mambakit.models import MambaForMaskedLM
 
     for changes in (
@@ -431,9 +433,8 @@ def test_resume_never_runs_pickled_code(tmp_path: Path, capsys: pytest.CaptureFi
 
 def _vmamba_release(path: Path, marker: Path) -> Path:
     """An official-looking VMamba .pth: weights of test_vmamba, a yacs-like config holding the payload."""
-    import timm
-
     import mambakit.apps.vision  # noqa: F401 - registers the VMamba models with timm
+    import timm
 
     state = timm.create_model("test_vmamba", num_classes=10).state_dict()
     return _malicious(path, marker, lambda p: {"model": state, "config": {"MODEL": {"NAME": p}}, "epoch": 3})
@@ -441,7 +442,6 @@ def _vmamba_release(path: Path, marker: Path) -> Path:
 
 def test_vmamba_release_files_never_run_pickled_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import timm
-
     from mambakit.apps.vision.checkpoints import VisionCheckpointError, read_official_checkpoint
 
     marker = tmp_path / "code-ran"
@@ -593,3 +593,36 @@ def test_a_config_json_without_read_permission_is_one_line(tmp_path: Path, capsy
         f"file you may read"
     )
     shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"version": "2"}, "version must be an integer, got '2' (a string)"),
+        ({"options": []}, "options must be a mapping, got [] (a list)"),
+    ],
+)
+def test_a_tampered_run_record_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], record: dict, message: str
+) -> None:
+    from mambakit.apps.text.tokenizer import ByteTokenizer
+
+    directory = save_pretrained(
+        MambaLMHeadModel(MambaConfig(d_model=8, n_layer=1, vocab_size=257)),
+        tmp_path / "lm",
+        extra_files={
+            "run_record.json": json.dumps({"domain": "text", "task": "lm", **record}),
+            "tokenizer.json": ByteTokenizer().to_json(),
+        },
+    )
+    line = _one_line_error(capsys, "generate", "text", "-c", str(directory), "--max-new-tokens", "2")
+    assert line == f"mambakit: error: {directory}/run_record.json: {message}"
+
+
+def test_domain_options_of_a_run_record_are_typed() -> None:
+    from mambakit.domains import load_domains
+
+    text = load_domains("text")["text"]
+    with pytest.raises(UserError, match=r"^run_record.json: seq_len must be an integer, got '64' \(a string\)$"):
+        text.options_from_json({"seq_len": "64"}, "run_record.json")
+    assert text.options_from_json({"init_from": "base"}, "run_record.json").init_from == Path("base")
