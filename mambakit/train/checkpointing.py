@@ -15,6 +15,7 @@ a crash there.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -101,6 +102,11 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; {directory} is not a training checkpoint") from None
     except Exception as error:  # the unpickler fails on bad bytes with many exception types
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+            raise UserError(
+                f"{path}: the trainer state holds objects that only code run from the file could rebuild, which "
+                f"mambakit never does (it was not written by mambakit's trainer); restore it or start a new run"
+            ) from None
         raise UserError(
             f"{path}: unreadable trainer state ({type(error).__name__}); the file may be truncated "
             f"or corrupt: restore it or start a new run"
