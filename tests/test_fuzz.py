@@ -84,7 +84,7 @@ FLAGS = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=FLAGS).filter(bool))
 def test_cli_flags_of_any_value_run_or_give_one_line(tmp_path_factory, flags):
     out = tmp_path_factory.mktemp("run")

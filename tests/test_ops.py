@@ -19,18 +19,21 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def run_with_grads(fn, inputs, dtype, grad_out, grad_state):
-    """Call fn on copies of inputs cast to dtype; return out, last state and every input's gradient."""
+    """Call fn on copies of inputs cast to dtype; return out, last state and every input's gradient (through the
+    last state too unless `grad_state` is None)."""
     leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None) for k, v in inputs.items()}
     out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
-    loss = (out.double() * grad_out).sum() + (last.double() * grad_state).sum()
+    loss = (out.double() * grad_out).sum()
+    if grad_state is not None:
+        loss = loss + (last.double() * grad_state).sum()
     names = [k for k, v in leaves.items() if v is not None]
     grads = torch.autograd.grad(loss, [leaves[k] for k in names])
     return out, last, dict(zip(names, grads, strict=True))
 
 
-def assert_matches_reference(fn, inputs, tol=FP32_TOL, dtype=torch.float32):
+def assert_matches_reference(fn, inputs, tol=FP32_TOL, dtype=torch.float32, last_state_gradient=True):
     ref_out, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
-    grad_out, grad_state = torch.randn_like(ref_out), torch.randn_like(ref_last)
+    grad_out, grad_state = torch.randn_like(ref_out), torch.randn_like(ref_last) if last_state_gradient else None
     _, _, ref_grads = run_with_grads(selective_scan_ref, inputs, torch.float64, grad_out, grad_state)
     out, last, grads = run_with_grads(fn, inputs, dtype, grad_out, grad_state)
     assert out.dtype == dtype
@@ -58,7 +61,8 @@ def test_backends_match_float64_reference(device, case):
         def fn(backend=backend, **kwargs):
             return ops.selective_scan(**kwargs, backend=backend)
 
-        assert_matches_reference(fn, inputs)
+        # mamba-ssm has no gradient through the last state (test_mamba_ssm_backend_refuses_a_gradient_through_...).
+        assert_matches_reference(fn, inputs, last_state_gradient=backend != "mamba_ssm")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 16])
@@ -204,6 +208,18 @@ def test_mamba_ssm_backend_refuses_initial_state():
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared", device="cuda").items()}
     with pytest.raises(ops.BackendUnavailableError, match="initial_state"):
         ops.selective_scan(**inputs, backend="mamba_ssm")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mamba_ssm_backend_refuses_a_gradient_through_the_last_state():
+    if ops.available_backends("cuda")["mamba_ssm"] is not None:
+        pytest.skip("mamba-ssm is not installed")
+    inputs = scan_inputs(1, 4, 2, 5, "shared", device="cuda", initial=False)
+    leaves = {k: v.float().requires_grad_() for k, v in inputs.items()}
+    out, last = ops.selective_scan(**leaves, backend="mamba_ssm", return_last_state=True)
+    with pytest.raises(ops.BackendUnavailableError, match="cannot backpropagate through the returned last state"):
+        (out.sum() + last.sum()).backward()
 
 
 def test_auto_passes_over_backends_that_lack_a_needed_feature(monkeypatch):

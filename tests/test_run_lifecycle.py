@@ -353,5 +353,6 @@ def test_runs_killed_at_random_moments_leave_loadable_checkpoints_that_resume(tm
 
 
 @pytest.mark.slow
-def test_thirty_cli_processes_killed_at_random_moments(tmp_path):
-    _kill_loop(tmp_path, 30, _spawned)
+def test_cli_processes_killed_at_random_moments(tmp_path):
+    # 30 kills passed when this was written (142 s); the suite keeps 10, about a third of the time.
+    _kill_loop(tmp_path, int(os.environ.get("MAMBAKIT_TEST_KILLS", "10")), _spawned)
