@@ -2,7 +2,8 @@
 device chosen for the run, and the split of upstream's full parameter grids into a fast part and a `slow` rest.
 
 MAMBAKIT_OPS_TEST_BACKEND names the mambakit backend under test: `torch` (the default) and `reference` run on the
-CPU; `triton`, `cuda` and `mamba_ssm` run on the GPU, where the same files run unchanged, e.g. on an H200:
+CPU; `triton`, `cuda` and `mamba_ssm` run on the GPU, where the same files run unchanged, e.g. on an H200. `upstream`
+calls mamba-ssm's own functions directly, not through mambakit: the pass count the backends are held to.
 
     MAMBAKIT_OPS_TEST_BACKEND=triton python -m pytest tests/third_party/mamba_ssm_ops    # the fast part
     MAMBAKIT_OPS_TEST_BACKEND=triton MAMBAKIT_OPS_TEST_FULL_GRID=1 python -m pytest tests/third_party/mamba_ssm_ops
@@ -22,9 +23,18 @@ from mambakit import ops
 
 BACKEND = os.environ.get("MAMBAKIT_OPS_TEST_BACKEND", "torch")
 DEVICE = "cpu" if BACKEND in ("torch", "reference") else "cuda"
+#: mamba-ssm's own kernels, called directly (mamba-ssm's own pass count, the baseline).
+UPSTREAM = "upstream"
 
 
 def _unavailable_reason() -> str | None:
+    if BACKEND == UPSTREAM:
+        try:
+            import mamba_ssm.ops.selective_scan_interface
+            import mamba_ssm.ops.triton.selective_state_update  # noqa: F401
+        except Exception as error:  # a missing or broken build: report it as the skip reason
+            return f"mamba-ssm cannot be imported: {type(error).__name__}: {error}"
+        return None
     if BACKEND not in ops.list_backends():
         return f"MAMBAKIT_OPS_TEST_BACKEND={BACKEND!r} is no mambakit backend; choose one of {ops.list_backends()}"
     reason = ops.available_backends(DEVICE)[BACKEND]
@@ -61,6 +71,10 @@ def selective_scan_fn(
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba-ssm's selective_scan_fn: mambakit.ops.selective_scan on the backend under test."""
+    if BACKEND == UPSTREAM:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as upstream
+
+        return upstream(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return ops.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=return_last_state, backend=BACKEND
     )
@@ -85,6 +99,10 @@ def selective_state_update(
     headdim, N), x, dt, z (batch, nheads, headdim), A (nheads, headdim, N), D, dt_bias (nheads, headdim)) is the
     same memory with dim = nheads * headdim: B/C groups of nheads/ngroups heads are groups of dim/ngroups channels.
     The state is flattened as a view, so mambakit updates the caller's state in place."""
+    if BACKEND == UPSTREAM:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as upstream
+
+        return upstream(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
     if state.dim() == 3:
         return ops.selective_state_update(
             state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, backend=BACKEND
