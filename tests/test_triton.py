@@ -39,19 +39,24 @@ def cast_inputs(inputs: dict, dtype: torch.dtype) -> dict:
     }
 
 
-def scan_with_grads(fn, inputs: dict, grad_out: torch.Tensor, grad_last: torch.Tensor):
-    """out, last state and every input's gradient of fn on leaf copies of inputs (dtypes kept)."""
+def scan_with_grads(fn, inputs: dict, grad_out: torch.Tensor, grad_last: torch.Tensor | None):
+    """out, last state (None without `grad_last`) and every input's gradient of fn on leaf copies of inputs (dtypes
+    kept)."""
     leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
-    loss = (out.double() * grad_out).sum() + (last.double() * grad_last).sum()
+    if grad_last is None:
+        out, last = fn(**leaves, delta_softplus=True, return_last_state=False), None
+        loss = (out.double() * grad_out).sum()
+    else:
+        out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+        loss = (out.double() * grad_out).sum() + (last.double() * grad_last).sum()
     names = [k for k, v in leaves.items() if v is not None]
     grads = torch.autograd.grad(loss, [leaves[k] for k in names])
     return out, last, dict(zip(names, grads, strict=True))
 
 
-def errors_vs_reference(fn, inputs: dict, seed: int = 0) -> dict[str, float]:
-    """Relative errors of fn's output, last state and gradients against selective_scan_ref run in float64 on
-    the same (already rounded) inputs."""
+def errors_vs_reference(fn, inputs: dict, seed: int = 0, last_state: bool = True) -> dict[str, float]:
+    """Relative errors of fn's output, last state (unless `last_state` is False) and gradients against
+    selective_scan_ref run in float64 on the same (already rounded) inputs."""
     exact = {k: None if v is None else v.double() for k, v in inputs.items()}
     generator = torch.Generator(device="cpu").manual_seed(seed)
     batch, dim, length = inputs["u"].shape
@@ -59,12 +64,16 @@ def errors_vs_reference(fn, inputs: dict, seed: int = 0) -> dict[str, float]:
     grad_last = torch.randn(batch, dim, inputs["A"].shape[1], generator=generator, dtype=torch.float64).to(
         inputs["u"].device
     )
+    grad_last = grad_last if last_state else None
     ref_out, ref_last, ref_grads = scan_with_grads(selective_scan_ref, exact, grad_out, grad_last)
     out, last, grads = scan_with_grads(fn, inputs, grad_out, grad_last)
-    assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
+    assert out.dtype == inputs["u"].dtype
     for name, grad in grads.items():
         assert grad.dtype == inputs[name].dtype, name
-    errors = {"out": relative_error(out, ref_out), "last": relative_error(last, ref_last)}
+    errors = {"out": relative_error(out, ref_out)}
+    if last_state:
+        assert last.dtype == torch.float32
+        errors["last"] = relative_error(last, ref_last)
     errors.update({f"d{name}": relative_error(grad, ref_grads[name]) for name, grad in grads.items()})
     # An exactly zero gradient (dA with no state before the first step and L = 1) has no relative error:
     # compare the rounding noise against the size of the other gradients instead.
@@ -206,21 +215,14 @@ def mamba_ssm_scan():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["shared", "grouped:2"])
 def test_triton_matches_mamba_ssm(layout, dtype):
+    """At least as close to the float64 truth as mamba-ssm's CUDA kernel, on every output and gradient (within the
+    dtype's tolerance where both are near exact): no last-state gradient, which mamba-ssm does not compute."""
     pytest.importorskip("mamba_ssm.ops.selective_scan_interface")
     inputs = cast_inputs(scan_inputs(2, 64, 16, 777, layout, device="cuda", seed=4, initial=False), dtype)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    grad_out = torch.randn(*inputs["u"].shape, generator=generator, dtype=torch.float64).cuda()
-    results = []
-    for fn in (triton_scan(), mamba_ssm_scan()):
-        leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
-        out = fn(**leaves, delta_softplus=True, return_last_state=False)
-        names = [k for k, v in leaves.items() if v is not None]
-        grads = torch.autograd.grad((out.double() * grad_out).sum(), [leaves[k] for k in names])
-        results.append((out, dict(zip(names, grads, strict=True))))
-    (out, grads), (ref_out, ref_grads) = results
-    assert relative_error(out, ref_out) < TOLERANCE[dtype]
-    for name, grad in grads.items():
-        assert relative_error(grad, ref_grads[name]) < TOLERANCE[dtype], name
+    triton = errors_vs_reference(triton_scan(), inputs, last_state=False)
+    peer = errors_vs_reference(mamba_ssm_scan(), inputs, last_state=False)
+    worse = [name for name in triton if triton[name] > max(TOLERANCE[dtype], 2 * peer[name])]
+    assert not worse, f"triton further from float64 on {worse}: triton {triton}, mamba-ssm {peer}"
 
 
 def state_update_errors(batch: int, dim: int, d_state: int, groups: int, dtype: torch.dtype, device: str) -> dict:
