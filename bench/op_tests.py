@@ -1,7 +1,8 @@
 """mamba-ssm's own op tests (tests/third_party/mamba_ssm_ops) on several backends, pass counts side by side.
 
-Give it the JUnit XML files pytest wrote for each backend (`--junitxml`), named backend=path; the first is the
-baseline, usually `upstream` (mamba-ssm's own functions):
+Give it the JUnit XML files pytest wrote for each backend (`--junitxml`), named backend=path[,path...]; the first
+is the baseline, usually `upstream` (mamba-ssm's own functions). A run finished in parts (`pytest @ids.txt` with the
+node ids the first part's file lacks) is given as both files:
 
     MAMBAKIT_OPS_TEST_FULL_GRID=1 MAMBAKIT_OPS_TEST_BACKEND=upstream pytest -n 16 tests/third_party/mamba_ssm_ops \
         --junitxml upstream.xml
@@ -70,18 +71,29 @@ def outcome(case: ET.Element) -> str:
     return "passed"
 
 
-def count(path: Path) -> dict[tuple[str, str, str], Counter]:
-    """Outcomes per row of one JUnit XML file."""
+def test_cases(paths: list[Path]) -> dict[str, ET.Element]:
+    """The test cases of one backend's JUnit XML files (a run resumed in parts gives several) by name; a test in
+    two files counts once, as its later outcome. xdist's entries for an interrupted worker have no name."""
+    cases = {}
+    for path in paths:
+        for case in ET.parse(path).getroot().iter("testcase"):
+            if case.get("name"):
+                cases[case.get("name", "")] = case
+    return cases
+
+
+def count(cases: dict[str, ET.Element]) -> dict[tuple[str, str, str], Counter]:
+    """Outcomes per row."""
     counts: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-    for case in ET.parse(path).getroot().iter("testcase"):
-        counts[row_of(case.get("name", ""))][outcome(case)] += 1
+    for name, case in cases.items():
+        counts[row_of(name)][outcome(case)] += 1
     return counts
 
 
-def first_failures(path: Path, limit: int = 5) -> list[str]:
-    """The first few failure messages of a file, one line each, to say what failed."""
+def first_failures(cases: dict[str, ET.Element], limit: int = 5) -> list[str]:
+    """The first few failure messages, one line each, to say what failed."""
     messages = []
-    for case in ET.parse(path).getroot().iter("testcase"):
+    for case in cases.values():
         failure = case.find("failure")
         if failure is None:
             failure = case.find("error")
@@ -93,15 +105,16 @@ def first_failures(path: Path, limit: int = 5) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="backend=junit.xml, the baseline first")
+    parser.add_argument("runs", nargs="+", help="backend=junit.xml[,more.xml], the baseline first")
     parser.add_argument("--commit", default="", help="the commit tested (the GPU machine has no .git)")
     parser.add_argument("--device", default="", help="the machine the tests ran on, for the record")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    runs = {}
+    cases = {}
     for spec in args.runs:
-        backend, _, path = spec.partition("=")
-        runs[backend] = count(Path(path))
+        backend, _, paths = spec.partition("=")
+        cases[backend] = test_cases([Path(path) for path in paths.split(",")])
+    runs = {backend: count(backend_cases) for backend, backend_cases in cases.items()}
     baseline, *others = runs
     rows = sorted(set().union(*runs.values()))
     header = "| test | layout | dtype | " + " | ".join(f"{b} pass/fail/skip" for b in runs) + " | "
@@ -134,8 +147,8 @@ def main() -> None:
         "",
         *lines,
     ]
-    for backend, spec in zip(runs, args.runs, strict=True):
-        failures = first_failures(Path(spec.partition("=")[2]))
+    for backend, backend_cases in cases.items():
+        failures = first_failures(backend_cases)
         if failures:
             summary += ["", f"First failures on {backend}:", *(f"- `{f}`" for f in failures)]
     markdown = "\n".join(summary)

@@ -203,7 +203,7 @@ def test_triton_forward_at_a_million_steps():
 def mamba_ssm_scan():
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    def fn(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
+    def fn(u, delta, A, B, C, D, z, delta_bias, initial_state=None, delta_softplus=False, return_last_state=False):
         assert initial_state is None
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
