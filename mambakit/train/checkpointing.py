@@ -6,6 +6,11 @@
                                                       RNG states of every process (torch.load, weights_only)
         train_config.json                             the TrainConfig of the run
 
+trainer_state.pt does not depend on how the run was sharded, so a run resumes on any world size, with DDP or
+FSDP: the optimizer state is a full (gathered) state dict, written by rank 0 alone through torch.distributed's
+state-dict API and sharded again on load; the data position is `world_size` processes having each consumed
+`examples_in_epoch` examples of their share of `epoch`, dealt from `epoch_start` (see `data.deal_position`).
+
 A directory is written whole into a temporary sibling (`.last.tmp-<random>`), its files fsynced, then swapped in
 by two renames: the old one to `.last.old`, the new one to `last`. At every moment `last` or, between the two
 renames, `.last.old` holds a complete checkpoint (`complete_copy` finds it); `recover` puts `.last.old` back after
@@ -115,7 +120,7 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     if missing:
         problem = f"lacks {', '.join(missing)}"
     else:
-        invalid = [key for key, valid in _STATE_VALUES.items() if not valid(state[key])]
+        invalid = [key for key, valid in _STATE_VALUES.items() if key in state and not valid(state[key])]
         problem = f"has an invalid {', '.join(invalid)}" if invalid else ""
     if problem:
         raise UserError(
@@ -135,11 +140,21 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_positive(value: Any) -> bool:
+    return _is_count(value) and value > 0
+
+
+#: Checks of the values resuming reads; the keys outside _STATE_KEYS are checked when present (states written before
+#: them lack them).
 _STATE_VALUES: dict[str, Callable[[Any], bool]] = {
     "step": _is_count,
     "epoch": _is_count,
     "examples_in_epoch": _is_count,
     "rng": lambda value: isinstance(value, list) and len(value) > 0,  # one RNG state per process
+    "world_size": _is_positive,
+    "epoch_start": _is_count,
+    "examples_per_step": _is_positive,
+    "total_steps": _is_count,
 }
 
 

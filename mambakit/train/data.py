@@ -4,6 +4,11 @@ A position in the data is (epoch, examples this process consumed in the epoch). 
 of (seed, epoch, rank, position), including any randomness in __getitem__ or `Task.collate` (augmentation,
 masking), so a resumed run sees exactly the batches the uninterrupted run would have seen, with or without
 DataLoader workers.
+
+Processes deal the epoch's examples (one permutation, or the stream's order) round-robin and consume them in step,
+so after n examples per process the run as a whole has consumed exactly the first n * world_size. That count is
+what carries over to another world size (`deal_position`): the new processes deal the rest among themselves, from
+`start`, the part of the count that does not divide among them.
 """
 
 from __future__ import annotations
@@ -37,16 +42,26 @@ def check_dataset(data: Any, what: str) -> None:
         )
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
+def epoch_order(num_examples: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0) -> list[int]:
     """This process's example indices for one epoch.
 
     One permutation seeded from (seed, epoch), the same on every process; process `rank` takes its positions
-    rank, rank + world_size, ..., cut to num_examples // world_size so that every process gets as many.
+    start + rank, start + rank + world_size, ..., cut to (num_examples - start) // world_size so that every process
+    gets as many. `start` (see `deal_position`) skips the examples a run of another world size consumed.
     """
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
-    permutation = torch.randperm(num_examples, generator=generator)
-    per_rank = num_examples // world_size
+    permutation = torch.randperm(num_examples, generator=generator)[start:]
+    per_rank = len(permutation) // world_size
     return permutation[rank::world_size][:per_rank].tolist()
+
+
+def deal_position(consumed: int, world_size: int) -> tuple[int, int]:
+    """(start, examples per process) that continue an epoch of which all processes together consumed `consumed`
+    examples, on `world_size` processes: each process then skips `consumed // world_size` examples of its share
+    dealt from `start` = consumed % world_size. Under the world size that consumed them this is the same position
+    (start 0); under another one the rest is dealt anew, none repeated and none left out."""
+    examples, start = divmod(consumed, world_size)
+    return start, examples
 
 
 def derive_seed(*words: int) -> int:
@@ -59,9 +74,9 @@ class BatchStream(IterableDataset):
     `skip` examples of this process's share.
 
     Map-style data is read in `order` (from `epoch_order`). Streams are split among processes by taking
-    example rank of every consecutive group of world_size (a final partial group is dropped, so every process
-    sees as many). With DataLoader workers (map-style only), worker w builds batches w, w + workers, ..., which
-    the DataLoader hands back in order.
+    example rank of every consecutive group of world_size after the first `start` examples (a final partial group
+    is dropped, so every process sees as many). With DataLoader workers (map-style only), worker w builds batches
+    w, w + workers, ..., which the DataLoader hands back in order.
     """
 
     def __init__(
@@ -76,10 +91,11 @@ class BatchStream(IterableDataset):
         seed_words: tuple[int, ...],
         rank: int = 0,
         world_size: int = 1,
+        start: int = 0,
     ) -> None:
         self.data, self.collate, self.batch_size = data, collate, batch_size
         self.order, self.skip, self.drop_last = order, skip, drop_last
-        self.seed_words, self.rank, self.world_size = seed_words, rank, world_size
+        self.seed_words, self.rank, self.world_size, self.start = seed_words, rank, world_size, start
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         info = get_worker_info()
@@ -109,7 +125,7 @@ class BatchStream(IterableDataset):
             yield lambda chunk=chunk: chunk
 
     def _shard(self) -> Iterator[Any]:
-        stream = iter(self.data)
+        stream = islice(self.data, self.start, None)
         while len(group := list(islice(stream, self.world_size))) == self.world_size:
             yield group[self.rank]
 

@@ -54,6 +54,7 @@ from .data import (
     batch_loader,
     capture_rng,
     check_dataset,
+    deal_position,
     derive_seed,
     epoch_order,
     is_streaming,
@@ -186,6 +187,15 @@ def fit(
     out_dir/last and out_dir/best (see `mambakit.train.checkpointing`), each with `extra_files` (e.g. the
     tokenizer config) beside the weights. With config.resume the run continues from out_dir/last and ends
     bit-identical to an uninterrupted one; without it, an out_dir that already holds last/ is refused.
+
+    A run resumes on any world size, DDP or FSDP. Exact: the parameters, the optimizer state (saved as one full
+    state dict, sharded again as the new run needs), the scheduler's step, the epoch and the number of examples
+    all processes consumed in it. Re-dealt: the epoch's other examples, among the new processes as a run of that
+    size deals them (none repeated, none left out). batch_size is per process, so the examples per step change with
+    the world size unless grad_accum_steps changes to match; a warning says which. With epochs, the steps left are
+    re-planned (and with them the schedule's end). Each process continues its own RNG state; a process the saved run
+    did not have starts a new one. With the same examples per step, the resumed run ends as an uninterrupted one on
+    the new world size would, to float rounding.
 
     One run uses an out_dir at a time: a second is refused (naming the first's pid) while the first runs; the lock
     goes with the process, however it ends. Nothing is written into out_dir before the run is accepted: a refused
@@ -428,8 +438,11 @@ class _Trainer:
         self.out_dir = config.out_dir
         self.streaming = is_streaming(train_data)
         self.step_examples = config.batch_size * config.grad_accum_steps
-        self.epoch_examples, self.total_steps = self._plan()
-        self.step = self.epoch = self.examples = 0  # examples: this process's, consumed in the current epoch
+        self.steps_per_epoch, self.total_steps = self._plan()
+        self.step = self.epoch = 0
+        # The data position: this process consumed `examples` of its share of the epoch, dealt from `epoch_start`
+        # (nonzero only after a resume on another world size; see data.deal_position).
+        self.examples = self.epoch_start = 0
         self.best_metric: float | None = None
         self.best_step: int | None = None
         self.saved_step: int | None = None
@@ -442,6 +455,7 @@ class _Trainer:
         resumed = self._admit(model, admission.check_resume)
         if resumed is not None:
             self._load_weights(model, resumed[0])
+            self._restore_position(resumed[1])
         model.to(device)
         if config.grad_checkpointing:
             if hasattr(model, "set_grad_checkpointing"):
@@ -463,20 +477,16 @@ class _Trainer:
             raise UserError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
         if resumed is None:
-            seed = derive_seed(config.seed, distributed.rank)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
+            _seed_process(derive_seed(config.seed, distributed.rank))
         else:
             self._restore(*resumed)
         distributed.main_decides(lambda: self._accept(admission))
         self._log(
             logging.INFO,
-            "training %d steps on %s (%d process%s, %s): %d examples per step",
+            "training %d steps on %s (%s, %s): %d examples per step",
             self.total_steps,
             device,
-            distributed.world_size,
-            "es" if distributed.world_size > 1 else "",
+            _processes(distributed.world_size),
             self.autocast_dtype or "fp32",
             self.step_examples * distributed.world_size,
         )
@@ -487,7 +497,7 @@ class _Trainer:
             logger.log(level, message, *args)
 
     def _plan(self) -> tuple[int | None, int]:
-        """(examples per process per epoch for map-style data, total steps of the run)."""
+        """(steps per epoch for map-style data, total steps of the run) of a run that starts at step 0."""
         config, world_size = self.config, self.dist.world_size
         if self.streaming:
             if config.max_steps is None:
@@ -503,7 +513,13 @@ class _Trainer:
                 f"(batch_size x grad_accum_steps x processes = {self.step_examples * world_size})"
             )
         lengths = [n for n in (config.max_steps, config.epochs and config.epochs * steps_per_epoch) if n]
-        return steps_per_epoch * self.step_examples, min(lengths)
+        return steps_per_epoch, min(lengths)
+
+    def _steps_left_in_epoch(self) -> int:
+        """Whole steps left in the current epoch of map-style data: examples that cannot fill one on every process
+        are left out, as at every epoch's end."""
+        share = (len(self.train_data) - self.epoch_start) // self.dist.world_size
+        return max(0, share - self.examples) // self.step_examples
 
     def _admit(self, model: Any, check_resume: Callable[[Path], None] | None) -> tuple[Path, dict[str, Any]] | None:
         """Decide, on rank 0 under the run folder's lock and before anything is written, whether this run may use
@@ -552,7 +568,12 @@ class _Trainer:
         saved = read_train_config(source)
         if saved is not None:
             new, old = self.config.to_dict(), saved.to_dict()
-            changed = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new if key != "resume" and new[key] != old[key]]
+            # A moved run folder or the resume flag itself does not change what the run computes.
+            changed = [
+                f"{key} {old[key]!r} -> {new[key]!r}"
+                for key in new
+                if key not in ("resume", "out_dir") and new[key] != old[key]
+            ]
             if changed:
                 self._log(
                     logging.WARNING,
@@ -579,7 +600,63 @@ class _Trainer:
         if admission.lock is not None:
             admission.lock.record_owner()
 
+    def _restore_position(self, state: dict[str, Any]) -> None:
+        """Continue at the saved step, epoch and data position, on this run's world size.
+
+        Exact on any world size: the step (so the scheduler's position), the epoch and the number of examples all
+        processes together consumed in it. Re-dealt when the world size changed: the epoch's remaining examples
+        among the new processes (`data.deal_position`; those too few to fill a step on every process end the
+        epoch), so the order after the position is the one a run of the new size takes from there. With `epochs`
+        the run's length is re-planned, since the steps left depend on the examples per step."""
+        saved_world_size = state.get("world_size", len(state["rng"]))
+        consumed = state.get("epoch_start", 0) + state["examples_in_epoch"] * saved_world_size
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.epoch_start, self.examples = deal_position(consumed, self.dist.world_size)
+        epochs = self.config.epochs
+        if not self.streaming:
+            if self._steps_left_in_epoch() == 0:
+                self._next_epoch()
+            if epochs is not None and self.epoch < epochs:
+                assert self.steps_per_epoch is not None, "map-style data has a length"
+                later_epochs = (epochs - self.epoch - 1) * self.steps_per_epoch
+                through_epochs = self.step + self._steps_left_in_epoch() + later_epochs
+                self.total_steps = min(n for n in (self.config.max_steps, through_epochs) if n)
+        if saved_world_size != self.dist.world_size:
+            self._log_new_world_size(state, saved_world_size, consumed)
+
+    def _log_new_world_size(self, state: dict[str, Any], saved_world_size: int, consumed: int) -> None:
+        """One line saying what a resume on another world size keeps and what changes."""
+        world_size = self.dist.world_size
+        per_step = self.step_examples * world_size
+        saved_per_step = state.get("examples_per_step", self.step_examples * saved_world_size)
+        if saved_per_step == per_step:
+            batch = f"examples per step stay {per_step}"
+        else:
+            batch = (
+                f"examples per step change from {saved_per_step} to {per_step} (batch_size {self.config.batch_size} "
+                f"x grad_accum_steps {self.config.grad_accum_steps} x {_processes(world_size)})"
+            )
+            accumulation, rest = divmod(saved_per_step, self.config.batch_size * world_size)
+            if accumulation and not rest:
+                batch += f"; to keep {saved_per_step}, resume with grad_accum_steps {accumulation}"
+        saved_total = state.get("total_steps", self.total_steps)
+        schedule = f"; the schedule now ends at step {self.total_steps} (was {saved_total})"
+        self._log(
+            logging.WARNING,
+            "resuming on %s a run saved on %d: step %d, epoch %d and its %d consumed examples carry over, "
+            "the epoch's other examples are dealt anew; %s%s",
+            _processes(world_size),
+            saved_world_size,
+            self.step,
+            state["epoch"],
+            consumed,
+            batch,
+            schedule if saved_total != self.total_steps else "",
+        )
+
     def _restore(self, source: Path, state: dict[str, Any]) -> None:
+        """Load the optimizer (a full state dict, sharded here as this run's wrapper needs), the scheduler, the
+        weight average and this process's RNG states."""
         try:
             set_optimizer_state_dict(
                 self.core, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
@@ -590,23 +667,17 @@ class _Trainer:
                 f"{source / TRAINER_STATE_NAME}: its optimizer state does not fit this run's optimizer "
                 f"({first_line(error)}); resume with the same settings, or start over with another out_dir (--out)"
             ) from None
-        self.step, self.epoch, self.examples = state["step"], state["epoch"], state["examples_in_epoch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
         if self.ema is not None:
             if state.get("ema") is None:
                 raise UserError(f"{source} was saved without ema_decay; resume it without ema_decay")
             self.ema.load(state["ema"])
         self.saved_step = self.step
-        rng = state["rng"]
-        if len(rng) != self.dist.world_size:
-            self._log(
-                logging.WARNING,
-                "resuming with %d processes a run saved with %d: data order and randomness "
-                "will differ from an uninterrupted run",
-                self.dist.world_size,
-                len(rng),
-            )
-        restore_rng(rng[self.dist.rank % len(rng)])
+        rng, rank = state["rng"], self.dist.rank
+        if rank < len(rng):
+            restore_rng(rng[rank])
+        else:  # a process the saved run did not have: a stream of its own, not a copy of another process's
+            _seed_process(derive_seed(self.config.seed, rank, self.step))
         self._log(logging.INFO, "resumed from %s at step %d (epoch %d)", source, self.step, self.epoch)
 
     def run(self) -> TrainResult:
@@ -651,7 +722,7 @@ class _Trainer:
                 window.tokens += tokens
                 window.seconds += now - clock
                 steps_this_epoch += 1
-                if self.examples == self.epoch_examples:  # map-style data: that was the epoch's last step
+                if not self.streaming and self._steps_left_in_epoch() == 0:  # that was the epoch's last step
                     self._next_epoch()
                 log.advance(self.step, loss, window.tokens_per_s)
                 if self.step % self.config.log_every == 0 or self._done():
@@ -681,10 +752,12 @@ class _Trainer:
                 self._next_epoch()
                 if self._done():
                     return "completed"
+            else:  # map-style data: every epoch has a step (see _plan and _restore_position), or this would spin
+                assert steps_this_epoch, f"epoch {self.epoch} of map-style data gave no step"
 
     def _next_epoch(self) -> None:
         self.epoch += 1
-        self.examples = 0
+        self.examples = self.epoch_start = 0
 
     def _train_batches(self) -> Iterable[dict[str, Tensor]]:
         config, rank, world_size = self.config, self.dist.rank, self.dist.world_size
@@ -693,8 +766,8 @@ class _Trainer:
             if hasattr(self.train_data, "set_epoch"):
                 self.train_data.set_epoch(self.epoch)
         else:
-            order = epoch_order(len(self.train_data), config.seed, self.epoch, rank, world_size)
-            order = order[: self.epoch_examples]
+            order = epoch_order(len(self.train_data), config.seed, self.epoch, rank, world_size, self.epoch_start)
+            order = order[: self.examples + self._steps_left_in_epoch() * self.step_examples]
         stream = BatchStream(
             self.train_data,
             self.task.collate,
@@ -705,6 +778,7 @@ class _Trainer:
             seed_words=(config.seed, TRAIN, self.epoch, rank),
             rank=rank,
             world_size=world_size,
+            start=self.epoch_start,
         )
         return batch_loader(stream, config.num_workers, pin_memory=self.device.type == "cuda")
 
@@ -831,6 +905,8 @@ class _Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "examples_in_epoch": self.examples,
+            "epoch_start": self.epoch_start,
+            "examples_per_step": self.step_examples * self.dist.world_size,
             "total_steps": self.total_steps,
             "world_size": self.dist.world_size,
             "best_metric": self.best_metric,
@@ -860,3 +936,14 @@ class _Trainer:
                 self._shadow = architecture.from_config(self.core.config, self.core.head_config())
         self._shadow.load_state_dict(weights)
         return self._shadow
+
+
+def _seed_process(seed: int) -> None:
+    """Seed this process's python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'es' if count > 1 else ''}"
