@@ -32,7 +32,16 @@ TaskOption = Annotated[str | None, typer.Option("--task", help="What to train fo
 OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder: checkpoints, metrics, resolved config.")]
 MaxStepsOption = Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")]
 EpochsOption = Annotated[int | None, typer.Option("--epochs", min=1, help="Passes over the training data.")]
-BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", min=1, help="Examples per optimizer step.")]
+BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", min=1, help="Examples per batch.")]
+TrainBatchSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Examples per micro-batch on each process; one step takes train.grad_accum_steps micro-batches on every "
+        "process (torchrun), so a step's examples are batch size x grad_accum_steps x processes.",
+    ),
+]
 LrOption = Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")]
 DeviceOption = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda (auto: CUDA when present, else CPU).")
@@ -522,7 +531,7 @@ def train_command(domain: Domain) -> Callable[..., None]:
         _parameter("out", OutOption, None),
         _parameter("max_steps", MaxStepsOption, None),
         _parameter("epochs", EpochsOption, None),
-        _parameter("batch_size", BatchSizeOption, None),
+        _parameter("batch_size", TrainBatchSizeOption, None),
         _parameter("lr", LrOption, None),
         _parameter("device", DeviceOption, None),
         _parameter(

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ from torch.utils.data import Dataset
 
 from mambakit.models import MambaConfig, MambaLMHeadModel
 from mambakit.train import StepInfo, Task, TrainConfig, TrainResult, fit
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a rendezvous or master port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

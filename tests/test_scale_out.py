@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -32,7 +31,7 @@ from mambakit.models import load_model
 from mambakit.train.data import BatchStream, deal_position, derive_seed, epoch_order
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_train import parameter_digest, tiny_run
+from distributed_train import free_port, parameter_digest, tiny_run
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed gloo missing"
@@ -44,12 +43,6 @@ TIMEOUT_S = 240
 #: The resume runs: 32 training examples, 16 per step on any world size (grad_accum_steps 4 / processes) make
 #: 2 steps an epoch; stopped after step 3 (in epoch 1, 16 of its examples consumed), resumed to step 6.
 STEPS, STOP_AT, EXAMPLES_PER_STEP = 6, 3, 16
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(commands: list[list[str]], logs: Path) -> list[str]:
@@ -98,7 +91,7 @@ def _torchrun(processes: int, *arguments: str | Path) -> list[str]:
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         *map(str, arguments),
     ]
 
@@ -142,7 +135,7 @@ def test_two_nodes_train_through_the_cli_to_one_model_and_one_writer(tmp_path, d
     nodes.mkdir()
     reports.mkdir()
     options = _tiny_cli_arguments(domain, tmp_path)
-    endpoint, run_id = f"127.0.0.1:{_free_port()}", uuid.uuid4().hex
+    endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex
     launchers = [
         [
             sys.executable,

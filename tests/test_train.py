@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,9 @@ from torch.utils.data import IterableDataset
 from mambakit.models import IGNORE_INDEX, MambaConfig, MambaLMHeadModel, load_model
 from mambakit.train import StepInfo, Task, TrainConfig, TrainingDiverged, evaluate, fit, parameter_groups
 from mambakit.train import checkpointing as checkpointing_module
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_train import free_port, parameter_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB, LENGTH = 32, 12
@@ -193,12 +195,6 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path):
     assert [record["step"] for record in _records(tmp_path)][-1] == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed gloo missing")
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 def test_torchrun_two_processes_agree_and_only_rank0_writes(tmp_path, kind):
@@ -218,7 +214,7 @@ def test_torchrun_two_processes_agree_and_only_rank0_writes(tmp_path, kind):
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "tests" / "distributed_train.py"),
         str(out_dir),
         str(reports),
@@ -233,11 +229,6 @@ def test_torchrun_two_processes_agree_and_only_rank0_writes(tmp_path, kind):
     assert any("metrics.jsonl" in entry for entry in rank0["written"])
     assert any("last" in entry for entry in rank0["written"])
     # The checkpoint holds the parameters both processes ended with, and each step was logged once.
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from distributed_train import parameter_digest
-    finally:
-        sys.path.pop(0)
     assert parameter_digest(load_model(out_dir / "last")) == rank0["digest"]
     steps = [record["step"] for record in _records(out_dir) if "loss" in record]
     assert steps == [1, 2, 3, 4]

@@ -70,6 +70,22 @@ def test_train_writes_a_loadable_checkpoint_with_labels(classifier):
     assert (classifier / "best" / "run_record.json").exists()
 
 
+def test_a_fresh_process_loads_the_checkpoint_through_the_core_alone(classifier):
+    """`mambakit.load_model` imports the vision app itself (the checkpoint names its domain); without timm it names
+    the extra to install."""
+    load = f"import mambakit; model = mambakit.load_model({str(classifier / 'best')!r}); print(type(model).__name__)"
+    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "ImageClassifier", loaded.stderr[-2000:]
+    without_timm = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.modules['timm'] = None; {load}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert without_timm.returncode == 1
+    assert "the vision domain needs timm: pip install 'mambakit[vision]'" in without_timm.stderr.splitlines()[-1]
+
+
 def test_eval_writes_metrics_and_a_confusion_matrix(classifier, tmp_path, capsys):
     png = tmp_path / "confusion.png"
     assert main(["eval", "vision", "-c", str(classifier / "best"), "--confusion", str(png)]) == 0

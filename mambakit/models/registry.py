@@ -105,7 +105,9 @@ def _lookup(table: dict[str, Registration], kind: str, name: str, domain: str | 
         # Importing an app registers its classes: the checkpoint's domain first, every installed one otherwise.
         from ..domains import load_domains
 
-        load_domains(only=domain)
+        loaded = load_domains(only=domain)
+        if name not in table and domain in loaded:
+            loaded[domain].check_requirements()  # an app without its extra registers nothing: name the extra
         if name not in table and domain is not None:
             load_domains()
     if name not in table:
