@@ -110,7 +110,12 @@ class TaskInputs:
         try:
             return config_class.from_dict({**preset, **self.run.model, **fixed})
         except (TypeError, ValueError) as error:
-            raise UserError(f"model settings: {error}") from None
+            # The config class names itself "config"; say instead where its values came from.
+            reason = str(error).removeprefix("config: ")
+            sources = f"--preset {self.run.preset}" + (
+                " and the --config file's model: section" if self.run.model else ""
+            )
+            raise UserError(f"model settings ({sources}): {reason}") from None
 
 
 @dataclass(frozen=True)

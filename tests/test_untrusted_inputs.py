@@ -179,7 +179,8 @@ def test_model_settings_of_a_config_file_are_typed(tmp_path: Path, capsys: pytes
     ):
         config.write_text(f"model: {settings}\n")
         line = _one_line_error(capsys, "train", "synthetic", "--config", str(config), "--out", str(out))
-        assert line.endswith(message), line
+        sources = "--preset tiny and the --config file's model: section"
+        assert line == f"mambakit: error: model settings ({sources}): {message}", line
         assert not out.exists()
 
 
