@@ -319,8 +319,9 @@ def low_precision(inputs: dict, dtype: torch.dtype) -> dict:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layouts", MIXED_LAYOUTS, ids="B-{0[0]}-C-{0[1]}".format)
 def test_gpu_backends_take_mixed_layouts(layouts, dtype, backend):
-    """Every GPU backend, in fp32 and bf16: the cuda backend hands mixed layouts to the Triton kernels, mamba_ssm
-    its own kernel (or Triton's, for a time-invariant B beside a C in several groups)."""
+    """Every GPU backend, in fp32 and bf16, output, last state and gradients: the cuda backend hands mixed layouts
+    to the Triton kernels, mamba_ssm to its own kernel (or Triton's, for a time-invariant B beside a C in several
+    groups, and for the last state after a time-invariant B, which mamba-ssm's kernel gets wrong)."""
     reason = ops.available_backends("cuda")[backend]
     if reason is not None:
         pytest.skip(reason)
@@ -329,10 +330,11 @@ def test_gpu_backends_take_mixed_layouts(layouts, dtype, backend):
     grad_out = torch.randn_like(ref_out)
     _, _, ref_grads = run_with_grads(selective_scan_ref, inputs, torch.float64, grad_out, torch.zeros_like(ref_last))
     leaves = {k: v.detach().requires_grad_() for k, v in low_precision(inputs, dtype).items()}
-    out = ops.selective_scan(**leaves, delta_softplus=True, backend=backend)
+    out, last = ops.selective_scan(**leaves, delta_softplus=True, return_last_state=True, backend=backend)
     grads = torch.autograd.grad((out.double() * grad_out).sum(), list(leaves.values()))
     tolerance = FP32_TOL if dtype == torch.float32 else 1e-2
     assert out.dtype == dtype and relative_error(out, ref_out) < tolerance
+    assert last.dtype == torch.float32 and relative_error(last, ref_last) < tolerance
     for name, grad in zip(leaves, grads, strict=True):
         assert grad.dtype == leaves[name].dtype, name
         assert relative_error(grad, ref_grads[name]) < tolerance, f"gradient of {name}"

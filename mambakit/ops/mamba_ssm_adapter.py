@@ -2,8 +2,10 @@
 
 mamba-ssm's Mamba-1 scan has no initial state (the registry sends such calls elsewhere, see Backend.lacks) and
 does not backpropagate through the last state it returns: that gradient is refused with a message naming the
-backends that can. Its kernel reads the group count off B, so a time-invariant B with a C in several groups (which
-its reference, and mambakit, accept) runs on the Triton kernels.
+backends that can. Two cases run on the Triton kernels instead, where mamba-ssm's kernel gives wrong results (its
+own op tests fail on them, bench/results/op_tests_14fa1ee.md): a time-invariant B with a C in several groups (its
+kernel reads the group count off B; its reference, and mambakit, accept the pair), and the last state after a
+time-invariant B (its kernel leaves B's factor out of the state it returns, state-spaces/mamba pull request #371).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def selective_scan_mamba_ssm(
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba-ssm's selective_scan_fn with mambakit's argument checks already done by the caller."""
-    if B.dim() == 2 and C.dim() == 4 and C.shape[1] > 1:
+    if B.dim() == 2 and (return_last_state or (C.dim() == 4 and C.shape[1] > 1)):
         from .triton_scan import selective_scan_triton
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None, return_last_state)
