@@ -372,3 +372,50 @@ def test_a_tampered_world_size_or_position_is_one_line(tmp_path, key, value):
     with pytest.raises(UserError, match=f"^{path}: the trainer state has an invalid {key} "):
         tiny_run(out_dir, max_steps=2, resume=True)
     assert path.read_bytes() == before
+
+
+# The scaling benchmark, bench/scale_out.py --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scale_out(monkeypatch):
+    """bench/scale_out.py as a module (bench/ is not a package: its scripts import their neighbours by name)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module("scale_out")
+
+
+def test_the_benchmark_reads_examples_per_second_from_the_steps_it_keeps(tmp_path, scale_out):
+    """Two processes, 2 windows of 4 tokens a micro-batch: 4 examples and 12 predicted tokens a step. Steps 1-2 are
+    start-up and step 5 starts the data loader anew (step 4 ended epoch 0): 3, 4 and 6 take 1, 0.5 and 2 s."""
+    workload = scale_out.Workload(
+        "text", "tiny", "cpu", (), batch_size=2, steps=6, skip_steps=2, num_workers=0, unit="tokens",
+        units_per_example=4, counted_per_example=3,
+    )  # fmt: skip
+    rates_and_epochs = [(1.0, 0), (1.0, 0), (12.0, 0), (24.0, 1), (1.0, 1), (6.0, 1)]
+    records = [
+        {"step": step, "epoch": epoch, "tokens_per_s": rate} for step, (rate, epoch) in enumerate(rates_and_epochs, 1)
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(record) + "\n" for record in [*records, {"step": 6, "eval_loss": 1.0}]))
+    measured = scale_out.throughput(metrics, workload, processes=2, grad_accum_steps=1)
+    assert measured["examples_per_s"] == pytest.approx(3 * 4 / 3.5)
+    assert measured["tokens_per_s"] == pytest.approx(4 * 3 * 4 / 3.5)
+    assert (measured["measured_steps"], measured["step_ms_median"]) == (3, pytest.approx(1000))
+    assert measured["left_out_steps"] == {"start": 2, "data_loader_restarts": 1}
+
+
+@pytest.mark.slow
+def test_the_benchmark_trains_on_one_and_two_processes_and_reports_the_ratio(tmp_path, scale_out):
+    """The CPU preset's text run through torchrun and the CLI on 1 process and on 2 with DDP (gloo)."""
+    measured = scale_out.measure(
+        {"text": scale_out.PRESETS["cpu"]["text"]}, [1, 2], ["ddp"], tmp_path, timeout_s=TIMEOUT_S
+    )
+    one, two = measured["runs"]
+    assert "error" not in one and "error" not in two, (one.get("error"), two.get("error"))
+    assert (one["processes"], one["wrapper"], two["processes"], two["wrapper"]) == (1, None, 2, "ddp")
+    for run in (one, two):
+        assert run["examples_per_s"] > 0 and run["measured_steps"] == 12
+        assert run["command"].startswith(f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node")
+    assert measured["scaling"] == [
+        {"domain": "text", "wrapper": "ddp", "processes": 2, "ratio": two["examples_per_s"] / one["examples_per_s"]}
+    ]
