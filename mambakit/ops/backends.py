@@ -144,11 +144,11 @@ def _probe_cuda(device: torch.device) -> str | None:
 
 
 # mambakit's NVRTC kernels: selectable by name; `auto` passes over them until the device benchmarks show them
-# ahead (bench/gpu.py). Their forward runs without gradients; with gradients the Triton kernels run.
+# ahead (bench/gpu.py): their backward is still 3-4x slower than Triton's (bench/results/gpu_notes.md).
 register_backend(
     Backend(
         "cuda",
-        "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step); forward only so far",
+        "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step)",
         _probe_cuda,
         {"selective_scan": ".cuda_scan:selective_scan_cuda"},
         auto_ops=frozenset(),
