@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,10 +78,19 @@ def _checked(domain: Domain, command: Callable[..., None]) -> Callable[..., None
     return run_checked
 
 
+#: The domain commands the last `main` added: the next call replaces them. Adding them again on every call made
+#: each call in one process (a Python caller, the test suite) slower than the one before.
+_domain_registrations: list[tuple[list[Any], Any]] = []
+
+
 def _add_domain_commands(domains: dict[str, Domain]) -> None:
+    for registered, entry in _domain_registrations:
+        registered.remove(entry)
+    _domain_registrations.clear()
     for domain in domains.values():
         for name, command in domain.benchmarks.items():
             bench_app.command(name, help=command.__doc__ or domain.help)(_checked(domain, command))
+            _domain_registrations.append((bench_app.registered_commands, bench_app.registered_commands[-1]))
     for verb in VERBS:
         group = typer.Typer(cls=DomainGroup, help=VERB_HELP[verb], no_args_is_help=True)
         for domain in domains.values():
@@ -89,6 +98,7 @@ def _add_domain_commands(domains: dict[str, Domain]) -> None:
                 command = _domain_command(domain, verb)
                 group.command(domain.name, help=command.__doc__ or domain.help)(command)
         app.add_typer(group, name=verb)
+        _domain_registrations.append((app.registered_groups, app.registered_groups[-1]))
 
 
 @app.command()

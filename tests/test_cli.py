@@ -126,3 +126,16 @@ def test_out_of_range_settings_are_one_line_naming_them(tmp_path, capsys, monkey
     monkeypatch.setenv(ops.ENV_VAR, "nope")
     with pytest.raises(ValueError, match="unknown scan backend 'nope' \\(from MAMBAKIT_SCAN_BACKEND\\)"):
         ops.resolve_backend("auto", torch.device("cpu"))
+
+
+def test_main_called_again_in_one_process_replaces_the_domain_commands(capsys):
+    """A Python caller (and this suite) runs main many times: each call rebuilds the domain commands, not adds to
+    them (they piled up before, and every call got slower than the one before)."""
+    from mambakit import cli
+
+    main(["train", "--help"])
+    counts = len(cli.app.registered_groups), len(cli.bench_app.registered_commands)
+    for _ in range(3):
+        main(["train", "--help"])
+    assert (len(cli.app.registered_groups), len(cli.bench_app.registered_commands)) == counts
+    assert "genomics" in capsys.readouterr().out
