@@ -217,16 +217,22 @@ def launch(command: list[str], env: dict[str, str], log_path: Path, timeout_s: f
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
             raise RunFailed(f"ran past {timeout_s:.0f} s; the end of {log_path}:\n{_tail(log_path)}") from None
     if process.returncode != 0:
         raise RunFailed(f"exit code {process.returncode}; the end of {log_path}:\n{_tail(log_path)}")
     return time.perf_counter() - started
+
+
+def stop(process: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop a torchrun launcher the way torchrun stops: SIGTERM, which it passes on to its workers, then SIGKILL if
+    it outlives `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:

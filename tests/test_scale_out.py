@@ -33,6 +33,10 @@ from mambakit.train.data import BatchStream, deal_position, derive_seed, epoch_o
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_train import free_port, parameter_digest, tiny_run
 
+# bench/ is not a package: its scripts import their neighbours by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import scale_out
+
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed gloo missing"
 )
@@ -65,12 +69,7 @@ def _launch(commands: list[list[str]], logs: Path) -> list[str]:
     finally:
         for process in processes:
             if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                scale_out.stop(process)
     outputs = [path.read_text() for path in paths]
     summary = "\n".join(
         f"--- launcher {i}, exit code {p.returncode}:\n{o[-3000:]}"
@@ -377,14 +376,7 @@ def test_a_tampered_world_size_or_position_is_one_line(tmp_path, key, value):
 # The scaling benchmark, bench/scale_out.py --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def scale_out(monkeypatch):
-    """bench/scale_out.py as a module (bench/ is not a package: its scripts import their neighbours by name)."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    return importlib.import_module("scale_out")
-
-
-def test_the_benchmark_reads_examples_per_second_from_the_steps_it_keeps(tmp_path, scale_out):
+def test_the_benchmark_reads_examples_per_second_from_the_steps_it_keeps(tmp_path):
     """Two processes, 2 windows of 4 tokens a micro-batch: 4 examples and 12 predicted tokens a step. Steps 1-2 are
     start-up and step 5 starts the data loader anew (step 4 ended epoch 0): 3, 4 and 6 take 1, 0.5 and 2 s."""
     workload = scale_out.Workload(
@@ -405,7 +397,7 @@ def test_the_benchmark_reads_examples_per_second_from_the_steps_it_keeps(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_benchmark_trains_on_one_and_two_processes_and_reports_the_ratio(tmp_path, scale_out):
+def test_the_benchmark_trains_on_one_and_two_processes_and_reports_the_ratio(tmp_path):
     """The CPU preset's text run through torchrun and the CLI on 1 process and on 2 with DDP (gloo)."""
     measured = scale_out.measure(
         {"text": scale_out.PRESETS["cpu"]["text"]}, [1, 2], ["ddp"], tmp_path, timeout_s=TIMEOUT_S
