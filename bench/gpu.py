@@ -7,10 +7,12 @@ Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
 
 1. The copy rate of the card (the memory floor's rate).
 2. Correctness, before any timing: relative errors against the float64 reference (mambakit's sequential
-   `selective_scan_ref` on float64 copies of the same inputs) for the Triton and CUDA scans and mamba-ssm, forward and
-   every gradient, fp32 and bf16; the forward at L = 2^20 against the `torch` backend in float64.
+   `selective_scan_ref` on float64 copies of the same inputs) for the Triton scan, the CUDA scan with each of its
+   backward kernels (`cuda` = v1, `cuda_v2`) and mamba-ssm, forward and every gradient, fp32 and bf16; the forward
+   at L = 2^20 against the `torch` backend in float64.
 3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton, CUDA
-   and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton kernels.
+   (each backward) and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton
+   kernels.
 4. The causal conv1d against the causal-conv1d package (bench/gpu_conv.py), then the Mamba block, the 130M LM
    training step and greedy generation against mamba-ssm with identical weights (bench/gpu_model.py); each
    checks its results against mamba-ssm before timing. --skip-models leaves these out.
@@ -20,6 +22,7 @@ Short tables are printed last; everything is written to DIR/gpu_results.json (DI
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -72,16 +75,23 @@ def triton_fn(config: ScanConfig | None = None) -> Callable:
     return lambda **kw: selective_scan_triton(**kw, delta_softplus=True, config=config)
 
 
-def cuda_fn() -> Callable | None:
+def cuda_fns() -> dict[str, Callable]:
+    """The cuda backend with each backward kernel, by result name ("cuda" is v1, as in earlier runs); none where
+    it is unavailable."""
     from mambakit.ops import nvrtc
 
     reason = nvrtc.unavailable_reason(torch.device("cuda"))
     if reason is not None:
         log(f"the cuda backend is unavailable: {reason}")
-        return None
-    from mambakit.ops.cuda_scan import selective_scan_cuda
+        return {}
+    from mambakit.ops.cuda_scan import BACKWARDS, selective_scan_cuda
 
-    return lambda **kw: selective_scan_cuda(**kw, delta_softplus=True)
+    return {
+        "cuda" if backward == "v1" else f"cuda_{backward}": functools.partial(
+            selective_scan_cuda, delta_softplus=True, backward=backward
+        )
+        for backward in BACKWARDS
+    }
 
 
 def mamba_fn() -> Callable | None:
@@ -240,7 +250,7 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out)
     results: dict = {**report.gpu_machine(), "commit": report.git_commit(args.commit)}
-    mamba, cuda = mamba_fn(), cuda_fn()
+    mamba, cudas = mamba_fn(), cuda_fns()
     if mamba is not None:
         results["mamba_ssm"] = report.version("mamba_ssm")
     log(json.dumps(results))
@@ -258,7 +268,7 @@ def main() -> None:
         save()
 
     section("copy_TBps", copy_rate)
-    ours = {"triton": triton_fn(), **({"cuda": cuda} if cuda is not None else {})}
+    ours = {"triton": triton_fn(), **cudas}
     impls = {**ours, **({"mamba_ssm": mamba} if mamba is not None else {})}
     section("correct_fp32", lambda: check_against_float64(impls, (2, 96, 16, 1001), torch.float32))
     section(
@@ -291,7 +301,7 @@ def main() -> None:
     def run_timing() -> list:
         rows = []
         for shape in SHAPES:
-            for name, fn in (("triton", triton_fn(configs[shape])), ("cuda", cuda), ("mamba_ssm", mamba)):
+            for name, fn in (("triton", triton_fn(configs[shape])), *cudas.items(), ("mamba_ssm", mamba)):
                 if fn is None:
                     continue
                 row = {"impl": name, "shape": "B{} D{} N{} L{}".format(*shape)}

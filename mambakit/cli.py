@@ -141,7 +141,8 @@ def _print_domains(console: Console) -> None:
 
 
 def _print_nvrtc(console: Console) -> None:
-    """NVRTC's version and the `cuda` backend's compile times: first use and the disk cache's hit path."""
+    """NVRTC's version and the `cuda` backend's compile times (cuda_scan.LAYER_VARIANTS): first use and the disk
+    cache's hit path."""
     import torch
 
     from .ops import cuda_scan, nvrtc
@@ -157,8 +158,8 @@ def _print_nvrtc(console: Console) -> None:
         "input dtype",
         "first compile (s)",
         "cache hit (ms)",
-        title=f"cuda backend: NVRTC {version[0]}.{version[1]}, forward scan for sm_{architecture}, cached in "
-        f"{nvrtc.cache_dir()}",
+        title=f"cuda backend: NVRTC {version[0]}.{version[1]}, training kernels (backward v1 and v2) for "
+        f"sm_{architecture}, cached in {nvrtc.cache_dir()}",
     )
     try:
         rows = cuda_scan.compile_report(architecture)

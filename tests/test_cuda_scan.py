@@ -1,14 +1,19 @@
 """The `cuda` backend (CUDA C++ compiled at run time by NVRTC).
 
-Without a GPU: every forward-kernel variant compiles to a cubin for sm_80 and sm_90, and an emulation of the
-kernel's exact decomposition (per-lane items from a zero state, the lanes' shuffle scan, the chunk carry, the
-decay as one exp of the summed steps) equals the float64 reference. With a GPU (`gpu` marker): the kernel against
-the float64 reference over the Triton test matrix, and the disk cache's hit path."""
+Without a GPU: every variant of the forward kernel and of both backward kernels (v1, v2) compiles to a cubin for
+sm_80 and sm_90, the disk cache hits, and ptxas keeps the training variants out of local memory; emulations of
+the kernels' exact decompositions equal the float64 reference: the forward's (per-lane items from a zero state,
+the lanes' shuffle scan, the chunk carry, the decay as one exp of the summed steps, the states it saves for the
+backward) and each backward's in each of its layouts (the chunk rebuilt from the saved state, the adjoint's
+reverse passes and suffix scan, dB and dC summed over channels as the kernel sums them). With a GPU (`gpu`
+marker): the kernels, with each backward, against the float64 reference over the Triton test matrix."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,23 +41,57 @@ needs_nvrtc = pytest.mark.skipif(_nvrtc_missing() is not None, reason=str(_nvrtc
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def every_kernel_variant() -> list[str]:
+    """Each flag on and off (from all on), in each dtype, and the size extremes: every code path of the forward and
+    both backwards; backward v2 in every layout, and the forward saving states for each."""
+    items, channels, on = cuda_scan.ITEMS, cuda_scan.CHANNELS, [True] * 7
+    kernels = (
+        (7, cuda_scan.kernel_name, channels),
+        (6, cuda_scan.backward_kernel_name, channels),
+        (6, cuda_scan.backward_v2_kernel_name, cuda_scan.V2_LAYOUTS[0]),
+    )
+    names = []
+    for dtype in cuda_scan.DTYPE_CODES.values():
+        for count, kernel, layout in kernels:
+            settings = [[True] * count] + [[j != off for j in range(count)] for off in range(count)]
+            names += [kernel(dtype, 16, items, layout, *flags) for flags in settings]
+            names += [kernel(dtype, states, items, c, *on[:count]) for states, c in ((1, 1), (64, 2)) if count == 7]
+        names += [cuda_scan.backward_kernel_name(dtype, states, items, c, *on[:6]) for states, c in ((1, 1), (64, 2))]
+        for layout in cuda_scan.V2_LAYOUTS:
+            names += [cuda_scan.backward_v2_kernel_name(dtype, states, items, layout, *on[:6]) for states in (1, 64)]
+            names.append(cuda_scan.kernel_name(dtype, 16, items, channels, *on, save_every=cuda_scan.v2_chunk(layout)))
+    return list(dict.fromkeys(names))
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("architecture", [80, 90])
 def test_every_kernel_variant_compiles_without_a_gpu(architecture, tmp_path, monkeypatch):
     monkeypatch.setenv(nvrtc.CACHE_ENV_VAR, str(tmp_path))
-    # Each flag on and off (from all on), in each dtype, and the size extremes: every code path of both kernels.
-    items, channels = cuda_scan.ITEMS, cuda_scan.CHANNELS
-    names = []
-    for dtype in cuda_scan.DTYPE_CODES.values():
-        for count, kernel in ((7, cuda_scan.kernel_name), (6, cuda_scan.backward_kernel_name)):
-            settings = [[True] * count] + [[j != off for j in range(count)] for off in range(count)]
-            names += [kernel(dtype, 16, items, channels, *flags) for flags in settings]
-            names += [kernel(dtype, states, items, c, *[True] * count) for states, c in ((1, 1), (64, 2))]
+    names = every_kernel_variant()
     compiled = nvrtc.compile_kernels(cuda_scan.source(), names, architecture)
     assert not compiled.cached and compiled.cubin[:4] == b"\x7fELF"
     assert set(compiled.lowered) == set(names) and all(m.startswith("_Z") for m in compiled.lowered.values())
     again = nvrtc.compile_kernels(cuda_scan.source(), names, architecture)
     assert again.cached and again.cubin == compiled.cubin and again.lowered == compiled.lowered
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("architecture", [80, 90])
+def test_the_training_kernels_keep_every_value_in_registers(architecture):
+    # What a Mamba layer runs in training, in each dtype and with each backward (v2 in every layout, bf16): a spill
+    # to local memory would cost far more than the registers it saves. v2's occupancy target (16 warps an SM on
+    # sm_90, 12 on sm_80) is what keeps it out of local memory; v1 takes 145 registers.
+    names = [name for variants in cuda_scan.LAYER_VARIANTS.values() for name in variants]
+    flags = (True, True, True, True, False, False)
+    names += [
+        cuda_scan.backward_v2_kernel_name(1, 16, cuda_scan.ITEMS, layout, *flags) for layout in cuda_scan.V2_LAYOUTS
+    ]
+    usage = nvrtc.ptxas_usage(cuda_scan.source(), names, architecture)
+    assert set(usage) == set(names)
+    in_memory = {name: kernel for name, kernel in usage.items() if kernel.stack_bytes or kernel.spill_bytes}
+    assert not in_memory, in_memory
+    v2_limit = 128 if architecture >= 90 else 168
+    assert all(kernel.registers <= v2_limit for name, kernel in usage.items() if "bwd_v2" in name), usage
 
 
 @needs_nvrtc
@@ -62,10 +101,32 @@ def test_a_compile_error_is_raised_with_nvrtcs_log(tmp_path, monkeypatch):
         nvrtc.compile_kernels("__global__ void k() { undefined_call(); }", ["k"], 90)
 
 
-def emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, items: int = 4):
+def lane_scan(decay, h):
+    """The lanes' inclusive Kogge-Stone scan of (decay, state) pairs over the last axis (a group of lanes), as the
+    shuffles do it (entering_state)."""
+    F = torch.nn.functional
+    lanes, offset = h.shape[-1], 1
+    while offset < lanes:
+        h_before = F.pad(h, (offset, 0))[..., :lanes]
+        decay_before = F.pad(decay, (offset, 0), value=1.0)[..., :lanes]
+        h, decay = decay * h_before + h, decay * decay_before
+        offset *= 2
+    return decay, h
+
+
+def entering(decay, h, carry):
+    """The state entering each lane, from the inclusive scan and the state before the group (carry: one per group)."""
+    F = torch.nn.functional
+    lanes = h.shape[-1]
+    return F.pad(decay, (1, 0), value=1.0)[..., :lanes] * carry[..., None] + F.pad(h, (1, 0))[..., :lanes]
+
+
+def emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, items: int = 4, save_every: int | None = None):
     """The forward kernel's arithmetic in float64: chunks of 32 lanes x `items` steps; per state, pass 1 from a
     zero state per lane, an inclusive Kogge-Stone scan of (decay, state) over the lanes (as the shuffles do it),
-    the state entering each lane from the chunk's carry, pass 2 with the outputs. Steps past the end get delta 0."""
+    the state entering each lane from the chunk's carry, pass 2 with the outputs. Steps past the end get delta 0.
+    Also returns the states it saves for the backward, (batch, dim, saves, N): the state entering each lane whose
+    first step is a multiple of `save_every` (default: the chunk)."""
     batch, dim, length = u.shape
     states = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
@@ -73,6 +134,7 @@ def emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, items: i
     C = C.reshape(batch, groups, states, length).repeat_interleave(dim // groups, dim=1)
     delta = torch.nn.functional.softplus(delta + delta_bias[:, None])
     chunk = 32 * items
+    save_every = save_every or chunk
     padded = math.ceil(length / chunk) * chunk
     pad = padded - length
 
@@ -84,6 +146,7 @@ def emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, items: i
     y = torch.zeros_like(dt)
     carry = initial_state.clone()  # (b, d, n)
     last = torch.empty_like(carry)
+    saved = torch.full((batch, dim, math.ceil(length / save_every), states), math.nan, dtype=u.dtype)
     for n in range(states):
         h_carry = carry[..., n]
         for c in range(padded // chunk):
@@ -92,38 +155,59 @@ def emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, items: i
             h = torch.zeros_like(a[..., 0])
             for i in range(items):
                 h = a[..., i] * h + b[..., i]
-            decay = torch.exp(dt[:, :, c].sum(-1) * A[:, n, None])
-            offset = 1
-            while offset < 32:  # inclusive scan over lanes
-                h_before = torch.nn.functional.pad(h, (offset, 0))[..., :32]
-                decay_before = torch.nn.functional.pad(decay, (offset, 0), value=1.0)[..., :32]
-                h = decay * h_before + h
-                decay = decay * decay_before
-                offset *= 2
-            decay_in = torch.nn.functional.pad(decay, (1, 0), value=1.0)[..., :32]
-            h_in = torch.nn.functional.pad(h, (1, 0))[..., :32]
-            state = decay_in * h_carry[..., None] + h_in
+            decay, h = lane_scan(torch.exp(dt[:, :, c].sum(-1) * A[:, n, None]), h)
+            state = entering(decay, h, h_carry)
             h_carry = decay[..., 31] * h_carry + h[..., 31]
+            for lane in range(32):
+                first = c * chunk + lane * items
+                if first % save_every == 0 and first < length:
+                    saved[:, :, first // save_every, n] = state[..., lane]
             for i in range(items):
                 state = a[..., i] * state + b[..., i]
                 y[:, :, c, :, i] += C[:, :, n, c, :, i] * state
         last[..., n] = h_carry
     y = y.reshape(batch, dim, padded)[..., :length] + D[:, None] * u
-    return y * torch.nn.functional.silu(z), last
+    return y * torch.nn.functional.silu(z), last, saved
+
+
+def reference_states(u, delta, A, B, C, delta_bias, initial_state, every: int):
+    """The float64 reference's state before every `every`-th step, (batch, dim, ceil(L / every), N)."""
+    batch, dim, length = u.shape
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    B = B.reshape(batch, groups, A.shape[1], length).repeat_interleave(dim // groups, dim=1)
+    dt = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    saved, h = [], initial_state.clone()
+    for t in range(length):
+        if t % every == 0:
+            saved.append(h.clone())
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[..., t]
+    return torch.stack(saved, dim=2)
+
+
+def with_every_option(inputs, dim):
+    """The case's inputs with D, delta_bias and z filled in where the case leaves them out (0, 0 and a gate of 1)."""
+    for name in ("D", "delta_bias"):
+        if inputs.get(name) is None:
+            inputs[name] = torch.zeros(dim, dtype=torch.float64)
+    if inputs.get("z") is None:
+        inputs["z"] = torch.full_like(inputs["u"], 30.0)
+    return inputs
 
 
 @pytest.mark.parametrize("case", CASES[:3] + CASES[4:], ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[4]}")
 @pytest.mark.parametrize("items", [1, 4])
 def test_the_kernels_decomposition_equals_the_float64_reference(case, items):
     batch, dim, d_state, length, layout, options = case
-    inputs = scan_inputs(batch, dim, d_state, length, layout, seed=length, **{**options, "initial": True})
-    for name, default in (("D", torch.zeros(dim)), ("z", None), ("delta_bias", torch.zeros(dim))):
-        if inputs.get(name) is None:
-            inputs[name] = default.double() if default is not None else torch.full_like(inputs["u"], 30.0)
+    inputs = with_every_option(
+        scan_inputs(batch, dim, d_state, length, layout, seed=length, **{**options, "initial": True}), dim
+    )
     expected, expected_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
-    out, last = emulate_forward(**inputs, items=items)
+    # Saved every 8 steps, so that with 4 items per lane saves come from lanes inside a chunk too (backward v2).
+    out, last, saved = emulate_forward(**inputs, items=items, save_every=8)
     assert relative_error(out, expected) < 1e-12
     assert relative_error(last, expected_last) < 1e-12
+    names = ("u", "delta", "A", "B", "C", "delta_bias", "initial_state")
+    assert relative_error(saved, reference_states(**{k: inputs[k] for k in names}, every=8)) < 1e-12
 
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -132,96 +216,159 @@ GPU_CASES = [
     (2, 100, 16, 1000, "shared", {}),
     (1, 96, 16, 2049, "grouped:4", {}),
     (1, 6, 16, 9000, "shared", {}),
+    # Backward v2's other layouts (cuda_scan.v2_layout): 16 channels a group take (8, 2), 3 take (1, 1).
+    (1, 32, 16, 300, "grouped:2", {}),
+    (2, 9, 16, 700, "grouped:3", {}),
 ]
 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[4]}")
-def test_cuda_matches_float64_reference_with_every_gradient(case, dtype):
+def test_cuda_matches_float64_reference_with_every_gradient(case, dtype, backward):
     from test_triton import cast_inputs, errors_vs_reference
 
     batch, dim, d_state, length, layout, options = case
     inputs = cast_inputs(scan_inputs(batch, dim, d_state, length, layout, device="cuda", seed=length, **options), dtype)
-    errors = errors_vs_reference(cuda_scan.selective_scan_cuda, inputs, seed=dim)
+    scan = functools.partial(cuda_scan.selective_scan_cuda, backward=backward)
+    errors = errors_vs_reference(scan, inputs, seed=dim)
     bad = {k: v for k, v in errors.items() if not v < TOLERANCE[dtype]}
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad}"
 
 
-def emulate_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast, items: int = 4):
-    """The backward kernel's arithmetic in float64, per state and chunk (last chunk first): the chunk's states
-    rebuilt from its saved start state as the forward does; the adjoint lam_t = C_t g_t + a_{t+1} lam_{t+1} as a
-    reverse pass per lane from zero, a suffix scan of the lanes' (product, value) pairs (the shuffle-down scan),
-    and a second reverse pass from the adjoint entering each lane; the carry between chunks is a_t lam_t at the
-    chunk's first step (d last_state at the end), and what is left after chunk 0 is the initial state's
-    gradient. Returns the gradients in the order du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state."""
+@dataclass(frozen=True)
+class Layout:
+    """How a backward kernel splits the work (cuda/selective_scan.cu): `items` steps a lane, `lane_channels`
+    channels a warp (so 32 / lane_channels lanes a channel, and chunks of that many lanes x items steps), `warps`
+    warps a CTA. `shared_exp` (v2): one exp(A sum dt) over a lane's items after its first gives both the lane's decay
+    (times a_0) and the factor of its adjoint (times the next lane's a_0); v1 takes exp(A sum dt) over all its items
+    and a chain of products."""
+
+    items: int
+    lane_channels: int = 1
+    warps: int = 1
+    shared_exp: bool = False
+
+    @property
+    def lanes(self) -> int:
+        return 32 // self.lane_channels
+
+    @property
+    def chunk(self) -> int:
+        return self.lanes * self.items
+
+
+def channel_sums(values, layout: Layout, groups: int):
+    """dB or dC of one state and chunk from each channel's (batch, channels, lanes, items) share, summed as the
+    kernel sums them, into (batch, groups, chunk). v2: within each warp a reduce-scatter over the lane bits above
+    the segment bits (sum_over_lane_channels: at lane bit `offset`, a lane keeps the half of its items its bit
+    selects and adds its partner's), after which lane (channel j, segment s) holds steps s * items + j * kept + r;
+    then the CTA's warps in order (the per-warp slices); then the CTAs of a group (global atomics, any order). v1
+    (one channel a warp) is the degenerate case: no halvings, and its shared-memory atomics sum a CTA in any order."""
+    batch, channels, lanes, items = values.shape
+    J, W = layout.lane_channels, layout.warps
+    v = values.reshape(batch, channels // (J * W), W, J, lanes, items)
+    lane_channel = torch.arange(J)
+    offset = 16
+    while offset >= lanes:
+        bit = offset // lanes  # lane bit `offset` is this bit of the lane's channel in the warp
+        half = v.shape[-1] // 2
+        upper = (lane_channel & bit).bool()[:, None, None]
+        send = torch.where(upper, v[..., :half], v[..., half:])
+        keep = torch.where(upper, v[..., half:], v[..., :half])
+        v = keep + send[:, :, :, lane_channel ^ bit]
+        offset //= 2
+    kept = v.shape[-1]
+    steps = torch.arange(lanes)[None, :, None] * items + lane_channel[:, None, None] * kept + torch.arange(kept)
+    assert sorted(steps.flatten().tolist()) == list(range(lanes * items)), "every step kept by exactly one lane"
+    slices = torch.zeros(*v.shape[:3], lanes * items, dtype=values.dtype)
+    slices[..., steps.flatten()] = v.flatten(3)
+    cta_sums = slices.sum(2)
+    return cta_sums.reshape(batch, groups, -1, lanes * items).sum(2)
+
+
+def emulate_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast, layout: Layout):
+    """A backward kernel's arithmetic in float64, per state and chunk (last chunk first), channels padded to whole
+    CTAs with zeros as the kernel's inactive lanes are: the chunk's states rebuilt from the start states the forward
+    saved (emulate_forward) as the forward does, with each channel's scan over its group of lanes; the adjoint
+    lam_t = C_t g_t + a_{t+1} lam_{t+1} as a reverse pass per lane from zero, a suffix scan of the lanes' (product,
+    value) pairs (the shuffle-down scan), and a second reverse pass from the adjoint entering each lane; the carry
+    between chunks is a_t lam_t at the chunk's first step (d last_state at the end), and what is left after chunk 0 is
+    the initial state's gradient; dB and dC summed over channels as channel_sums says. Returns the gradients in the
+    order du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state."""
     F = torch.nn.functional
     batch, dim, length = u.shape
     states = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    per_group = dim // groups
-    B_full = B.reshape(batch, groups, states, length).repeat_interleave(per_group, dim=1)
-    C_full = C.reshape(batch, groups, states, length).repeat_interleave(per_group, dim=1)
+    cta = layout.lane_channels * layout.warps
+    assert groups == 1 or (dim // groups) % cta == 0, "the launcher keeps a CTA inside a B/C group"
+    padded_dim = math.ceil(dim / cta) * cta
+
+    def channels(t):  # (batch, dim, ...) -> (batch, padded_dim, ...), the inactive channels zero
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, padded_dim - dim))
+
     raw = delta + delta_bias[:, None]
     dt = F.softplus(raw)
-    chunk = 32 * items
+    gate = F.silu(z)
+    items, lanes, chunk = layout.items, layout.lanes, layout.chunk
     chunks = math.ceil(length / chunk)
+    _, _, chunk_states = emulate_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, save_every=chunk)
+    chunk_states, dlast_p = channels(chunk_states), channels(dlast)
+    A_p = F.pad(A, (0, 0, 0, padded_dim - dim))
+    B_full = B.reshape(batch, groups, states, length).repeat_interleave(padded_dim // groups, dim=1)
+    C_full = C.reshape(batch, groups, states, length).repeat_interleave(padded_dim // groups, dim=1)
     pad = chunks * chunk - length
 
-    def lanes(t):
-        return F.pad(t, (0, pad)).reshape(*t.shape[:-1], chunks, 32, items)
+    def split(t):  # (..., l) -> (..., chunks, lanes, items)
+        return F.pad(t, (0, pad)).reshape(*t.shape[:-1], chunks, lanes, items)
 
-    # What the forward kernel saves: the state at each chunk's start.
-    chunk_states = torch.empty(batch, dim, chunks, states, dtype=u.dtype)
-    h = initial_state.clone()
-    for t in range(length):
-        if t % chunk == 0:
-            chunk_states[:, :, t // chunk] = h
-        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B_full[..., t]
-    gate = F.silu(z)
-    g = lanes(dout * gate)
-    dt_l, dtu_l, u_l = lanes(dt), lanes(dt * u), lanes(u)
-    B_l, C_l = lanes(B_full), lanes(C_full)
-    y, du, ddt = torch.zeros_like(dt_l), torch.zeros_like(dt_l), torch.zeros_like(dt_l)
-    dB, dC = torch.zeros_like(B_l), torch.zeros_like(C_l)
-    dA, dh0 = torch.zeros_like(A), torch.zeros_like(initial_state)
-    ones = torch.ones(batch, dim, 1, dtype=u.dtype)
+    g = split(channels(dout * gate))
+    dt_l, dtu_l = split(channels(dt)), split(channels(dt * u))
+    B_l, C_l = split(B_full), split(C_full)
+    y, lam_B, decay_grad = torch.zeros_like(dt_l), torch.zeros_like(dt_l), torch.zeros_like(dt_l)
+    dB = torch.zeros(batch, groups, states, chunks, chunk, dtype=u.dtype)
+    dC = torch.zeros_like(dB)
+    dA, dh0 = torch.zeros_like(A_p), torch.zeros_like(dlast_p)
+    ones = torch.ones(batch, padded_dim, 1, dtype=u.dtype)
     for n in range(states):
-        carry = dlast[..., n]  # a lam at the first step of the chunk after
+        carry = dlast_p[..., n]  # a lam at the first step of the chunk after
+        A_n = A_p[:, n, None, None]
         for c in reversed(range(chunks)):
-            a = torch.exp(dt_l[:, :, c] * A[:, n, None, None])
+            a = torch.exp(dt_l[:, :, c] * A_n)
             b = dtu_l[:, :, c] * B_l[:, :, n, c]
-            # The chunk's states, as in the forward: pass 1, lane scan, pass 2 from the saved start state.
+            after_first = torch.exp(dt_l[:, :, c, :, 1:].sum(-1) * A_p[:, n, None])
+            # The chunk's states, as in the forward: pass 1, the lanes' scan, pass 2 from the saved start state.
             h = torch.zeros_like(a[..., 0])
             for i in range(items):
                 h = a[..., i] * h + b[..., i]
-            decay = torch.exp(dt_l[:, :, c].sum(-1) * A[:, n, None])
-            offset = 1
-            while offset < 32:
-                h_before = F.pad(h, (offset, 0))[..., :32]
-                decay_before = F.pad(decay, (offset, 0), value=1.0)[..., :32]
-                h, decay = decay * h_before + h, decay * decay_before
-                offset *= 2
-            state = F.pad(decay, (1, 0), value=1.0)[..., :32] * chunk_states[:, :, c, n, None]
-            state = state + F.pad(h, (1, 0))[..., :32]
-            h_prev, h_items = torch.empty_like(a), torch.empty_like(a)
+            lane_decay = (
+                a[..., 0] * after_first if layout.shared_exp else torch.exp(dt_l[:, :, c].sum(-1) * A_p[:, n, None])
+            )
+            decay, h = lane_scan(lane_decay, h)
+            state = entering(decay, h, chunk_states[:, :, c, n])
+            decayed, h_items = torch.empty_like(a), torch.empty_like(a)  # a_i h_{i-1}, h_i
             for i in range(items):
-                h_prev[..., i] = state
+                decayed[..., i] = a[..., i] * state
                 state = a[..., i] * state + b[..., i]
                 h_items[..., i] = state
             # The adjoint: the factor after item i is a_{i+1}, the next lane's first a after the last item
-            # (1 in lane 31, whose next adjoint is the carry, already multiplied by its a).
+            # (1 in a channel's last lane, whose next adjoint is the carry, already multiplied by its a).
             cg = C_l[:, :, n, c] * g[:, :, c]
             a_after = torch.cat([a[..., 1:, 0], ones], dim=-1)
             factors = torch.cat([a[..., 1:], a_after[..., None]], dim=-1)
-            value, product = torch.zeros_like(a[..., 0]), a_after.clone()
+            value = torch.zeros_like(a[..., 0])
             for i in reversed(range(items)):
                 value = cg[..., i] + factors[..., i] * value
-                if i < items - 1:
+            if layout.shared_exp:
+                product = a_after * after_first
+            else:
+                product = a_after.clone()
+                for i in reversed(range(items - 1)):
                     product = product * a[..., i + 1]
             offset = 1
-            while offset < 32:  # inclusive suffix scan over lanes
+            while offset < lanes:  # inclusive suffix scan over a channel's lanes
                 value_after = F.pad(value, (0, offset))[..., offset:]
                 product_after = F.pad(product, (0, offset), value=1.0)[..., offset:]
                 value, product = value + product * value_after, product * product_after
@@ -232,40 +379,50 @@ def emulate_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, dout, d
                 lam_in = cg[..., i] + factors[..., i] * lam_in
                 lam[..., i] = lam_in
             carry = a[..., 0, 0] * lam[..., 0, 0]
-            dB[:, :, n, c] = lam * dtu_l[:, :, c]
-            dC[:, :, n, c] = g[:, :, c] * h_items
-            ddt[:, :, c] += lam * (h_prev * a * A[:, n, None, None] + u_l[:, :, c] * B_l[:, :, n, c])
-            du[:, :, c] += lam * dt_l[:, :, c] * B_l[:, :, n, c]
-            dA[:, n] += (lam * h_prev * a * dt_l[:, :, c]).sum((0, 2, 3))
+            dB[:, :, n, c] = channel_sums(lam * dtu_l[:, :, c], layout, groups)
+            dC[:, :, n, c] = channel_sums(g[:, :, c] * h_items, layout, groups)
+            lam_B[:, :, c] += lam * B_l[:, :, n, c]
+            decay_grad[:, :, c] += A_n * lam * decayed
+            dA[:, n] += (lam * decayed * dt_l[:, :, c]).sum((0, 2, 3))
             y[:, :, c] += C_l[:, :, n, c] * h_items
         dh0[..., n] = carry
 
-    def unlanes(t):
-        return t.reshape(*t.shape[:-3], chunks * chunk)[..., :length]
+    def merge(t):
+        return t.reshape(*t.shape[:-3], chunks * chunk)[:, :dim, :length]
 
-    y, du, ddt = unlanes(y) + D[:, None] * u, unlanes(du), unlanes(ddt)
+    y, lam_B, decay_grad = merge(y) + D[:, None] * u, merge(lam_B), merge(decay_grad)
     g = dout * gate
     sigmoid = torch.sigmoid(z)
     dz = dout * y * sigmoid * (1 + z * (1 - sigmoid))
-    du = du + g * D[:, None]
+    du = dt * lam_B + g * D[:, None]
     dD = (g * u).sum((0, 2))
-    draw = ddt * torch.sigmoid(raw)
-    shape = (batch, groups, per_group, states, length)
-    dB = unlanes(dB).reshape(shape).sum(2).reshape(B.shape)
-    dC = unlanes(dC).reshape(shape).sum(2).reshape(C.shape)
-    return du, draw, dA, dB, dC, dD, dz, draw.sum((0, 2)), dh0
+    draw = (u * lam_B + decay_grad) * torch.sigmoid(raw)
+    dB = dB.reshape(batch, groups, states, chunks * chunk)[..., :length].reshape(B.shape)
+    dC = dC.reshape(batch, groups, states, chunks * chunk)[..., :length].reshape(C.shape)
+    return du, draw, dA[:dim], dB, dC, dD, dz, draw.sum((0, 2)), dh0[:, :dim]
+
+
+def v2_layouts(dim: int, groups: int, items: int) -> list[Layout]:
+    """Every v2 layout the launcher may take for `dim` channels in `groups` groups, with `items` steps a lane."""
+    per_group = dim // groups
+    return [
+        Layout(items, lane_channels, warps, shared_exp=True)
+        for lane_channels, warps in cuda_scan.V2_LAYOUTS
+        if lane_channels <= items and (groups == 1 or per_group % (lane_channels * warps) == 0)
+    ]
 
 
 @pytest.mark.parametrize("case", CASES[:3] + CASES[4:], ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[4]}")
-@pytest.mark.parametrize("items", [1, 4])
-def test_the_backward_decomposition_equals_autograd_of_the_reference(case, items):
+# v2 reads B and C as float4s: 4 or 8 items a lane.
+@pytest.mark.parametrize(("backward", "items"), [("v1", 1), ("v1", 4), ("v1", 8), ("v2", 4), ("v2", 8)])
+def test_the_backward_decomposition_equals_autograd_of_the_reference(case, backward, items):
     batch, dim, d_state, length, layout, options = case
     inputs = scan_inputs(batch, dim, d_state, length, layout, seed=length, **{**options, "initial": True})
-    for name in ("D", "delta_bias"):
-        if inputs.get(name) is None:
-            inputs[name] = torch.zeros(dim, dtype=torch.float64)
-    if inputs.get("z") is None:
-        inputs["z"] = torch.full_like(inputs["u"], 30.0)
+    inputs = with_every_option(inputs, dim)
+    groups = 1 if inputs["B"].dim() == 3 else inputs["B"].shape[1]
+    # v1: one channel a warp; v2: every layout it may take here.
+    layouts = [Layout(items)] if backward == "v1" else v2_layouts(dim, groups, items)
+    assert layouts
     generator = torch.Generator().manual_seed(7)
     dout = torch.randn(inputs["u"].shape, generator=generator, dtype=torch.float64)
     dlast = torch.randn(batch, dim, d_state, generator=generator, dtype=torch.float64)
@@ -273,6 +430,7 @@ def test_the_backward_decomposition_equals_autograd_of_the_reference(case, items
     leaves = {name: inputs[name].clone().requires_grad_() for name in names}
     out, last = selective_scan_ref(**leaves, delta_softplus=True, return_last_state=True)
     expected = torch.autograd.grad((out * dout).sum() + (last * dlast).sum(), [leaves[name] for name in names])
-    ours = emulate_backward(**inputs, dout=dout, dlast=dlast, items=items)
-    errors = {name: relative_error(mine, theirs) for name, mine, theirs in zip(names, ours, expected, strict=True)}
-    assert max(errors.values()) < 1e-10, errors
+    for kernel_layout in layouts:
+        ours = emulate_backward(**inputs, dout=dout, dlast=dlast, layout=kernel_layout)
+        errors = {name: relative_error(mine, theirs) for name, mine, theirs in zip(names, ours, expected, strict=True)}
+        assert max(errors.values()) < 1e-10, (kernel_layout, errors)

@@ -1,9 +1,11 @@
 """The `cuda` backend's selective scan: the forward and backward kernels of cuda/selective_scan.cu, compiled at
 first use by NVRTC for the GPU at hand (mambakit.ops.nvrtc; no build step, no toolkit).
 
-The forward saves the state at the start of every chunk; the backward kernel rebuilds each chunk from it. The
-cases the kernels do not take yet run on the Triton kernels: a time-invariant B or C (either or both), float64,
-L = 0 and more than MAX_STATES states.
+The forward saves the state at the start of every chunk of the backward kernel, which rebuilds each chunk from it.
+Two backward kernels: "v1" (the default) and "v2" (several channels a warp, no shared-memory atomics; see
+cuda/selective_scan.cu), chosen with `backward=`; v2 becomes the default once the GPU has measured it
+(bench/results/gpu_notes.md). The cases the kernels do not take yet run on the Triton kernels: a time-invariant B
+or C (either or both), float64, L = 0 and more than MAX_STATES states.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ ITEMS = 8
 #: Channels (warps) per CTA, sharing the chunk's B and C.
 CHANNELS = 4
 MAX_STATES = 64
+BACKWARDS = ("v1", "v2")
+#: Backward v2's (channels a warp, warps a CTA), most channels a CTA first: it takes the first whose channels do not
+#: straddle two B/C groups and whose shared memory fits V2_SHARED_BUDGET (else the one of those that needs least).
+V2_LAYOUTS = ((8, 4), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1))
+#: Shared memory a v2 CTA may take and still let 4 CTAs (16 warps, the registers' limit) share an SM.
+V2_SHARED_BUDGET = 48 * 1024
 
 
 @functools.cache
@@ -46,18 +54,16 @@ def kernel_name(
     has_initial_state: bool,
     return_last_state: bool,
     save_chunk_states: bool = False,
+    save_every: int | None = None,
 ) -> str:
-    """The template instantiation of the forward kernel for one combination of settings."""
+    """The template instantiation of the forward kernel for one combination of settings; `save_every` is the steps
+    between the states it saves for the backward (default: its own chunk, 32 x items, which v1's backward takes)."""
     flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, return_last_state, save_chunk_states)
-    return _instantiation("selective_scan_fwd", dtype_code, states, items, channels, flags)
+    return _instantiation("selective_scan_fwd", dtype_code, states, items, channels, *flags, save_every or 32 * items)
 
 
-def _instantiation(kernel: str, dtype_code: int, states: int, items: int, channels: int, flags: tuple) -> str:
-    return (
-        f"{kernel}<{dtype_code}, {states}, {items}, {channels}, "
-        + ", ".join("true" if flag else "false" for flag in flags)
-        + ">"
-    )
+def _instantiation(kernel: str, *arguments: int | bool) -> str:
+    return f"{kernel}<" + ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in arguments) + ">"
 
 
 def backward_kernel_name(
@@ -72,17 +78,50 @@ def backward_kernel_name(
     has_initial_state: bool,
     has_last_state_grad: bool,
 ) -> str:
-    """The template instantiation of the backward kernel for one combination of settings."""
+    """The template instantiation of the backward kernel v1 for one combination of settings."""
     flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad)
-    return _instantiation("selective_scan_bwd", dtype_code, states, items, channels, flags)
+    return _instantiation("selective_scan_bwd", dtype_code, states, items, channels, *flags)
 
 
-#: The forward and backward a Mamba layer runs in training (z, D, delta bias, softplus; no initial state), by
-#: input dtype name.
+def backward_v2_kernel_name(
+    dtype_code: int,
+    states: int,
+    items: int,
+    layout: tuple[int, int],
+    has_z: bool,
+    has_D: bool,
+    has_delta_bias: bool,
+    softplus: bool,
+    has_initial_state: bool,
+    has_last_state_grad: bool,
+) -> str:
+    """The template instantiation of the backward kernel v2 for one combination of settings; `layout` is one of
+    V2_LAYOUTS."""
+    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad)
+    return _instantiation("selective_scan_bwd_v2", dtype_code, states, items, *layout, *flags)
+
+
+def v2_chunk(layout: tuple[int, int]) -> int:
+    """Steps in a chunk of backward v2: 32 / (channels a warp) lanes of ITEMS steps; the forward saves a state
+    at the start of each."""
+    return 32 // layout[0] * ITEMS
+
+
+def v2_layout(dim: int, groups: int, states: int) -> tuple[int, int]:
+    """Backward v2's layout for `dim` channels in `groups` B/C groups with `states` states (see V2_LAYOUTS)."""
+    fitting = [c for c in V2_LAYOUTS if groups == 1 or (dim // groups) % (c[0] * c[1]) == 0]
+    small = [c for c in fitting if backward_v2_shared_bytes(states, c) <= V2_SHARED_BUDGET]
+    return small[0] if small else min(fitting, key=lambda c: backward_v2_shared_bytes(states, c))
+
+
+#: The forwards and backwards a Mamba layer runs in training (z, D, delta bias, softplus; no initial state) with
+#: each backward kernel (v2 in its 16-state layout), by input dtype name.
 LAYER_VARIANTS = {
     name: [
         kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, True, True),
         backward_kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, False),
+        kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, True, True, v2_chunk(V2_LAYOUTS[0])),
+        backward_v2_kernel_name(code, 16, ITEMS, V2_LAYOUTS[0], True, True, True, True, False, False),
     ]
     for name, code in (("fp32", 0), ("bf16", 1), ("fp16", 2))
 }
@@ -132,9 +171,13 @@ def selective_scan_cuda(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_last_state: bool = False,
+    backward: str = "v1",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the NVRTC-compiled kernels; same contract as `mambakit.ops.selective_scan`
-    (arguments already checked), gradients for every input and through the returned last state."""
+    (arguments already checked), gradients for every input and through the returned last state. `backward` picks
+    the backward kernel, one of BACKWARDS."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     batch, dim, length = u.shape
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if _falls_back(tensors, B, C, A.shape[1], length):
@@ -143,7 +186,7 @@ def selective_scan_cuda(
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
-    out, last = _CudaScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    out, last = _CudaScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backward)
     return (out, last) if return_last_state else out
 
 
@@ -161,6 +204,7 @@ class _CudaScan(torch.autograd.Function):
         delta_bias: Tensor | None,
         initial_state: Tensor | None,
         softplus: bool,
+        backward: str,
     ) -> tuple[Tensor, Tensor]:
         batch, dim, length = u.shape
         states = A.shape[1]
@@ -177,11 +221,13 @@ class _CudaScan(torch.autograd.Function):
         initial_state = None if initial_state is None else initial_state.float().contiguous()
         out = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
         last = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32)
-        chunks = (length + 32 * ITEMS - 1) // (32 * ITEMS)
+        layout = v2_layout(dim, groups, states) if backward == "v2" else None
+        save_every = 32 * ITEMS if layout is None else v2_chunk(layout)
+        chunks = (length + save_every - 1) // save_every
         chunk_states = torch.empty(batch, dim, chunks, states, device=u.device, dtype=torch.float32)
         channels = _channels_per_cta(dim, groups)
         flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
-        name = kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags, True, True)
+        name = kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags, True, True, save_every)
         arguments = [
             *map(pointer, (u, delta, A32, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)),
             ctypes.c_int(dim),
@@ -193,7 +239,7 @@ class _CudaScan(torch.autograd.Function):
         ]
         grid = ((dim + channels - 1) // channels, batch, 1)
         _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
-        ctx.softplus, ctx.groups, ctx.channels = softplus, groups, channels
+        ctx.softplus, ctx.groups, ctx.channels, ctx.v2_layout = softplus, groups, channels, layout
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
         ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, initial_state, chunk_states)
         return out, last
@@ -214,8 +260,17 @@ class _CudaScan(torch.autograd.Function):
         dD = torch.zeros_like(D) if D is not None else None
         ddelta_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
         dinitial = torch.empty_like(initial_state) if initial_state is not None else None
-        flags = (z is not None, D is not None, delta_bias is not None, ctx.softplus, initial_state is not None)
-        name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, ctx.channels, *flags, dlast is not None)
+        has = (z is not None, D is not None, delta_bias is not None)
+        flags = (*has, ctx.softplus, initial_state is not None, dlast is not None)
+        layout = ctx.v2_layout
+        if layout is None:  # v1: a warp per channel
+            name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, ctx.channels, *flags)
+            channels = warps = ctx.channels
+            shared_bytes = backward_shared_bytes(states, ctx.channels)
+        else:
+            name = backward_v2_kernel_name(DTYPE_CODES[dtype], states, ITEMS, layout, *flags)
+            lane_channels, warps = layout
+            channels, shared_bytes = lane_channels * warps, backward_v2_shared_bytes(states, layout)
         pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
         arguments = [
             *map(pointer, (*pointers, ddelta_bias, dinitial)),
@@ -226,9 +281,9 @@ class _CudaScan(torch.autograd.Function):
             ctypes.c_int64(B.stride(0)),
             ctypes.c_int64(B.stride(1)),
         ]
-        grid = ((dim + ctx.channels - 1) // ctx.channels, batch, 1)
-        block = (32 * ctx.channels, 1, 1)
-        _kernel(name, _index(u.device))(grid, block, arguments, backward_shared_bytes(states, ctx.channels))
+        grid = ((dim + channels - 1) // channels, batch, 1)
+        block = (32 * warps, 1, 1)
+        _kernel(name, _index(u.device))(grid, block, arguments, shared_bytes)
         B_shape, C_shape, B_dtype, C_dtype, A_dtype = ctx.input_shapes
         return (
             du,
@@ -241,6 +296,7 @@ class _CudaScan(torch.autograd.Function):
             ddelta_bias,
             dinitial,
             None,
+            None,
         )
 
 
@@ -252,6 +308,15 @@ def forward_shared_bytes(states: int, channels: int) -> int:
 def backward_shared_bytes(states: int, channels: int) -> int:
     """The backward's: the chunk's B, C, dB and dC, and each warp's A, carried adjoints and lanes' dA sums."""
     return 4 * (4 * states * 32 * ITEMS + 34 * channels * states)
+
+
+def backward_v2_shared_bytes(states: int, layout: tuple[int, int]) -> int:
+    """Backward v2's: the chunk's B and C, each warp's dB and dC sums (with more than one warp), A, start states and
+    carried adjoints of each channel (rows padded by one), and each lane's dA sums."""
+    lane_channels, warps = layout
+    chunk = v2_chunk(layout)
+    slices = 2 * warps * states * chunk if warps > 1 else 0
+    return 4 * (2 * states * chunk + slices + 3 * states * (lane_channels * warps + 1) + 32 * warps * states)
 
 
 def _strides(*tensors: Tensor) -> list[ctypes.c_int64]:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -108,24 +109,51 @@ def compile_kernels(
             return CompiledKernels(cubin_file.read_bytes(), lowered, time.perf_counter() - started, cached=True)
         except (OSError, ValueError):
             pass  # a damaged entry is compiled again and replaced
-    cubin, lowered = _compile(source, names, options)
+    cubin, lowered, _ = _compile(source, names, options)
     seconds = time.perf_counter() - started
     _write_atomically(cubin_file, cubin)
     _write_atomically(names_file, json.dumps(lowered).encode())
     return CompiledKernels(cubin, lowered, seconds, cached=False)
 
 
-def _compile(source: str, names: Sequence[str], options: Sequence[str]) -> tuple[bytes, dict[str, str]]:
+@dataclass(frozen=True)
+class KernelUsage:
+    """What ptxas reports for one kernel: registers a thread, and bytes of local memory a thread (stack frame;
+    registers spilled to it, stored and loaded)."""
+
+    registers: int
+    stack_bytes: int
+    spill_bytes: int
+
+
+def ptxas_usage(source: str, names: Sequence[str], architecture: int) -> dict[str, KernelUsage]:
+    """ptxas's resource report for each of `names` compiled for sm_`architecture` (not cached: for tests and
+    reports, not launches). Works without a GPU."""
+    options = (*BASE_OPTIONS, f"--gpu-architecture=sm_{architecture}", "--ptxas-options=-v")
+    _, lowered, log = _compile(source, names, options)
+    usage, kernel, frame = {}, None, (0, 0)
+    for line in log.splitlines():
+        if match := re.search(r"Compiling entry function '(\S+)'", line):
+            kernel = match.group(1)
+        elif match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            frame = (int(match.group(1)), int(match.group(2)) + int(match.group(3)))
+        elif (match := re.search(r"Used (\d+) registers", line)) and kernel is not None:
+            usage[kernel] = KernelUsage(int(match.group(1)), *frame)
+    return {name: usage[mangled] for name, mangled in lowered.items()}
+
+
+def _compile(source: str, names: Sequence[str], options: Sequence[str]) -> tuple[bytes, dict[str, str], str]:
+    """The cubin, the mangled name of each of `names` and NVRTC's log (ptxas's report with --ptxas-options=-v)."""
     nvrtc, _ = _bindings()
     program = _check(nvrtc.nvrtcCreateProgram(source.encode(), b"mambakit.cu", 0, [], []), "nvrtcCreateProgram")
     try:
         for name in names:
             _check(nvrtc.nvrtcAddNameExpression(program, name.encode()), "nvrtcAddNameExpression")
         (result,) = nvrtc.nvrtcCompileProgram(program, len(options), [option.encode() for option in options])
+        size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+        log = b" " * size
+        _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
-            log = b" " * size
-            _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
             raise NvrtcError(f"NVRTC could not compile the kernels ({result.name}):\n{log.decode(errors='replace')}")
         size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
         cubin = b" " * size
@@ -134,7 +162,7 @@ def _compile(source: str, names: Sequence[str], options: Sequence[str]) -> tuple
             name: _check(nvrtc.nvrtcGetLoweredName(program, name.encode()), "nvrtcGetLoweredName").decode()
             for name in names
         }
-        return cubin, lowered
+        return cubin, lowered, log.decode(errors="replace")
     finally:
         nvrtc.nvrtcDestroyProgram(program)
 

@@ -11,8 +11,10 @@
 // A lane's decay over its items is exp2(A_n log2 e * sum delta): one exp instead of a product chain.
 //
 // Template parameters: kDtype (0 fp32, 1 bf16, 2 fp16) of u, delta, z and out; kStates (N); kItems (steps per
-// lane); kChannels (warps per CTA); and flags for z, D, delta_bias, softplus, an initial state, the last state and
-// the chunk start states that the backward needs.
+// lane); kChannels (warps per CTA); flags for z, D, delta_bias, softplus, an initial state, the last state and
+// the start states that the backward needs; and kSaveEvery, the steps between those saved states: the backward's
+// chunk (v1's is this kernel's chunk; v2's is shorter, and the lanes whose items start a v2 chunk save the state
+// entering them).
 // B and C come as fp32 (batch, groups, N, L) with unit stride in L.
 
 typedef unsigned short u16;
@@ -43,33 +45,59 @@ template <int kDtype> __device__ __forceinline__ void store(void* base, long lon
 __device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
 
 // The state entering this lane's items, from each lane's (decay over its items, state from a zero start) and the
-// state `carry` before the chunk: an inclusive shuffle scan of the pairs under
-// (d1, h1) o (d2, h2) = (d1 d2, d2 h1 + h2), shifted by one lane. The whole chunk's pair goes to chunk_decay,
-// chunk_state (lane 31's inclusive value).
-__device__ __forceinline__ float entering_state(float decay, float h, float carry, int lane, float& chunk_decay,
+// state `carry` before its group: an inclusive shuffle scan of the pairs under
+// (d1, h1) o (d2, h2) = (d1 d2, d2 h1 + h2) within each group of kWidth consecutive lanes (`segment` is the lane's
+// place in its group), shifted by one lane. The whole group's pair goes to chunk_decay, chunk_state (its last
+// lane's inclusive value).
+template <int kWidth = 32>
+__device__ __forceinline__ float entering_state(float decay, float h, float carry, int segment, float& chunk_decay,
                                                 float& chunk_state) {
 #pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-        const float decay_before = __shfl_up_sync(0xffffffffu, decay, offset);
-        const float h_before = __shfl_up_sync(0xffffffffu, h, offset);
-        if (lane >= offset) {
+    for (int offset = 1; offset < kWidth; offset *= 2) {
+        const float decay_before = __shfl_up_sync(0xffffffffu, decay, offset, kWidth);
+        const float h_before = __shfl_up_sync(0xffffffffu, h, offset, kWidth);
+        if (segment >= offset) {
             h = decay * h_before + h;
             decay = decay * decay_before;
         }
     }
-    float decay_in = __shfl_up_sync(0xffffffffu, decay, 1);
-    float h_in = __shfl_up_sync(0xffffffffu, h, 1);
-    if (lane == 0) {
+    float decay_in = __shfl_up_sync(0xffffffffu, decay, 1, kWidth);
+    float h_in = __shfl_up_sync(0xffffffffu, h, 1, kWidth);
+    if (segment == 0) {
         decay_in = 1.f;
         h_in = 0.f;
     }
-    chunk_decay = __shfl_sync(0xffffffffu, decay, 31);
-    chunk_state = __shfl_sync(0xffffffffu, h, 31);
+    chunk_decay = __shfl_sync(0xffffffffu, decay, kWidth - 1, kWidth);
+    chunk_state = __shfl_sync(0xffffffffu, h, kWidth - 1, kWidth);
     return decay_in * carry + h_in;
 }
 
+// The adjoint at the step after this lane's last item, from each lane's (product of the decays its items' adjoints
+// are multiplied by, adjoint from a zero end) and the adjoint `carry` after its group: an inclusive suffix shuffle
+// scan of the pairs under (p1, v1) o (p2, v2) = (p1 p2, v1 + p1 v2) within each group of kWidth lanes, shifted by
+// one lane.
+template <int kWidth = 32>
+__device__ __forceinline__ float entering_adjoint(float product, float value, float carry, int segment) {
+#pragma unroll
+    for (int offset = 1; offset < kWidth; offset *= 2) {
+        const float value_after = __shfl_down_sync(0xffffffffu, value, offset, kWidth);
+        const float product_after = __shfl_down_sync(0xffffffffu, product, offset, kWidth);
+        if (segment + offset < kWidth) {
+            value = value + product * value_after;
+            product = product * product_after;
+        }
+    }
+    float product_next = __shfl_down_sync(0xffffffffu, product, 1, kWidth);
+    float value_next = __shfl_down_sync(0xffffffffu, value, 1, kWidth);
+    if (segment == kWidth - 1) {
+        product_next = 1.f;
+        value_next = 0.f;
+    }
+    return product_next * carry + value_next;
+}
+
 template <int kDtype, int kStates, int kItems, int kChannels, bool kHasZ, bool kHasD, bool kHasDeltaBias,
-          bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates>
+          bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates, int kSaveEvery>
 __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     const void* __restrict__ u, const void* __restrict__ delta, const float* __restrict__ A,
     const float* __restrict__ B, const float* __restrict__ C, const float* __restrict__ D,
@@ -81,6 +109,7 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     long long bc_batch_stride, long long bc_group_stride) {
     constexpr int kChunk = 32 * kItems;
     constexpr float kLog2e = 1.4426950408889634f;
+    static_assert(kSaveEvery % kItems == 0 && kChunk % kSaveEvery == 0, "saved states start a lane's items");
     // Shared: B then C of the chunk (2 x kStates x kChunk floats), then per warp A log2(e) and the carried
     // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
     // cannot take without a local-memory stack frame.
@@ -109,10 +138,11 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     const float D_value = (kHasD && active) ? D[channel] : 0.f;
     const float bias = (kHasDeltaBias && active) ? delta_bias[channel] : 0.f;
 
-    const int chunks = (length + kChunk - 1) / kChunk;
+    const int saves = (length + kSaveEvery - 1) / kSaveEvery;
     for (int chunk_start = 0; chunk_start < length; chunk_start += kChunk) {
-        if (kSaveChunkStates && active && lane == 0) {  // the backward rebuilds each chunk from its start state
-            float* saved = chunk_states + ((batch * (long long)dim + channel) * chunks + chunk_start / kChunk) * kStates;
+        // The backward rebuilds each of its chunks from its start state.
+        if (kSaveChunkStates && kSaveEvery == kChunk && active && lane == 0) {
+            float* saved = chunk_states + ((batch * (long long)dim + channel) * saves + chunk_start / kChunk) * kStates;
             for (int n = 0; n < kStates; ++n) saved[n] = carry[n];
         }
         __syncthreads();  // the previous chunk's B/C reads are done
@@ -157,6 +187,10 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
             float chunk_decay, chunk_h;
             float state = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
             if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
+            if (kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 &&
+                first < length) {
+                chunk_states[((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates + n] = state;
+            }
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
                 state = a[i] * state + dtu[i] * B_n[i];
@@ -304,22 +338,7 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
                 value = C_n[i] * g[i] + factor * value;
                 if (i < kItems - 1) product *= a[i + 1];
             }
-#pragma unroll
-            for (int offset = 1; offset < 32; offset *= 2) {
-                const float value_after = __shfl_down_sync(0xffffffffu, value, offset);
-                const float product_after = __shfl_down_sync(0xffffffffu, product, offset);
-                if (lane + offset < 32) {
-                    value = value + product * value_after;
-                    product = product * product_after;
-                }
-            }
-            float product_next = __shfl_down_sync(0xffffffffu, product, 1);
-            float value_next = __shfl_down_sync(0xffffffffu, value, 1);
-            if (lane == 31) {
-                product_next = 1.f;
-                value_next = 0.f;
-            }
-            float lam = product_next * carry_n + value_next;
+            float lam = entering_adjoint(product, value, carry_n, lane);
             float lam_first = 0.f, dA_sum = 0.f;
             float* dB_n = shared_dB + n * kChunk + lane * kItems;
             float* dC_n = shared_dC + n * kChunk + lane * kItems;
@@ -387,6 +406,320 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
         if (kHasDeltaBias) atomicAdd(ddelta_bias + channel, dbias_sum);
         if (kHasInitialState) {
             for (int n = 0; n < kStates; ++n) dinitial_state[row * kStates + n] = carry[n];
+        }
+    }
+}
+
+// Backward v2 (#14). The same math as v1, mapped so that the state loop has no shared-memory atomics. v1 sums dB and
+// dC over a CTA's channels with two shared-memory atomicAdds per item and state; on sm_80/sm_90 a float atomicAdd
+// to shared memory is a compare-and-swap retry loop (ATOMS.CAST.SPIN in the SASS), and the CTA's four warps
+// contend for the same addresses. v2 instead puts kLaneChannels channels in each warp: lane = lane_channel *
+// kSegments + segment, so each channel's chunk is kSegments lanes x kItems steps (the lane scans have log2
+// kSegments levels, not 5). A warp's kLaneChannels channels hold the same steps, so their dB and dC are summed with
+// a shuffle reduce-scatter (sum_over_lane_channels: log2 kLaneChannels halvings; each lane ends with kItems /
+// kLaneChannels summed steps), stored without atomics into the warp's slice of a per-chunk shared buffer, summed
+// over the CTA's kWarps warps after one barrier per chunk, and added to global memory with one atomic per
+// (state, step) per CTA of kWarps x kLaneChannels channels (v1: per 4 channels). With one warp per CTA there is
+// nothing to sum across warps: the lanes add their sums to global memory directly, with no slices, no flush and no
+// barrier for them (and a chunk of one channel per warp still fits in shared memory at 64 states).
+// Registers: what stays live through the state loop is dt, dt u, the gated dout g and three sums per item (y,
+// sum_n lam B, sum_n A lam a h_prev); u, delta, z and dout are loaded again after the loop (v1 kept u and the raw
+// delta too). The states' start values, A and the carried adjoints are read from shared memory in [n][channel]
+// rows padded by one (a warp's channels read distinct banks, and the start states, loaded state-fastest so that
+// the global reads coalesce, are written to distinct banks too); B and C are staged with each quarter of a
+// segment's items side by side, so each lane reads its items with float4 loads that hit distinct banks.
+// One exp per lane and state besides the items' a_i: the decay over items 1.. of a lane, exp2(A sum dt), gives
+// both the lane's decay for the state scan (times a_0) and the factor of its adjoint scan (times the next lane's
+// a_0), where v1 took a second exp and a chain of products.
+// Needs the forward's states saved every kSegments x kItems steps (its kSaveEvery).
+template <int kItems, int kSegments> __device__ __forceinline__ int staged_position(int step) {
+    const int segment = step / kItems, item = step % kItems;
+    return (item / 4) * (4 * kSegments) + segment * 4 + item % 4;
+}
+
+template <int kItems, int kSegments>
+__device__ __forceinline__ void load_staged(const float* row, int segment, float (&values)[kItems]) {
+#pragma unroll
+    for (int quarter = 0; quarter < kItems / 4; ++quarter) {
+        const float4 four = reinterpret_cast<const float4*>(row)[quarter * kSegments + segment];
+        values[4 * quarter] = four.x;
+        values[4 * quarter + 1] = four.y;
+        values[4 * quarter + 2] = four.z;
+        values[4 * quarter + 3] = four.w;
+    }
+}
+
+// Sums each item over the warp's channels (the lane bits above the segment bits), halving at each level: a lane
+// keeps the half of its items that its bit selects and sends the other half to its partner. Afterwards values[r],
+// r < kItems / kLaneChannels, of lane (lane_channel, segment) is the sum of item lane_channel * kItems /
+// kLaneChannels + r of that segment; the rest is left over.
+template <int kItems, int kSegments>
+__device__ __forceinline__ void sum_over_lane_channels(float (&values)[kItems], int lane) {
+#pragma unroll
+    for (int offset = 16; offset >= kSegments; offset /= 2) {
+        const int half = kItems * offset / 32;
+        const bool upper = lane & offset;
+#pragma unroll
+        for (int k = 0; k < half; ++k) {
+            const float send = upper ? values[k] : values[k + half];
+            const float keep = upper ? values[k + half] : values[k];
+            values[k] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+        }
+    }
+}
+
+// A lane's kKept sums of one state, for the chunk's steps from `step`: into its warp's slice of the chunk's sums,
+// or (one warp per CTA) added to global memory, whose row for the state and chunk is `global_row`. Past the end the
+// sums are 0 (g and dt u are 0 there) and go to the last step instead: adding 0 changes nothing, and unlike a branch
+// per atomic (which made ptxas spill at 2 channels a warp) it keeps the loop straight.
+template <int kKept, bool kSlices>
+__device__ __forceinline__ void put_sums(const float* sums, float* slice, float* global_row, int step,
+                                         int steps_left) {
+#pragma unroll
+    for (int r = 0; r < kKept; ++r) {
+        if (kSlices) {
+            slice[step + r] = sums[r];
+        } else {
+            atomicAdd(global_row + min(step + r, steps_left - 1), sums[r]);
+        }
+    }
+}
+
+// Occupancy target: on sm_90, 16 warps an SM, i.e. at most 128 registers a thread (v1 takes 145), which the layouts
+// fit without spilling (ptxas of NVRTC 13.0; but for 8 bytes with fp32 inputs at 2 channels a warp). sm_80's ptxas
+// spills up to 128 bytes there, so on sm_80 the target is 12 warps (at most 168 registers).
+
+template <int kDtype, int kStates, int kItems, int kLaneChannels, int kWarps, bool kHasZ, bool kHasD,
+          bool kHasDeltaBias, bool kSoftplus, bool kHasInitialState, bool kHasLastStateGrad>
+__global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) / kWarps) selective_scan_bwd_v2(
+    const void* __restrict__ u, const void* __restrict__ delta, const float* __restrict__ A,
+    const float* __restrict__ B, const float* __restrict__ C, const float* __restrict__ D,
+    const void* __restrict__ z, const float* __restrict__ delta_bias, const float* __restrict__ chunk_states,
+    const void* __restrict__ dout, const float* __restrict__ dlast, void* __restrict__ du, void* __restrict__ ddelta,
+    float* __restrict__ dA, float* __restrict__ dB, float* __restrict__ dC, float* __restrict__ dD,
+    void* __restrict__ dz, float* __restrict__ ddelta_bias, float* __restrict__ dinitial_state, int dim, int length,
+    int channels_per_group, long long u_batch_stride, long long u_dim_stride, long long delta_batch_stride,
+    long long delta_dim_stride, long long z_batch_stride, long long z_dim_stride, long long dout_batch_stride,
+    long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride) {
+    constexpr int kSegments = 32 / kLaneChannels;
+    constexpr int kChunk = kSegments * kItems;
+    constexpr int kChannels = kWarps * kLaneChannels;
+    constexpr int kKept = kItems / kLaneChannels;
+    constexpr int kPitch = kChannels + 1;  // of the [n][channel] rows
+    constexpr bool kSlices = kWarps > 1;
+    constexpr float kLog2e = 1.4426950408889634f;
+    static_assert(32 % kLaneChannels == 0 && kItems % 4 == 0 && kItems % kLaneChannels == 0, "lane layout");
+    static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4, "whole CTAs fill the occupancy target");
+    // Shared: B and C of the chunk (staged_position order); each warp's dB and dC sums of the chunk [warp][n][step]
+    // (with more than one warp); A, the chunk's start states and the carried adjoints [n][channel of the CTA, kPitch];
+    // each lane's dA sums [warp][n][lane].
+    extern __shared__ __align__(16) float workspace[];
+    float* shared_B = workspace;
+    float* shared_C = shared_B + kStates * kChunk;
+    float* partial_dB = shared_C + kStates * kChunk;
+    float* partial_dC = partial_dB + (kSlices ? kWarps * kStates * kChunk : 0);
+    float* A_values = partial_dC + (kSlices ? kWarps * kStates * kChunk : 0);
+    float* start_states = A_values + kStates * kPitch;
+    float* carry = start_states + kStates * kPitch;
+    float* dA_partial = carry + kStates * kPitch;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int segment = lane % kSegments, lane_channel = lane / kSegments;
+    const int cta_channel = warp * kLaneChannels + lane_channel;
+    const int first_channel = blockIdx.x * kChannels;
+    const int channel = first_channel + cta_channel;
+    const bool active = channel < dim;
+    const int batch = blockIdx.y;
+    // Every channel of a CTA is in one group: the launcher makes kChannels divide channels_per_group.
+    const int group = first_channel / channels_per_group;
+    const long long bc_offset = batch * bc_batch_stride + group * bc_group_stride;
+    const long long row = batch * (long long)dim + channel;
+    const long long u_row = batch * u_batch_stride + channel * u_dim_stride;
+    const long long delta_row = batch * delta_batch_stride + channel * delta_dim_stride;
+    const long long z_row = batch * z_batch_stride + channel * z_dim_stride;
+    const long long dout_row = batch * dout_batch_stride + channel * dout_dim_stride;
+    const int chunks = (length + kChunk - 1) / kChunk;
+
+    for (int index = threadIdx.x; index < kStates * kChannels; index += kWarps * 32) {
+        const int n = index % kStates, c = first_channel + index / kStates;
+        const bool inside = c < dim;
+        A_values[n * kPitch + c - first_channel] = inside ? A[c * kStates + n] : 0.f;
+        carry[n * kPitch + c - first_channel] =
+            (kHasLastStateGrad && inside) ? dlast[(batch * (long long)dim + c) * kStates + n] : 0.f;
+    }
+    for (int n = 0; n < kStates; ++n) dA_partial[(warp * kStates + n) * 32 + lane] = 0.f;
+    const float D_value = (kHasD && active) ? D[channel] : 0.f;
+    const float bias = (kHasDeltaBias && active) ? delta_bias[channel] : 0.f;
+    float dD_sum = 0.f, dbias_sum = 0.f;
+
+    for (int chunk = chunks - 1; chunk >= 0; --chunk) {
+        const int chunk_start = chunk * kChunk;
+        __syncthreads();  // the previous chunk is done with shared memory (the first time: the setup above is written)
+        for (int index = threadIdx.x; index < kStates * kChunk; index += kWarps * 32) {
+            const int n = index / kChunk, step = index % kChunk, t = chunk_start + step;
+            const int position = n * kChunk + staged_position<kItems, kSegments>(step);
+            const bool inside = t < length;
+            shared_B[position] = inside ? B[bc_offset + n * (long long)length + t] : 0.f;
+            shared_C[position] = inside ? C[bc_offset + n * (long long)length + t] : 0.f;
+        }
+        for (int index = threadIdx.x; index < kStates * kChannels; index += kWarps * 32) {
+            const int n = index % kStates, c = first_channel + index / kStates;
+            const long long saved = ((batch * (long long)dim + c) * chunks + chunk) * kStates + n;
+            start_states[n * kPitch + c - first_channel] = c < dim ? chunk_states[saved] : 0.f;
+        }
+        __syncthreads();
+
+        // Steps past the end get delta 0, u 0 and g 0: decay 1, no input, no output gradient.
+        float dt[kItems], dtu[kItems], g[kItems], y[kItems], lam_B[kItems], decay_grad[kItems];
+        float dt_after_first = 0.f;
+        const int first = chunk_start + segment * kItems;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+            const int t = first + i;
+            const bool inside = active && t < length;
+            const float u_i = inside ? to_float<kDtype>(u, u_row + t) : 0.f;
+            const float raw = inside ? to_float<kDtype>(delta, delta_row + t) + bias : 0.f;
+            dt[i] = inside ? (kSoftplus ? softplus(raw) : raw) : 0.f;
+            dtu[i] = dt[i] * u_i;
+            const float dout_i = inside ? to_float<kDtype>(dout, dout_row + t) : 0.f;
+            float gate = 1.f;
+            if (kHasZ && inside) {
+                const float z_i = to_float<kDtype>(z, z_row + t);
+                gate = z_i / (1.f + __expf(-z_i));
+            }
+            g[i] = dout_i * gate;
+            y[i] = lam_B[i] = decay_grad[i] = 0.f;
+            if (i > 0) dt_after_first += dt[i];
+        }
+
+#pragma unroll 1
+        for (int n = 0; n < kStates; ++n) {
+            const int slot = n * kPitch + cta_channel;
+            const float A_n = A_values[slot], start = start_states[slot], carry_n = carry[slot];
+            const float A_log2 = A_n * kLog2e;
+            float B_n[kItems], C_n[kItems];
+            load_staged<kItems, kSegments>(shared_B + n * kChunk, segment, B_n);
+            load_staged<kItems, kSegments>(shared_C + n * kChunk, segment, C_n);
+            const float decay_after_first = exp2f(dt_after_first * A_log2);
+
+            // The chunk's states: pass 1 from a zero state per lane, the group's scan, pass 2 from the entering state.
+            float a[kItems], b[kItems];
+            float h = 0.f;
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) {
+                a[i] = exp2f(dt[i] * A_log2);
+                b[i] = dtu[i] * B_n[i];
+                h = fmaf(a[i], h, b[i]);
+            }
+            float unused_decay, unused_state;
+            h = entering_state<kSegments>(a[0] * decay_after_first, h, start, segment, unused_decay, unused_state);
+            float decayed[kItems], dC_sum[kItems];  // decayed: a_i h_{i-1}, the factor of dA and of A's ddelta term
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) {
+                decayed[i] = a[i] * h;
+                h = fmaf(a[i], h, b[i]);
+                y[i] = fmaf(C_n[i], h, y[i]);
+                dC_sum[i] = g[i] * h;
+            }
+            // The sums are over the warp's channels, so a lane of an inactive channel still puts its share.
+            const int kept_step = segment * kItems + lane_channel * kKept;
+            const long long global_row = bc_offset + n * (long long)length + chunk_start;
+            sum_over_lane_channels<kItems, kSegments>(dC_sum, lane);
+            put_sums<kKept, kSlices>(dC_sum, partial_dC + (warp * kStates + n) * kChunk, dC + global_row, kept_step,
+                                     length - chunk_start);
+
+            // The adjoint. The factor after the lane's last item is the next lane's first a (1 in the group's last
+            // lane, whose next adjoint is the carry, which already holds its a).
+            float a_after = __shfl_down_sync(0xffffffffu, a[0], 1, kSegments);
+            if (segment == kSegments - 1) a_after = 1.f;
+            float value = 0.f;
+#pragma unroll
+            for (int i = kItems - 1; i >= 0; --i) {
+                value = fmaf(i == kItems - 1 ? a_after : a[i + 1], value, C_n[i] * g[i]);
+            }
+            float lam = entering_adjoint<kSegments>(a_after * decay_after_first, value, carry_n, segment);
+            float dB_sum[kItems];
+            float dA_sum = 0.f;
+#pragma unroll
+            for (int i = kItems - 1; i >= 0; --i) {
+                lam = fmaf(i == kItems - 1 ? a_after : a[i + 1], lam, C_n[i] * g[i]);
+                const float through_a = lam * decayed[i];
+                decay_grad[i] = fmaf(A_n, through_a, decay_grad[i]);
+                dA_sum = fmaf(through_a, dt[i], dA_sum);
+                lam_B[i] = fmaf(lam, B_n[i], lam_B[i]);
+                dB_sum[i] = lam * dtu[i];
+            }
+            sum_over_lane_channels<kItems, kSegments>(dB_sum, lane);
+            put_sums<kKept, kSlices>(dB_sum, partial_dB + (warp * kStates + n) * kChunk, dB + global_row, kept_step,
+                                     length - chunk_start);
+            dA_partial[(warp * kStates + n) * 32 + lane] += dA_sum;
+            __syncwarp();  // every lane of the group has read carry_n
+            if (segment == 0) carry[slot] = a[0] * lam;  // lam is now the adjoint at the chunk's first step
+        }
+
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+            const int t = first + i;
+            if (!active || t >= length) continue;
+            const long long grad_index = row * length + t;  // du, ddelta and dz are contiguous (batch, dim, L)
+            const float u_i = to_float<kDtype>(u, u_row + t);
+            if (kHasZ) {
+                const float z_i = to_float<kDtype>(z, z_row + t);
+                const float sigmoid = 1.f / (1.f + __expf(-z_i));
+                const float dout_i = to_float<kDtype>(dout, dout_row + t);
+                const float value = fmaf(D_value, u_i, y[i]);
+                store<kDtype>(dz, grad_index, dout_i * value * sigmoid * (1.f + z_i * (1.f - sigmoid)));
+            }
+            dD_sum = fmaf(g[i], u_i, dD_sum);
+            store<kDtype>(du, grad_index, fmaf(dt[i], lam_B[i], g[i] * D_value));
+            const float ddt = fmaf(u_i, lam_B[i], decay_grad[i]);
+            float draw = ddt;
+            if (kSoftplus) {
+                const float raw = to_float<kDtype>(delta, delta_row + t) + bias;
+                draw = ddt / (1.f + __expf(-raw));
+            }
+            dbias_sum += draw;
+            store<kDtype>(ddelta, grad_index, draw);
+        }
+        if (!kSlices) continue;
+        __syncthreads();  // every warp's sums of the chunk are in shared memory
+        for (int index = threadIdx.x; index < kStates * kChunk; index += kWarps * 32) {
+            const int n = index / kChunk, step = index % kChunk, t = chunk_start + step;
+            if (t >= length) continue;
+            float dB_total = 0.f, dC_total = 0.f;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                dB_total += partial_dB[w * kStates * kChunk + index];
+                dC_total += partial_dC[w * kStates * kChunk + index];
+            }
+            atomicAdd(dB + bc_offset + n * (long long)length + t, dB_total);
+            atomicAdd(dC + bc_offset + n * (long long)length + t, dC_total);
+        }
+    }
+
+    // dD, d delta_bias and dA: the lanes of each channel summed by shuffles, one atomic per channel (batch elements
+    // add to the same values).
+#pragma unroll
+    for (int offset = kSegments / 2; offset > 0; offset /= 2) {
+        dD_sum += __shfl_xor_sync(0xffffffffu, dD_sum, offset);
+        dbias_sum += __shfl_xor_sync(0xffffffffu, dbias_sum, offset);
+    }
+    for (int n = 0; n < kStates; ++n) {
+        float sum = dA_partial[(warp * kStates + n) * 32 + lane];
+#pragma unroll
+        for (int offset = kSegments / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        if (active && segment == 0) atomicAdd(dA + channel * kStates + n, sum);
+    }
+    if (active && segment == 0) {
+        if (kHasD) atomicAdd(dD + channel, dD_sum);
+        if (kHasDeltaBias) atomicAdd(ddelta_bias + channel, dbias_sum);
+    }
+    if (kHasInitialState) {  // after chunk 0 the carried adjoint is a_0 lam_0 = dL/dh_0
+        __syncthreads();
+        for (int index = threadIdx.x; index < kStates * kChannels; index += kWarps * 32) {
+            const int n = index % kStates, c = first_channel + index / kStates;
+            const float gradient = carry[n * kPitch + c - first_channel];
+            if (c < dim) dinitial_state[(batch * (long long)dim + c) * kStates + n] = gradient;
         }
     }
 }
