@@ -8,7 +8,8 @@ times anything and returns rows {"name", "shape", "backend", "value", "unit", "c
 `value` is None, with the reason in `note`, for a case that could not run (mamba-ssm not importable, out of
 memory); `correct` compares mambakit with mamba-ssm where that applies; `reference` is mamba-ssm 2.3.2.post1's
 number on one H100 (/work/shared/device/README.md). mambakit runs once per scan backend: its own `triton`
-kernels, and `auto`, which picks mamba-ssm's kernels where they are installed. The table is printed last and
+kernels (the mixer fused, mambakit.ops.mamba_inner, and once more through the separate ops in the block and
+training benchmarks), and `auto`, which picks mamba-ssm's kernels where they are installed. The table is printed last and
 everything goes to DIR/gpu_model_results.json (DIR: $OUT, else bench/results).
 """
 
@@ -152,6 +153,23 @@ def _mambakit_backends(op: str) -> dict[str, str]:
     return backends
 
 
+#: The training runs of the Triton backend once more through the separate ops, to show what the fused mixer
+#: (mambakit.ops.mamba_inner) changes.
+SEPARATE_OPS = "mambakit[triton, separate ops]"
+
+
+def _with_separate_ops(backends: dict[str, str]) -> dict[str, str]:
+    return {**backends, SEPARATE_OPS: "triton"}
+
+
+def _fuse(model: nn.Module, label: str) -> nn.Module:
+    """`model` with its mixers fused or not, as `label` asks."""
+    for module in model.modules():
+        if isinstance(module, Mamba):
+            module.fuse_inner = label != SEPARATE_OPS
+    return model
+
+
 def _mamba_ssm_lm_config(config: MambaConfig) -> Any:
     from mamba_ssm.models.config_mamba import MambaConfig as MambaSSMConfig
 
@@ -195,8 +213,8 @@ def bench_block(batch: int = 8, length: int = 2048, d_model: int = 768) -> list[
     torch.manual_seed(0)
     weights = Mamba(d_model, device=DEVICE).state_dict()
     modules: dict[str, nn.Module] = {}
-    for label, backend in _mambakit_backends("selective_scan").items():
-        modules[label] = Mamba(d_model, scan_backend=backend, device=DEVICE)
+    for label, backend in _with_separate_ops(_mambakit_backends("selective_scan")).items():
+        modules[label] = _fuse(Mamba(d_model, scan_backend=backend, device=DEVICE), label)
     unavailable = mamba_ssm_unavailable()
     if unavailable is None:
         from mamba_ssm.modules.mamba_simple import Mamba as MambaSSM
@@ -341,9 +359,12 @@ def bench_lm_train(
     )
     builders: dict[str, Callable[[], tuple[nn.Module, Callable]]] = {
         label: (
-            lambda backend=backend: (MambaLMHeadModel(config, scan_backend=backend, device=DEVICE), _lm_loss_mambakit)
+            lambda backend=backend, label=label: (
+                _fuse(MambaLMHeadModel(config, scan_backend=backend, device=DEVICE), label),
+                _lm_loss_mambakit,
+            )
         )
-        for label, backend in _mambakit_backends("selective_scan").items()
+        for label, backend in _with_separate_ops(_mambakit_backends("selective_scan")).items()
     }
     unavailable = mamba_ssm_unavailable()
     if unavailable is None:

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_scan_parts, selective_state_update
+from ..ops.mamba_inner import as_columns, as_sequences, mamba_inner
 
 
 @dataclass
@@ -50,17 +51,6 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
         for name in getattr(type(module), "NO_WEIGHT_DECAY", ())
         if isinstance(getattr(module, name, None), nn.Parameter)
     }
-
-
-def _as_sequences(columns: Tensor, batch: int, length: int) -> Tensor:
-    """A (channels, batch * length) matrix as (batch, channels, length), without copying."""
-    return columns.view(-1, batch, length).transpose(0, 1)
-
-
-def _as_columns(sequences: Tensor) -> Tensor:
-    """(batch, channels, length) as a (channels, batch * length) matrix: a view when it is laid out as one
-    (the layout `_as_sequences` makes and the kernels keep), else a copy."""
-    return sequences.transpose(0, 1).reshape(sequences.shape[1], -1)
 
 
 def _project_columns(layer: nn.Module, columns: Tensor, with_bias: bool = True) -> Tensor:
@@ -124,6 +114,9 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.selective = selective
         self.scan_backend = scan_backend
+        self.fuse_inner = True
+        """Run the training path as one fused function where it applies (`mambakit.ops.mamba_inner`: two
+        activations a layer fewer kept for the backward); False runs the separate ops (to compare)."""
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(
@@ -181,7 +174,23 @@ class Mamba(nn.Module):
         # one plain GEMM and no (b, l, d) <-> (b, d, l) transposing copy is made, forward or backward.
         columns = hidden_states.reshape(batch * length, -1).t()
         xz = _project_columns(self.in_proj, columns)
-        x, z = (_as_sequences(t, batch, length) for t in xz.split(self.d_inner))
+        fused = self._fused_scan_parts(xz, state)
+        if fused is not None:
+            y = mamba_inner(
+                xz,
+                self.conv1d.weight.squeeze(1),
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.dt_proj.bias,
+                self.A_log,
+                self.D,
+                batch,
+                fused,
+                conv_backend=self.scan_backend,
+            )
+            return self._out_proj(y, batch, length)
+        x, z = (as_sequences(t, batch, length) for t in xz.split(self.d_inner))
         conv_weight = self.conv1d.weight.squeeze(1)
         if state is None:
             x = cast(Tensor, causal_conv1d(x, conv_weight, self.conv1d.bias, "silu", backend=self.scan_backend))
@@ -199,10 +208,10 @@ class Mamba(nn.Module):
                 ),
             )
         if self.selective:
-            x_dbl = _project_columns(self.x_proj, _as_columns(x))
+            x_dbl = _project_columns(self.x_proj, as_columns(x))
             dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state])
-            delta = _as_sequences(_project_columns(self.dt_proj, dt, with_bias=False), batch, length)
-            B, C = _as_sequences(B, batch, length), _as_sequences(C, batch, length)
+            delta = as_sequences(_project_columns(self.dt_proj, dt, with_bias=False), batch, length)
+            B, C = as_sequences(B, batch, length), as_sequences(C, batch, length)
             delta_bias = self.dt_proj.bias if type(self.dt_proj) is nn.Linear else None
         else:
             delta, B, C, delta_bias = torch.zeros_like(x), self.B, self.C, self.dt_bias
@@ -223,8 +232,23 @@ class Mamba(nn.Module):
         if state is not None:
             y, state.ssm = scan
         else:
-            y = scan
-        rows = _as_columns(y).t()
+            y = cast(Tensor, scan)
+        return self._out_proj(y, batch, length)
+
+    def _fused_scan_parts(self, xz: Tensor, state: MambaLayerState | None) -> Any:
+        """The scan backend's forward/backward pair when the training path can run as one fused function
+        (`mambakit.ops.mamba_inner`, which keeps two activations a layer fewer), else None: with a state to
+        continue from, without gradients, for a time-invariant layer, a wrapped x_proj/dt_proj (e.g. LoRA, whose
+        own forward must run) or float64."""
+        plain = type(self.x_proj) is nn.Linear and type(self.dt_proj) is nn.Linear if self.selective else False
+        if not self.fuse_inner or state is not None or not plain or xz.dtype == torch.float64 or xz.shape[1] == 0:
+            return None
+        if not torch.is_grad_enabled() or not (xz.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        return selective_scan_parts(self.scan_backend, xz.device)
+
+    def _out_proj(self, y: Tensor, batch: int, length: int) -> Tensor:
+        rows = as_columns(y).t()
         if type(self.out_proj) is not nn.Linear:  # a wrapped layer (e.g. LoRA): its own forward
             return cast(Tensor, self.out_proj(rows)).view(batch, length, -1)
         return F.linear(rows, self.out_proj.weight, self.out_proj.bias).view(batch, length, -1)

@@ -8,6 +8,9 @@ arguments (a list, an integer tensor, tensors on two devices, a wrong shape) are
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 
 from ..errors import UserError
@@ -51,6 +54,23 @@ def selective_scan(
     needs = frozenset({"initial_state"}) if initial_state is not None else frozenset()
     implementation = resolve_backend(backend, u.device, "selective_scan", needs).load("selective_scan")
     return implementation(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
+
+
+def selective_scan_parts(
+    backend: str, device: torch.device
+) -> tuple[Callable[..., tuple[Tensor, tuple[Tensor, ...]]], Callable[..., tuple[Tensor | None, ...]]] | None:
+    """The scan's forward and backward as two functions, from the backend that `backend` picks on `device` for a
+    scan without an initial state, or None when it has no such pair (then use `selective_scan`). For a fused layer
+    that keeps the scan's inputs itself, or recomputes them (`mamba_inner`):
+
+        out, residuals = forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = backward(u, delta, A, B, C, D, z, delta_bias,
+                                                               delta_softplus, residuals, dout)
+    """
+    chosen = resolve_backend(backend, device, "selective_scan")
+    if "selective_scan_fwd" not in chosen.ops:
+        return None
+    return chosen.load("selective_scan_fwd"), chosen.load("selective_scan_bwd")
 
 
 def selective_state_update(
@@ -193,5 +213,6 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "selective_scan",
+    "selective_scan_parts",
     "selective_state_update",
 ]

@@ -150,7 +150,11 @@ register_backend(
         "cuda",
         "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step)",
         _probe_cuda,
-        {"selective_scan": ".cuda_scan:selective_scan_cuda"},
+        {
+            "selective_scan": ".cuda_scan:selective_scan_cuda",
+            "selective_scan_fwd": ".cuda_scan:selective_scan_fwd_cuda",
+            "selective_scan_bwd": ".cuda_scan:selective_scan_bwd_cuda",
+        },
         auto_ops=frozenset(),
     )
 )
@@ -164,6 +168,8 @@ register_backend(
         _probe_mamba_ssm,
         {
             "selective_scan": ".mamba_ssm_adapter:selective_scan_mamba_ssm",
+            "selective_scan_fwd": ".mamba_ssm_adapter:selective_scan_fwd_mamba_ssm",
+            "selective_scan_bwd": ".mamba_ssm_adapter:selective_scan_bwd_mamba_ssm",
             "selective_state_update": ".mamba_ssm_adapter:selective_state_update_mamba_ssm",
         },
         lacks=frozenset({"initial_state"}),
@@ -177,6 +183,8 @@ register_backend(
         _probe_triton,
         {
             "selective_scan": ".triton_scan:selective_scan_triton",
+            "selective_scan_fwd": ".triton_scan:selective_scan_fwd_triton",
+            "selective_scan_bwd": ".triton_scan:selective_scan_bwd_triton",
             "selective_state_update": ".triton_step:selective_state_update_triton",
             "causal_conv1d": ".triton_conv:causal_conv1d_triton",
             "causal_conv1d_update": ".triton_conv:causal_conv1d_update_triton",
@@ -193,6 +201,8 @@ register_backend(
         _always,
         {
             "selective_scan": ".torch_scan:selective_scan_torch",
+            "selective_scan_fwd": ".torch_scan:selective_scan_fwd_torch",
+            "selective_scan_bwd": ".torch_scan:selective_scan_bwd_torch",
             # The depthwise convolution is already one vectorised op; the decode steps are the reference's
             # math in fewer ops.
             "selective_state_update": ".torch_scan:selective_state_update_torch",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -190,6 +190,137 @@ def selective_scan_cuda(
     return (out, last) if return_last_state else out
 
 
+class _Prepared(NamedTuple):
+    """A scan's inputs as the kernels read them: unit-stride steps, B and C as fp32 (b, groups, N, L), the
+    per-channel parameters fp32 and contiguous."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor | None
+    z: Tensor | None
+    delta_bias: Tensor | None
+    initial_state: Tensor | None
+
+
+def _prepare(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    initial_state: Tensor | None,
+) -> _Prepared:
+    batch, dim, length = u.shape
+    states, groups, dtype = A.shape[1], channel_groups(B, C), u.dtype
+    return _Prepared(
+        _unit_stride(u),
+        _unit_stride(delta.to(dtype)),
+        A.float().contiguous(),
+        B.reshape(batch, groups, states, length).float().contiguous(),
+        C.reshape(batch, groups, states, length).float().contiguous(),
+        None if D is None else D.float().contiguous(),
+        None if z is None else _unit_stride(z.to(dtype)),
+        None if delta_bias is None else delta_bias.float().contiguous(),
+        None if initial_state is None else initial_state.float().contiguous(),
+    )
+
+
+def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward kernel: (out, last state, the states the `backward` kernel's chunks start from)."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
+    batch, dim, length = u.shape
+    states, groups = A.shape[1], B.shape[1]
+    out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+    last = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32)
+    layout = v2_layout(dim, groups, states) if backward == "v2" else None
+    save_every = 32 * ITEMS if layout is None else v2_chunk(layout)
+    chunks = (length + save_every - 1) // save_every
+    chunk_states = torch.empty(batch, dim, chunks, states, device=u.device, dtype=torch.float32)
+    channels = _channels_per_cta(dim, groups)
+    flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
+    name = kernel_name(DTYPE_CODES[u.dtype], states, ITEMS, channels, *flags, True, True, save_every)
+    arguments = [
+        *map(pointer, (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)),
+        ctypes.c_int(dim),
+        ctypes.c_int(length),
+        ctypes.c_int(dim // groups),
+        *_strides(u, delta, z if z is not None else u, out),
+        ctypes.c_int64(B.stride(0)),
+        ctypes.c_int64(B.stride(1)),
+    ]
+    grid = ((dim + channels - 1) // channels, batch, 1)
+    _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
+    return out, last, chunk_states
+
+
+def _launch_backward(
+    inputs: _Prepared,
+    chunk_states: Tensor,
+    softplus: bool,
+    backward: str,
+    dout: Tensor | None,
+    dlast: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """The `backward` kernel: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial) in the kernels' layouts, fp32
+    but for du, ddelta and dz; None for an absent input."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
+    batch, dim, length = u.shape
+    states, groups, dtype = A.shape[1], B.shape[1], u.dtype
+    dout = torch.zeros_like(u) if dout is None else _unit_stride(dout.to(dtype))
+    dlast = None if dlast is None else dlast.float().contiguous()
+    du = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
+    ddelta = torch.empty_like(du)
+    dz = torch.empty_like(du) if z is not None else None
+    dA = torch.zeros_like(A)
+    dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+    dD = torch.zeros_like(D) if D is not None else None
+    ddelta_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
+    dinitial = torch.empty_like(initial_state) if initial_state is not None else None
+    has = (z is not None, D is not None, delta_bias is not None)
+    flags = (*has, softplus, initial_state is not None, dlast is not None)
+    if backward == "v1":  # a warp per channel
+        channels = warps = _channels_per_cta(dim, groups)
+        name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags)
+        shared_bytes = backward_shared_bytes(states, channels)
+    else:
+        layout = v2_layout(dim, groups, states)
+        name = backward_v2_kernel_name(DTYPE_CODES[dtype], states, ITEMS, layout, *flags)
+        lane_channels, warps = layout
+        channels, shared_bytes = lane_channels * warps, backward_v2_shared_bytes(states, layout)
+    pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
+    arguments = [
+        *map(pointer, (*pointers, ddelta_bias, dinitial)),
+        ctypes.c_int(dim),
+        ctypes.c_int(length),
+        ctypes.c_int(dim // groups),
+        *_strides(u, delta, z if z is not None else u, dout),
+        ctypes.c_int64(B.stride(0)),
+        ctypes.c_int64(B.stride(1)),
+    ]
+    grid = ((dim + channels - 1) // channels, batch, 1)
+    _kernel(name, _index(u.device))(grid, (32 * warps, 1, 1), arguments, shared_bytes)
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial
+
+
+def _layouts(*tensors: Tensor) -> tuple[tuple[torch.Size, torch.dtype], ...]:
+    return tuple((t.shape, t.dtype) for t in tensors)
+
+
+def _in_input_layouts(
+    grads: tuple[Tensor | None, ...], layouts: tuple[tuple[torch.Size, torch.dtype], ...]
+) -> tuple[Tensor | None, ...]:
+    """`_launch_backward`'s dA, dB, dC back in the (shape, dtype) `layouts` of the inputs A, B, C."""
+    du, ddelta, *abc, dD, dz, ddelta_bias, dinitial = grads
+    restored = (grad.reshape(shape).to(dtype) for grad, (shape, dtype) in zip(abc, layouts, strict=True))  # type: ignore[union-attr]
+    return (du, ddelta, *restored, dD, dz, ddelta_bias, dinitial)
+
+
 class _CudaScan(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -206,98 +337,66 @@ class _CudaScan(torch.autograd.Function):
         softplus: bool,
         backward: str,
     ) -> tuple[Tensor, Tensor]:
-        batch, dim, length = u.shape
-        states = A.shape[1]
-        dtype = u.dtype
-        groups = channel_groups(B, C)
-        ctx.input_shapes = (B.shape, C.shape, B.dtype, C.dtype, A.dtype)
-        u = _unit_stride(u)
-        delta, z = _unit_stride(delta.to(dtype)), None if z is None else _unit_stride(z.to(dtype))
-        B = B.reshape(batch, groups, states, length).float().contiguous()
-        C = C.reshape(batch, groups, states, length).float().contiguous()
-        A32 = A.float().contiguous()
-        D = None if D is None else D.float().contiguous()
-        delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
-        initial_state = None if initial_state is None else initial_state.float().contiguous()
-        out = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
-        last = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32)
-        layout = v2_layout(dim, groups, states) if backward == "v2" else None
-        save_every = 32 * ITEMS if layout is None else v2_chunk(layout)
-        chunks = (length + save_every - 1) // save_every
-        chunk_states = torch.empty(batch, dim, chunks, states, device=u.device, dtype=torch.float32)
-        channels = _channels_per_cta(dim, groups)
-        flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
-        name = kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags, True, True, save_every)
-        arguments = [
-            *map(pointer, (u, delta, A32, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)),
-            ctypes.c_int(dim),
-            ctypes.c_int(length),
-            ctypes.c_int(dim // groups),
-            *_strides(u, delta, z if z is not None else u, out),
-            ctypes.c_int64(B.stride(0)),
-            ctypes.c_int64(B.stride(1)),
-        ]
-        grid = ((dim + channels - 1) // channels, batch, 1)
-        _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
-        ctx.softplus, ctx.groups, ctx.channels, ctx.v2_layout = softplus, groups, channels, layout
+        inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        out, last, chunk_states = _launch_forward(inputs, softplus, backward)
+        ctx.layouts = _layouts(A, B, C)
+        ctx.softplus, ctx.backward = softplus, backward
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
-        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, initial_state, chunk_states)
+        ctx.save_for_backward(*inputs, chunk_states)
         return out, last
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
-        u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states = ctx.saved_tensors
-        batch, dim, length = u.shape
-        states = A.shape[1]
-        dtype = u.dtype
-        dout = torch.zeros_like(u) if dout is None else _unit_stride(dout.to(dtype))
-        dlast = None if dlast is None else dlast.float().contiguous()
-        du = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
-        ddelta = torch.empty_like(du)
-        dz = torch.empty_like(du) if z is not None else None
-        dA = torch.zeros_like(A)
-        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
-        dD = torch.zeros_like(D) if D is not None else None
-        ddelta_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
-        dinitial = torch.empty_like(initial_state) if initial_state is not None else None
-        has = (z is not None, D is not None, delta_bias is not None)
-        flags = (*has, ctx.softplus, initial_state is not None, dlast is not None)
-        layout = ctx.v2_layout
-        if layout is None:  # v1: a warp per channel
-            name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, ctx.channels, *flags)
-            channels = warps = ctx.channels
-            shared_bytes = backward_shared_bytes(states, ctx.channels)
-        else:
-            name = backward_v2_kernel_name(DTYPE_CODES[dtype], states, ITEMS, layout, *flags)
-            lane_channels, warps = layout
-            channels, shared_bytes = lane_channels * warps, backward_v2_shared_bytes(states, layout)
-        pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
-        arguments = [
-            *map(pointer, (*pointers, ddelta_bias, dinitial)),
-            ctypes.c_int(dim),
-            ctypes.c_int(length),
-            ctypes.c_int(dim // ctx.groups),
-            *_strides(u, delta, z if z is not None else u, dout),
-            ctypes.c_int64(B.stride(0)),
-            ctypes.c_int64(B.stride(1)),
-        ]
-        grid = ((dim + channels - 1) // channels, batch, 1)
-        block = (32 * warps, 1, 1)
-        _kernel(name, _index(u.device))(grid, block, arguments, shared_bytes)
-        B_shape, C_shape, B_dtype, C_dtype, A_dtype = ctx.input_shapes
-        return (
-            du,
-            ddelta,
-            dA.to(A_dtype),
-            dB.reshape(B_shape).to(B_dtype),
-            dC.reshape(C_shape).to(C_dtype),
-            dD,
-            dz,
-            ddelta_bias,
-            dinitial,
-            None,
-            None,
-        )
+        *inputs, chunk_states = ctx.saved_tensors
+        grads = _launch_backward(_Prepared(*inputs), chunk_states, ctx.softplus, ctx.backward, dout, dlast)
+        return (*_in_input_layouts(grads, ctx.layouts), None, None)
+
+
+def selective_scan_fwd_cuda(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The scan's forward alone, for a caller that keeps its own inputs (see `mambakit.ops.scan_parts`):
+    (out, the chunk states `selective_scan_bwd_cuda` needs besides the inputs). Cases the kernels do not take
+    run on the Triton kernels' forward."""
+    if _falls_back((u, delta, A, B, C, D, z, delta_bias), B, C, A.shape[1], u.shape[-1]):
+        from .triton_scan import selective_scan_fwd_triton
+
+        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, None)
+    out, _, chunk_states = _launch_forward(inputs, delta_softplus, "v1")
+    return out, (chunk_states,)
+
+
+def selective_scan_bwd_cuda(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    residuals: tuple[Tensor, ...],
+    dout: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of `selective_scan_fwd_cuda`'s output, from
+    the same inputs and its residuals."""
+    if _falls_back((u, delta, A, B, C, D, z, delta_bias), B, C, A.shape[1], u.shape[-1]):
+        from .triton_scan import selective_scan_bwd_triton
+
+        return selective_scan_bwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dout)
+    inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, None)
+    grads = _launch_backward(inputs, residuals[0], delta_softplus, "v1", dout, None)
+    return _in_input_layouts(grads, _layouts(A, B, C))[:8]
 
 
 def forward_shared_bytes(states: int, channels: int) -> int:

@@ -99,3 +99,95 @@ def selective_state_update_mamba_ssm(
     # Passed only when given: mamba-ssm releases before 2.2.3 have no such argument.
     indexed = {} if state_batch_indices is None else {"state_batch_indices": state_batch_indices}
     return selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, **indexed)
+
+
+def _kernel_inputs(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    """The scan's inputs as mamba-ssm's kernels take them (as its SelectiveScanFn makes them): unit-stride steps,
+    per-step B/C in u's dtype with a group axis, A, D and the bias fp32."""
+
+    def steps(t: Tensor) -> Tensor:
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    B, C = (steps(BC.to(u.dtype)).unsqueeze(1) if BC.dim() == 3 else steps(BC.to(u.dtype)) for BC in (B, C))
+    return (
+        steps(u),
+        steps(delta),
+        A.float().contiguous(),
+        B,
+        C,
+        None if D is None else D.float().contiguous(),
+        None if z is None else steps(z),
+        None if bias is None else bias.float(),
+    )
+
+
+def selective_scan_fwd_mamba_ssm(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """mamba-ssm's scan forward alone, for a caller that keeps its own inputs (see `mambakit.ops.scan_parts`):
+    (out, its chunk states [and the output before the gate, which its backward reads]). A time-invariant B runs
+    on the Triton kernels, as in `selective_scan_mamba_ssm`."""
+    if B.dim() == 2:
+        from .triton_scan import selective_scan_fwd_triton
+
+        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_cuda
+
+    out, chunk_states, *gated = selective_scan_cuda.fwd(
+        *_kernel_inputs(u, delta, A, B, C, D, z, delta_bias), delta_softplus
+    )
+    return (gated[0], (chunk_states, out)) if z is not None else (out, (chunk_states,))
+
+
+def selective_scan_bwd_mamba_ssm(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    residuals: tuple[Tensor, ...],
+    dout: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of `selective_scan_fwd_mamba_ssm`'s output,
+    from the same inputs and its residuals."""
+    if B.dim() == 2:
+        from .triton_scan import selective_scan_bwd_triton
+
+        return selective_scan_bwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dout)
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_cuda
+
+    chunk_states, *ungated = residuals
+    du, ddelta, dA, dB, dC, dD, ddelta_bias, *dz = selective_scan_cuda.bwd(
+        *_kernel_inputs(u, delta, A, B, C, D, z, delta_bias),
+        dout if dout.stride(-1) == 1 else dout.contiguous(),
+        chunk_states,
+        ungated[0] if ungated else None,
+        None,
+        delta_softplus,
+        False,
+    )
+    dB, dC = (grad.reshape(BC.shape).to(BC.dtype) for grad, BC in ((dB, B), (dC, C)))
+    return (
+        du,
+        ddelta,
+        dA.to(A.dtype),
+        dB,
+        dC,
+        None if D is None else dD.to(D.dtype),
+        dz[0] if z is not None else None,
+        None if delta_bias is None else ddelta_bias.to(delta_bias.dtype),
+    )

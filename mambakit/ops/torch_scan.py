@@ -96,109 +96,140 @@ def _contract_n(BC: Tensor, x: Tensor, start: int, stop: int) -> Tensor:
     return _time_major_BC(BC, start, stop) @ x
 
 
+def _chunked_forward(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, groups: int, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """The core recurrence (u, delta, A, B, C, h0) -> (y without D/z, the states at every chunk start and the
+    last state, (chunks + 1, b, g, n, k)), in one float dtype. B and C each come as (b, g, n, l) or,
+    time-invariant, already in the chunk layout (g, n, k)."""
+    batch, dim, length = u.shape
+    g, n = groups, A.shape[1]
+    k = dim // g
+    A_gnk = _per_channel(A, g)
+    starts = list(range(0, length, chunk))
+    # States at every chunk start, then the last state; (b, g, n, k) like the work tensors.
+    chunk_states = u.new_empty(len(starts) + 1, batch, g, n, k)
+    if h0 is not None:
+        chunk_states[0] = h0.reshape(batch, g, k, n).transpose(2, 3)
+    else:
+        chunk_states[0].zero_()
+    work = _Workspace(u, 2, min(chunk, length), batch, g, n, k)
+    y = torch.empty_like(u)
+    for i, start in enumerate(starts):
+        stop = min(start + chunk, length)
+        steps = stop - start
+        decay, states = work.buffers[0][:steps], work.buffers[1][:steps]
+        delta_c = _time_major(delta, g, start, stop)
+        _fill_chunk(decay, states, delta_c, delta_c * _time_major(u, g, start, stop), A_gnk, B, start, stop)
+        _run_recurrence(work.steps[0], work.steps[1], steps, chunk_states[i])
+        # Written back to (b, d, l) per chunk: a time-major y would make every element-wise op of the
+        # D/z epilogue and its backward mix memory layouts, which costs more than this strided write.
+        y[..., start:stop] = _contract_n(C, states, start, stop).view(steps, batch, dim).permute(1, 2, 0)
+        chunk_states[i + 1] = states[-1]
+    return y, chunk_states
+
+
+def _chunked_backward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_states: Tensor,
+    groups: int,
+    chunk: int,
+    grad_y: Tensor | None,
+    grad_last: Tensor | None,
+    want_y: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The adjoint of `_chunked_forward`: (du, ddelta, dA, dB, dC, dh0, y). It recomputes every chunk's states,
+    so with `want_y` it returns the forward's y too (one more contraction a chunk), else None."""
+    g = groups
+    batch, dim, length = u.shape
+    k, n = dim // g, A.shape[1]
+    B_invariant, C_invariant = B.dim() == 3, C.dim() == 3
+    if grad_y is None:
+        grad_y = u.new_zeros(batch, dim, length)
+    grad_y = grad_y.to(u.dtype)
+    if grad_last is not None:
+        carry = grad_last.to(u.dtype).reshape(batch, g, k, n).transpose(2, 3)
+    else:
+        carry = u.new_zeros(batch, g, n, k)
+    A_gnk = _per_channel(A, g)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dA = torch.zeros_like(A_gnk)
+    dB = torch.zeros_like(B) if B_invariant else torch.empty_like(B)
+    dC = torch.zeros_like(C) if C_invariant else torch.empty_like(C)
+    work = _Workspace(u, 3, min(chunk, length), batch, g, n, k)
+    steps_a, steps_h, steps_lam = work.steps
+    y = torch.empty_like(u) if want_y else None
+    starts = list(range(0, length, chunk))
+    for i in reversed(range(len(starts))):
+        start, stop = starts[i], min(starts[i] + chunk, length)
+        steps = stop - start
+        decay, states, lam = (buffer[:steps] for buffer in work.buffers)
+        h_start = chunk_states[i]
+        delta_c = _time_major(delta, g, start, stop)
+        u_c = _time_major(u, g, start, stop)
+        delta_u = delta_c * u_c
+        _fill_chunk(decay, states, delta_c, delta_u, A_gnk, B, start, stop)
+        _run_recurrence(steps_a, steps_h, steps, h_start)
+        if y is not None:
+            y[..., start:stop] = _contract_n(C, states, start, stop).view(steps, batch, dim).permute(1, 2, 0)
+        gy = _time_major(grad_y, g, start, stop)
+        # Adjoint: lam_t = C_t*gy_t + a_{t+1}*lam_{t+1}, seeded by the carry from the chunk after.
+        if C_invariant:
+            torch.mul(gy, C, out=lam)
+        else:
+            torch.mul(gy, _time_major_BC(C, start, stop).transpose(-1, -2), out=lam)
+        steps_lam[steps - 1].add_(carry)
+        for t in range(steps - 2, -1, -1):
+            steps_lam[t].addcmul_(steps_a[t + 1], steps_lam[t + 1])
+        carry = steps_a[0] * steps_lam[0]
+        # dC_t = sum over the group's channels of gy_t * h_t; dB_t likewise of lam_t * delta_t * u_t; a
+        # time-invariant B or C sums them over the steps and the batch instead.
+        # Per step as row vector @ transposed block: 4x faster on CPU than block @ column vector.
+        if C_invariant:
+            dC += (states * gy).sum((0, 1))
+        else:
+            dC[..., start:stop] = (gy @ states.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
+        if B_invariant:
+            dB += (lam * delta_u).sum((0, 1))
+        else:
+            dB[..., start:stop] = (delta_u @ lam.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
+        lam_B = _contract_n(B, lam, start, stop)
+        # w_t = lam_t * a_t * h_{t-1} (= dL/da_t * a_t, the decay's share of the gradient), built in place
+        # in the decay buffer, which the reverse recurrence no longer needs; lam's buffer then takes w*A.
+        w = decay
+        w[1:].mul_(states[:-1])
+        w[0].mul_(h_start)
+        w.mul_(lam)
+        w_A = torch.mul(w, A_gnk, out=lam).sum(-2, keepdim=True)
+        dA += w.mul_(delta_c).sum((0, 1))
+        du[..., start:stop] = (delta_c * lam_B).view(steps, batch, dim).permute(1, 2, 0)
+        ddelta[..., start:stop] = (u_c * lam_B + w_A).view(steps, batch, dim).permute(1, 2, 0)
+    return du, ddelta, dA.transpose(1, 2).reshape(dim, n), dB, dC, _from_state_layout(carry), y
+
+
 class _ChunkedScan(torch.autograd.Function):
-    """Core recurrence only: (u, delta, A, B, C, h0) -> (y without D/z, last state), in one float dtype.
-    B and C each come as (b, g, n, l) or, time-invariant, already in the chunk layout (g, n, k)."""
+    """`_chunked_forward` -> (y, last state), with `_chunked_backward` as its backward."""
 
     @staticmethod
     def forward(
         ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None, groups: int, chunk: int
     ) -> tuple[Tensor, Tensor]:
-        batch, dim, length = u.shape
-        g, n = groups, A.shape[1]
-        k = dim // g
-        A_gnk = _per_channel(A, g)
-        starts = list(range(0, length, chunk))
-        # States at every chunk start, then the last state; (b, g, n, k) like the work tensors.
-        chunk_states = u.new_empty(len(starts) + 1, batch, g, n, k)
-        if h0 is not None:
-            chunk_states[0] = h0.reshape(batch, g, k, n).transpose(2, 3)
-        else:
-            chunk_states[0].zero_()
-        work = _Workspace(u, 2, min(chunk, length), batch, g, n, k)
-        y = torch.empty_like(u)
-        for i, start in enumerate(starts):
-            stop = min(start + chunk, length)
-            steps = stop - start
-            decay, states = work.buffers[0][:steps], work.buffers[1][:steps]
-            delta_c = _time_major(delta, g, start, stop)
-            _fill_chunk(decay, states, delta_c, delta_c * _time_major(u, g, start, stop), A_gnk, B, start, stop)
-            _run_recurrence(work.steps[0], work.steps[1], steps, chunk_states[i])
-            # Written back to (b, d, l) per chunk: a time-major y would make every element-wise op of the
-            # D/z epilogue and its backward mix memory layouts, which costs more than this strided write.
-            y[..., start:stop] = _contract_n(C, states, start, stop).view(steps, batch, dim).permute(1, 2, 0)
-            chunk_states[i + 1] = states[-1]
+        y, chunk_states = _chunked_forward(u, delta, A, B, C, h0, groups, chunk)
         ctx.save_for_backward(u, delta, A, B, C, chunk_states)
-        ctx.groups, ctx.chunk, ctx.has_h0 = g, chunk, h0 is not None
+        ctx.groups, ctx.chunk, ctx.has_h0 = groups, chunk, h0 is not None
         return y, _from_state_layout(chunk_states[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor | None, grad_last: Tensor | None) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, chunk_states = ctx.saved_tensors
-        g, chunk = ctx.groups, ctx.chunk
-        batch, dim, length = u.shape
-        k, n = dim // g, A.shape[1]
-        B_invariant, C_invariant = B.dim() == 3, C.dim() == 3
-        if grad_y is None:
-            grad_y = u.new_zeros(batch, dim, length)
-        grad_y = grad_y.to(u.dtype)
-        if grad_last is not None:
-            carry = grad_last.to(u.dtype).reshape(batch, g, k, n).transpose(2, 3)
-        else:
-            carry = u.new_zeros(batch, g, n, k)
-        A_gnk = _per_channel(A, g)
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dA = torch.zeros_like(A_gnk)
-        dB = torch.zeros_like(B) if B_invariant else torch.empty_like(B)
-        dC = torch.zeros_like(C) if C_invariant else torch.empty_like(C)
-        work = _Workspace(u, 3, min(chunk, length), batch, g, n, k)
-        steps_a, steps_h, steps_lam = work.steps
-        starts = list(range(0, length, chunk))
-        for i in reversed(range(len(starts))):
-            start, stop = starts[i], min(starts[i] + chunk, length)
-            steps = stop - start
-            decay, states, lam = (buffer[:steps] for buffer in work.buffers)
-            h_start = chunk_states[i]
-            delta_c = _time_major(delta, g, start, stop)
-            u_c = _time_major(u, g, start, stop)
-            delta_u = delta_c * u_c
-            _fill_chunk(decay, states, delta_c, delta_u, A_gnk, B, start, stop)
-            _run_recurrence(steps_a, steps_h, steps, h_start)
-            gy = _time_major(grad_y, g, start, stop)
-            # Adjoint: lam_t = C_t*gy_t + a_{t+1}*lam_{t+1}, seeded by the carry from the chunk after.
-            if C_invariant:
-                torch.mul(gy, C, out=lam)
-            else:
-                torch.mul(gy, _time_major_BC(C, start, stop).transpose(-1, -2), out=lam)
-            steps_lam[steps - 1].add_(carry)
-            for t in range(steps - 2, -1, -1):
-                steps_lam[t].addcmul_(steps_a[t + 1], steps_lam[t + 1])
-            carry = steps_a[0] * steps_lam[0]
-            # dC_t = sum over the group's channels of gy_t * h_t; dB_t likewise of lam_t * delta_t * u_t; a
-            # time-invariant B or C sums them over the steps and the batch instead.
-            # Per step as row vector @ transposed block: 4x faster on CPU than block @ column vector.
-            if C_invariant:
-                dC += (states * gy).sum((0, 1))
-            else:
-                dC[..., start:stop] = (gy @ states.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
-            if B_invariant:
-                dB += (lam * delta_u).sum((0, 1))
-            else:
-                dB[..., start:stop] = (delta_u @ lam.transpose(-1, -2)).view(steps, batch, g, n).permute(1, 2, 3, 0)
-            lam_B = _contract_n(B, lam, start, stop)
-            # w_t = lam_t * a_t * h_{t-1} (= dL/da_t * a_t, the decay's share of the gradient), built in place
-            # in the decay buffer, which the reverse recurrence no longer needs; lam's buffer then takes w*A.
-            w = decay
-            w[1:].mul_(states[:-1])
-            w[0].mul_(h_start)
-            w.mul_(lam)
-            w_A = torch.mul(w, A_gnk, out=lam).sum(-2, keepdim=True)
-            dA += w.mul_(delta_c).sum((0, 1))
-            du[..., start:stop] = (delta_c * lam_B).view(steps, batch, dim).permute(1, 2, 0)
-            ddelta[..., start:stop] = (u_c * lam_B + w_A).view(steps, batch, dim).permute(1, 2, 0)
-        dh0 = _from_state_layout(carry) if ctx.has_h0 else None
-        return du, ddelta, dA.transpose(1, 2).reshape(dim, n), dB, dC, dh0, None, None
+        grads = _chunked_backward(u, delta, A, B, C, chunk_states, ctx.groups, ctx.chunk, grad_y, grad_last)
+        du, ddelta, dA, dB, dC, dh0, _ = grads
+        return du, ddelta, dA, dB, dC, dh0 if ctx.has_h0 else None, None, None
 
 
 def _as_groups(BC: Tensor, groups: int) -> Tensor:
@@ -253,6 +284,103 @@ def selective_scan_torch(
         y = y * F.silu(z.to(compute))
     out = y.to(dtype_in)
     return (out, last) if return_last_state else out
+
+
+def _from_groups(grad: Tensor, like: Tensor) -> Tensor:
+    """The inverse of `_as_groups` for a gradient, in `like`'s shape and dtype."""
+    if like.dim() == 2:
+        return grad.transpose(1, 2).reshape(like.shape).to(like.dtype)
+    return grad.reshape(like.shape).to(like.dtype)
+
+
+def selective_scan_fwd_torch(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The scan's forward alone, for a caller that keeps its own inputs (see `mambakit.ops.scan_parts`):
+    (out, the states at every chunk start, which `selective_scan_bwd_torch` needs besides the inputs)."""
+    groups = channel_groups(B, C)
+    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u_c, delta_c = u.to(compute), delta.to(compute)
+    if delta_bias is not None:
+        delta_c = delta_c + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta_c = F.softplus(delta_c)
+    chunk = default_chunk_size(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
+    B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
+    y, chunk_states = _chunked_forward(u_c, delta_c, A.to(compute), B_g, C_g, None, groups, chunk)
+    if D is not None:
+        y = y.addcmul_(D.to(compute)[:, None], u_c)
+    if z is not None:
+        y = y.mul_(F.silu(z.to(compute)))
+    return y.to(u.dtype), (chunk_states,)
+
+
+def selective_scan_bwd_torch(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    residuals: tuple[Tensor, ...],
+    dout: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of `selective_scan_fwd_torch`'s output, from
+    the same inputs and its residuals; the D, gate, bias and softplus steps by hand, so nothing else is kept."""
+    groups = channel_groups(B, C)
+    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u_c, raw_delta = u.to(compute), delta.to(compute)
+    if delta_bias is not None:
+        raw_delta = raw_delta + delta_bias.to(compute)[:, None]
+    delta_c = F.softplus(raw_delta) if delta_softplus else raw_delta
+    grad_out = dout.to(compute)
+    if z is not None:
+        z_c = z.to(compute)
+        z_sigmoid = torch.sigmoid(z_c)
+        grad_y = grad_out * (z_c * z_sigmoid)
+    else:
+        grad_y = grad_out
+    chunk = default_chunk_size(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
+    B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
+    (chunk_states,) = residuals
+    du, ddelta, dA, dB, dC, _, y = _chunked_backward(
+        u_c, delta_c, A.to(compute), B_g, C_g, chunk_states, groups, chunk, grad_y, None, want_y=z is not None
+    )
+    dD = None
+    if D is not None:
+        du.addcmul_(D.to(compute)[:, None], grad_y)
+        dD = (grad_y * u_c).sum((0, 2)).to(D.dtype)
+    dz = None
+    if z is not None:
+        assert y is not None
+        if D is not None:
+            y.addcmul_(D.to(compute)[:, None], u_c)
+        # d silu(z)/dz = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
+        dz = (grad_out * y * z_sigmoid * (1 + z_c * (1 - z_sigmoid))).to(z.dtype)
+    if delta_softplus:
+        ddelta.mul_(torch.sigmoid(raw_delta))
+    ddelta_bias = ddelta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+    return (
+        du.to(u.dtype),
+        ddelta.to(delta.dtype),
+        dA.to(A.dtype),
+        _from_groups(dB, B),
+        _from_groups(dC, C),
+        dD,
+        dz,
+        ddelta_bias,
+    )
 
 
 def _in(tensor: Tensor, dtype: torch.dtype) -> Tensor:

@@ -527,6 +527,193 @@ def _bwd_tile_length(config: ScanConfig, d_state: int) -> int:
     return max(config.bwd_block_l, triton.next_power_of_2(d_state))
 
 
+def _forward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    h0: Tensor | None,
+    softplus: bool,
+    config: ScanConfig,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward kernel on prepared inputs: (out, last state, the states every backward tile starts from, empty
+    unless `save`)."""
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    groups = channel_groups(B, C)
+    bwd_block_l = _bwd_tile_length(config, d_state)
+    out = _like_steps(u)
+    # The kernel reads the initial state from here and writes the last state over it.
+    last = (
+        h0.float().clone(memory_format=torch.contiguous_format)
+        if h0 is not None
+        else (u.new_zeros(batch, dim, d_state, dtype=torch.float32))
+    )
+    saved = u.new_empty(batch, triton.cdiv(length, bwd_block_l) if save else 0, dim, d_state, dtype=torch.float32)
+    grid = (triton.cdiv(dim // groups, config.fwd_block_d), groups, batch)
+    _scan_fwd_kernel[grid](
+        u,
+        delta,
+        A,
+        B,
+        C,
+        _or(D, u),
+        _or(z, u),
+        _or(delta_bias, u),
+        out,
+        last,
+        saved,
+        length,
+        dim // groups,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        *_bd_strides(z),
+        out.stride(0),
+        out.stride(1),
+        A.stride(0),
+        A.stride(1),
+        *_bc_strides(B),
+        *_bc_strides(C),
+        N=d_state,
+        NP=triton.next_power_of_2(d_state),
+        BLOCK_D=config.fwd_block_d,
+        BLOCK_L=config.fwd_block_l,
+        SAVE_EVERY=bwd_block_l,
+        VARIABLE_B=B.dim() > 2,
+        VARIABLE_C=C.dim() > 2,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus,
+        SAVE_STATES=save,
+        FAST_LOG=_FAST_LOG,
+        UNROLL=min(config.fwd_unroll, d_state),
+        num_warps=config.fwd_warps,
+    )
+    return out, last, saved
+
+
+def _backward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    h0: Tensor | None,
+    saved: Tensor,
+    softplus: bool,
+    config: ScanConfig,
+    dout: Tensor | None,
+    dlast: Tensor | None,
+    want_dh0: bool,
+) -> tuple[Tensor | None, ...]:
+    """The adjoint kernel on the forward's prepared inputs and saved states: (du, ddelta, dA, dB, dC, dD, dz,
+    ddelta_bias, dh0), each in its input's dtype, None for an absent input."""
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    groups = channel_groups(B, C)
+    dout = torch.zeros_like(u) if dout is None else _last_axis_contiguous(dout)
+    dlast = dlast.contiguous() if dlast is not None else None
+    f32 = torch.float32
+    du, ddelta = _like_steps(u), _like_steps(delta)
+    dz = _like_steps(z) if z is not None else None
+    # Per-step dB/dC are added over channel blocks with atomics; time-invariant ones, like dA, are
+    # per-batch partial sums.
+    dB, dC = (
+        u.new_zeros((batch, groups, d_state, length), dtype=f32)
+        if BC.dim() > 2
+        else u.new_empty((batch, dim, d_state), dtype=f32)
+        for BC in (B, C)
+    )
+    dA = u.new_empty(batch, dim, d_state, dtype=f32)
+    dD = u.new_empty(batch, dim, dtype=f32) if D is not None else None
+    dbias = u.new_empty(batch, dim, dtype=f32) if delta_bias is not None else None
+    want_dh0 = h0 is not None and want_dh0
+    dh0 = torch.empty_like(dA) if want_dh0 else None
+    grid = (triton.cdiv(dim // groups, config.bwd_block_d), groups, batch)
+    _scan_bwd_kernel[grid](
+        u,
+        delta,
+        A,
+        B,
+        C,
+        _or(D, u),
+        _or(z, u),
+        _or(delta_bias, u),
+        saved,
+        dout,
+        _or(dlast, dA),
+        du,
+        ddelta,
+        _or(dz, u),
+        dB,
+        dC,
+        dA,
+        _or(dD, dA),
+        _or(dbias, dA),
+        _or(dh0, dA),
+        length,
+        dim // groups,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        *_bd_strides(z),
+        dout.stride(0),
+        dout.stride(1),
+        du.stride(0),
+        du.stride(1),
+        ddelta.stride(0),
+        ddelta.stride(1),
+        *_bd_strides(dz),
+        A.stride(0),
+        A.stride(1),
+        *_bc_strides(B),
+        *_bc_strides(C),
+        N=d_state,
+        BLOCK_D=config.bwd_block_d,
+        BLOCK_L=_bwd_tile_length(config, d_state),
+        VARIABLE_B=B.dim() > 2,
+        VARIABLE_C=C.dim() > 2,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus,
+        HAS_DLAST=dlast is not None,
+        WANT_DH0=want_dh0,
+        FAST_LOG=_FAST_LOG,
+        UNROLL=min(config.bwd_unroll, d_state),
+        num_warps=config.bwd_warps,
+    )
+    dB, dC = (grad if BC.dim() > 2 else grad.sum(0) for grad, BC in ((dB, B), (dC, C)))
+    return (
+        du,
+        ddelta,
+        dA.sum(0).to(A.dtype),
+        dB.view(B.shape).to(B.dtype),
+        dC.view(C.shape).to(C.dtype),
+        _summed(dD, D),
+        dz,
+        _summed(dbias, delta_bias),
+        _cast(dh0, h0),
+    )
+
+
+def _summed(partial_sums: Tensor | None, like: Tensor | None) -> Tensor | None:
+    """Per-batch partial sums of a per-channel parameter's gradient, summed, in the parameter's dtype."""
+    return None if partial_sums is None or like is None else partial_sums.sum(0).to(like.dtype)
+
+
 class _TritonScan(torch.autograd.Function):
     """(u, delta, A, B, C, D, z, delta_bias, h0) -> (out, last state), with the adjoint as its backward."""
 
@@ -545,160 +732,21 @@ class _TritonScan(torch.autograd.Function):
         softplus: bool,
         config: ScanConfig,
     ) -> tuple[Tensor, Tensor]:
-        batch, dim, length = u.shape
-        d_state = A.shape[1]
-        groups = channel_groups(B, C)
         save = any(ctx.needs_input_grad[:9])
-        bwd_block_l = _bwd_tile_length(config, d_state)
-        out = _like_steps(u)
-        # The kernel reads the initial state from here and writes the last state over it.
-        last = (
-            h0.float().clone(memory_format=torch.contiguous_format)
-            if h0 is not None
-            else (u.new_zeros(batch, dim, d_state, dtype=torch.float32))
-        )
-        saved = u.new_empty(batch, triton.cdiv(length, bwd_block_l) if save else 0, dim, d_state, dtype=torch.float32)
-        grid = (triton.cdiv(dim // groups, config.fwd_block_d), groups, batch)
-        _scan_fwd_kernel[grid](
-            u,
-            delta,
-            A,
-            B,
-            C,
-            _or(D, u),
-            _or(z, u),
-            _or(delta_bias, u),
-            out,
-            last,
-            saved,
-            length,
-            dim // groups,
-            u.stride(0),
-            u.stride(1),
-            delta.stride(0),
-            delta.stride(1),
-            *_bd_strides(z),
-            out.stride(0),
-            out.stride(1),
-            A.stride(0),
-            A.stride(1),
-            *_bc_strides(B),
-            *_bc_strides(C),
-            N=d_state,
-            NP=triton.next_power_of_2(d_state),
-            BLOCK_D=config.fwd_block_d,
-            BLOCK_L=config.fwd_block_l,
-            SAVE_EVERY=bwd_block_l,
-            VARIABLE_B=B.dim() > 2,
-            VARIABLE_C=C.dim() > 2,
-            HAS_D=D is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus,
-            SAVE_STATES=save,
-            FAST_LOG=_FAST_LOG,
-            UNROLL=min(config.fwd_unroll, d_state),
-            num_warps=config.fwd_warps,
-        )
+        out, last, saved = _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, config, save)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, saved)
-            ctx.softplus, ctx.config, ctx.block_l = softplus, config, bwd_block_l
+            ctx.softplus, ctx.config = softplus, config
         return out, last
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias, h0, saved = ctx.saved_tensors
-        config = ctx.config
-        batch, dim, length = u.shape
-        d_state = A.shape[1]
-        groups = channel_groups(B, C)
-        dout = torch.zeros_like(u) if dout is None else _last_axis_contiguous(dout)
-        dlast = dlast.contiguous() if dlast is not None else None
-        f32 = torch.float32
-        du, ddelta = _like_steps(u), _like_steps(delta)
-        dz = _like_steps(z) if z is not None else None
-        # Per-step dB/dC are added over channel blocks with atomics; time-invariant ones, like dA, are
-        # per-batch partial sums.
-        dB, dC = (
-            u.new_zeros((batch, groups, d_state, length), dtype=f32)
-            if BC.dim() > 2
-            else u.new_empty((batch, dim, d_state), dtype=f32)
-            for BC in (B, C)
+        want_dh0 = ctx.needs_input_grad[8]
+        grads = _backward(
+            u, delta, A, B, C, D, z, delta_bias, h0, saved, ctx.softplus, ctx.config, dout, dlast, want_dh0
         )
-        dA = u.new_empty(batch, dim, d_state, dtype=f32)
-        dD = u.new_empty(batch, dim, dtype=f32) if D is not None else None
-        dbias = u.new_empty(batch, dim, dtype=f32) if delta_bias is not None else None
-        want_dh0 = h0 is not None and ctx.needs_input_grad[8]
-        dh0 = torch.empty_like(dA) if want_dh0 else None
-        grid = (triton.cdiv(dim // groups, config.bwd_block_d), groups, batch)
-        _scan_bwd_kernel[grid](
-            u,
-            delta,
-            A,
-            B,
-            C,
-            _or(D, u),
-            _or(z, u),
-            _or(delta_bias, u),
-            saved,
-            dout,
-            _or(dlast, dA),
-            du,
-            ddelta,
-            _or(dz, u),
-            dB,
-            dC,
-            dA,
-            _or(dD, dA),
-            _or(dbias, dA),
-            _or(dh0, dA),
-            length,
-            dim // groups,
-            u.stride(0),
-            u.stride(1),
-            delta.stride(0),
-            delta.stride(1),
-            *_bd_strides(z),
-            dout.stride(0),
-            dout.stride(1),
-            du.stride(0),
-            du.stride(1),
-            ddelta.stride(0),
-            ddelta.stride(1),
-            *_bd_strides(dz),
-            A.stride(0),
-            A.stride(1),
-            *_bc_strides(B),
-            *_bc_strides(C),
-            N=d_state,
-            BLOCK_D=config.bwd_block_d,
-            BLOCK_L=ctx.block_l,
-            VARIABLE_B=B.dim() > 2,
-            VARIABLE_C=C.dim() > 2,
-            HAS_D=D is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus,
-            HAS_DLAST=dlast is not None,
-            WANT_DH0=want_dh0,
-            FAST_LOG=_FAST_LOG,
-            UNROLL=min(config.bwd_unroll, d_state),
-            num_warps=config.bwd_warps,
-        )
-        dB, dC = (grad if BC.dim() > 2 else grad.sum(0) for grad, BC in ((dB, B), (dC, C)))
-        return (
-            du,
-            ddelta,
-            dA.sum(0).to(A.dtype),
-            dB.view(B.shape).to(B.dtype),
-            dC.view(C.shape).to(C.dtype),
-            dD.sum(0).to(D.dtype) if dD is not None else None,
-            dz,
-            dbias.sum(0).to(delta_bias.dtype) if dbias is not None else None,
-            dh0.to(h0.dtype) if dh0 is not None else None,
-            None,
-            None,
-        )
+        return (*grads, None, None)
 
 
 def _or(x: Tensor | None, placeholder: Tensor) -> Tensor:
@@ -738,12 +786,67 @@ def selective_scan_triton(
         return selective_scan_torch(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
+    u, delta, B, C, z = _prepared(u, delta, B, C, z)
+    config = config or default_config(u.shape[0], u.shape[1])
+    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, config)
+    return (out, last) if return_last_state else out
+
+
+def _prepared(
+    u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """u, delta, B, C, z as the kernels read them."""
     u, delta = _last_axis_contiguous(u), _last_axis_contiguous(delta)
     z = _last_axis_contiguous(z) if z is not None else None
     # Per-step B/C are re-read for every channel: fp32 copies (1/dim of u's size) save the kernels a conversion
     # per element; autograd casts their gradients back. B and C may differ in layout: one time-invariant (dim, N),
     # the other per step; each has its own constexpr flag in the kernels, so no layout is expanded into another.
     B, C = (_last_axis_contiguous(BC.float()) if BC.dim() > 2 else BC for BC in (B, C))
-    config = config or default_config(u.shape[0], u.shape[1])
-    out, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, config)
-    return (out, last) if return_last_state else out
+    return u, delta, B, C, z
+
+
+def selective_scan_fwd_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The scan's forward alone, for a caller that keeps its own inputs (see `mambakit.ops.scan_parts`):
+    (out, the tensors `selective_scan_bwd_triton` needs besides the inputs)."""
+    u, delta, B, C, z = _prepared(u, delta, B, C, z)
+    config = default_config(u.shape[0], u.shape[1])
+    out, _, saved = _forward(u, delta, A, B, C, D, z, delta_bias, None, delta_softplus, config, save=True)
+    return out, (saved,)
+
+
+def selective_scan_bwd_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    residuals: tuple[Tensor, ...],
+    dout: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of `selective_scan_fwd_triton`'s output,
+    from the same inputs and its residuals."""
+    B_in, C_in = B, C
+    u, delta, B, C, z = _prepared(u, delta, B, C, z)
+    config = default_config(u.shape[0], u.shape[1])
+    (saved,) = residuals
+    grads = _backward(u, delta, A, B, C, D, z, delta_bias, None, saved, delta_softplus, config, dout, None, False)
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, _ = grads
+    return du, ddelta, dA, _cast(dB, B_in), _cast(dC, C_in), dD, dz, ddelta_bias
+
+
+def _cast(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
+    return None if grad is None or like is None else grad.to(like.dtype)
