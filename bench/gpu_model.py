@@ -9,8 +9,8 @@ times anything and returns rows {"name", "shape", "backend", "value", "unit", "c
 memory); `correct` compares mambakit with mamba-ssm where that applies; `reference` is mamba-ssm 2.3.2.post1's
 number on one H100 (/work/shared/device/README.md). mambakit runs once per scan backend: its own `triton`
 kernels (the mixer fused, mambakit.ops.mamba_inner, and once more through the separate ops in the block and
-training benchmarks), and `auto`, which picks mamba-ssm's kernels where they are installed. The table is printed last and
-everything goes to DIR/gpu_model_results.json (DIR: $OUT, else bench/results).
+training benchmarks), and `auto`, which picks mamba-ssm's kernels where they are installed. The table is printed
+last and everything goes to DIR/gpu_model_results.json (DIR: $OUT, else bench/results).
 """
 
 from __future__ import annotations

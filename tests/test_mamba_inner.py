@@ -109,7 +109,10 @@ def test_mixer_takes_the_fused_path_and_agrees_with_the_separate_ops():
     torch.manual_seed(0)
     mixer = Mamba(16, d_state=4, scan_backend="torch")
     hidden = torch.randn(2, 29, 16)
-    assert mixer._fused_scan_parts(torch.zeros(64, 58, requires_grad=True), None) is not None
+    xz = torch.zeros(64, 58, requires_grad=True)
+    assert mixer._fused_scan_parts(xz, None) is None  # by default on CUDA only
+    mixer.fuse_inner = True
+    assert mixer._fused_scan_parts(xz, None) is not None
     fused, separate = mixer_grads(mixer, hidden, True), mixer_grads(mixer, hidden, False)
     assert fused.keys() == separate.keys() and len(fused) == 2 + len(list(mixer.parameters()))
     for name in fused:
@@ -164,6 +167,9 @@ def test_fused_inside_gradient_checkpointing():
     config = MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4)
     torch.manual_seed(2)
     model = MambaLMHeadModel(config)
+    for module in model.modules():
+        if isinstance(module, Mamba):
+            module.fuse_inner = True
     ids = torch.randint(0, 11, (2, 23))
 
     def grads(checkpointing: bool) -> list[torch.Tensor]:
@@ -179,6 +185,7 @@ def test_fused_inside_gradient_checkpointing():
 
 def test_separate_ops_where_fusing_does_not_apply():
     mixer = Mamba(8, d_state=4, scan_backend="torch")
+    mixer.fuse_inner = True
     xz = torch.zeros(32, 10, requires_grad=True)
     with torch.no_grad():
         assert mixer._fused_scan_parts(xz, None) is None

@@ -345,12 +345,8 @@ def selective_scan_bwd_torch(
         raw_delta = raw_delta + delta_bias.to(compute)[:, None]
     delta_c = F.softplus(raw_delta) if delta_softplus else raw_delta
     grad_out = dout.to(compute)
-    if z is not None:
-        z_c = z.to(compute)
-        z_sigmoid = torch.sigmoid(z_c)
-        grad_y = grad_out * (z_c * z_sigmoid)
-    else:
-        grad_y = grad_out
+    z_c = z.to(compute) if z is not None else None
+    grad_y = grad_out if z_c is None else grad_out * F.silu(z_c)
     chunk = default_chunk_size(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
     B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
     (chunk_states,) = residuals
@@ -361,15 +357,15 @@ def selective_scan_bwd_torch(
     if D is not None:
         du.addcmul_(D.to(compute)[:, None], grad_y)
         dD = (grad_y * u_c).sum((0, 2)).to(D.dtype)
+    # The derivatives of silu and softplus through aten's fused kernels, as autograd runs them: one pass each.
     dz = None
-    if z is not None:
-        assert y is not None
+    if z_c is not None:
+        assert y is not None and z is not None
         if D is not None:
             y.addcmul_(D.to(compute)[:, None], u_c)
-        # d silu(z)/dz = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
-        dz = (grad_out * y * z_sigmoid * (1 + z_c * (1 - z_sigmoid))).to(z.dtype)
+        dz = torch.ops.aten.silu_backward(y.mul_(grad_out), z_c).to(z.dtype)
     if delta_softplus:
-        ddelta.mul_(torch.sigmoid(raw_delta))
+        ddelta = torch.ops.aten.softplus_backward(ddelta, raw_delta, 1.0, 20.0)
     ddelta_bias = ddelta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
     return (
         du.to(u.dtype),
