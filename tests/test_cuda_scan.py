@@ -5,14 +5,16 @@ sm_80 and sm_90, the disk cache hits, and ptxas keeps the training variants out 
 the kernels' exact decompositions equal the float64 reference: the forward's (per-lane items from a zero state,
 the lanes' shuffle scan, the chunk carry, the decay as one exp of the summed steps, the states it saves for the
 backward) and each backward's in each of its layouts (the chunk rebuilt from the saved state, the adjoint's
-reverse passes and suffix scan, dB and dC summed over channels as the kernel sums them). With a GPU (`gpu`
-marker): the kernels, with each backward, against the float64 reference over the Triton test matrix."""
+reverse passes and suffix scan, dB and dC summed over channels as the kernel sums them); the kernels are custom
+ops that trace on meta tensors. With a GPU (`gpu` marker): the kernels, with each backward, against the float64
+reference over the Triton test matrix, in a CUDA graph and under torch.compile."""
 
 from __future__ import annotations
 
 import functools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +238,75 @@ def test_cuda_matches_float64_reference_with_every_gradient(case, dtype, backwar
     errors = errors_vs_reference(scan, inputs, seed=dim)
     bad = {k: v for k, v in errors.items() if not v < TOLERANCE[dtype]}
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad}"
+
+
+@pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)
+def test_the_kernels_are_custom_ops_that_trace_with_shapes_and_gradients(backward):
+    """On meta tensors (no GPU needed) the ops' fake implementations give every output's and gradient's shape and
+    dtype, autograd reaches each user tensor through the casts outside the ops, and make_fx records each kernel
+    as one opaque node, as torch.compile sees it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    batch, dim, d_state, length = 2, 64, 16, 300
+
+    def scan_and_grads(*inputs: torch.Tensor) -> tuple:
+        out, last = cuda_scan.selective_scan_cuda(*inputs[:8], True, inputs[8], True, backward=backward)
+        return out, last, *torch.autograd.grad(out.float().sum() + last.sum(), inputs)
+
+    def new(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.empty(*shape, dtype=dtype, device="meta").requires_grad_()
+
+    f32 = torch.float32
+    inputs = (
+        *(new(batch, dim, length) for _ in range(2)),
+        new(dim, d_state, dtype=f32),
+        *(new(batch, d_state, length) for _ in range(2)),
+        new(dim, dtype=f32),
+        new(batch, dim, length),
+        new(dim, dtype=f32),
+        new(batch, dim, d_state, dtype=f32),
+    )
+    out, last, *grads = scan_and_grads(*inputs)
+    assert (out.shape, out.dtype, last.shape, last.dtype) == (inputs[0].shape, torch.bfloat16, inputs[8].shape, f32)
+    assert [(g.shape, g.dtype) for g in grads] == [(t.shape, t.dtype) for t in inputs]
+    graph = make_fx(scan_and_grads)(*inputs).graph
+    ops = [str(node.target) for node in graph.nodes if "mambakit" in str(node.target)]
+    assert ops == ["mambakit.cuda_scan_fwd.default", "mambakit.cuda_scan_bwd.default"]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)
+def test_cuda_scan_in_a_cuda_graph_and_under_torch_compile(backward):
+    """Forward and backward captured in one CUDA graph and replayed, and compiled with fullgraph=True (the kernels
+    as opaque custom ops), each equal to the eager call."""
+    inputs = scan_inputs(2, 64, 16, 300, "shared", device="cuda", seed=3)
+    inputs = {k: v.float().detach().requires_grad_() for k, v in inputs.items()}
+    grad = torch.randn_like(inputs["u"])
+
+    def scan(**arguments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cuda_scan.selective_scan_cuda(
+            **arguments, delta_softplus=True, return_last_state=True, backward=backward
+        )
+
+    def step(run: Callable = scan) -> list[torch.Tensor]:
+        out, last = run(**inputs)
+        return [out, last, *torch.autograd.grad((out * grad).sum() + last.sum(), list(inputs.values()))]
+
+    eager = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside the capture: the kernels compile and load
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    compiled = step(torch.compile(scan, fullgraph=True))
+    for name, got in (("graph", captured), ("compiled", compiled)):
+        for index, (a, b) in enumerate(zip(got, eager, strict=True)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} output {index}")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,8 @@ def selective_scan_cuda(
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
-    out, last = _CudaScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backward)
+    inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    out, last, _ = _forward_op(*inputs, delta_softplus, backward)
     return (out, last) if return_last_state else out
 
 
@@ -231,17 +232,31 @@ def _prepare(
     )
 
 
+def _save_every(dim: int, groups: int, states: int, backward: str) -> int:
+    """Steps between the states the forward saves: a chunk of the `backward` kernel."""
+    return 32 * ITEMS if backward == "v1" else v2_chunk(v2_layout(dim, groups, states))
+
+
+def _forward_outputs(u: Tensor, A: Tensor, B: Tensor, backward: str) -> tuple[Tensor, Tensor, Tensor]:
+    """New (out, last state, chunk states) for the forward kernel to write."""
+    batch, dim, length = u.shape
+    states = A.shape[1]
+    chunks = -(-length // _save_every(dim, B.shape[1], states, backward))
+    f32 = torch.float32
+    return (
+        u.new_empty(batch, dim, length),
+        u.new_empty(batch, dim, states, dtype=f32),
+        u.new_empty(batch, dim, chunks, states, dtype=f32),
+    )
+
+
 def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
     """The forward kernel: (out, last state, the states the `backward` kernel's chunks start from)."""
     u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
     batch, dim, length = u.shape
     states, groups = A.shape[1], B.shape[1]
-    out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
-    last = torch.empty(batch, dim, states, device=u.device, dtype=torch.float32)
-    layout = v2_layout(dim, groups, states) if backward == "v2" else None
-    save_every = 32 * ITEMS if layout is None else v2_chunk(layout)
-    chunks = (length + save_every - 1) // save_every
-    chunk_states = torch.empty(batch, dim, chunks, states, device=u.device, dtype=torch.float32)
+    out, last, chunk_states = _forward_outputs(u, A, B, backward)
+    save_every = _save_every(dim, groups, states, backward)
     channels = _channels_per_cta(dim, groups)
     flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
     name = kernel_name(DTYPE_CODES[u.dtype], states, ITEMS, channels, *flags, True, True, save_every)
@@ -308,48 +323,92 @@ def _launch_backward(
     return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial
 
 
-def _layouts(*tensors: Tensor) -> tuple[tuple[torch.Size, torch.dtype], ...]:
-    return tuple((t.shape, t.dtype) for t in tensors)
+# The kernels as custom ops: torch.compile and make_fx see each launch as one opaque node (the fake
+# implementations give it the outputs' shapes), and autograd reaches the user's tensors through the preparing ops
+# (casts, reshapes) that `_prepare` runs outside them.
+_PREPARED = "Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+_PREPARED += "Tensor? initial_state"
 
 
-def _in_input_layouts(
-    grads: tuple[Tensor | None, ...], layouts: tuple[tuple[torch.Size, torch.dtype], ...]
-) -> tuple[Tensor | None, ...]:
-    """`_launch_backward`'s dA, dB, dC back in the (shape, dtype) `layouts` of the inputs A, B, C."""
-    du, ddelta, *abc, dD, dz, ddelta_bias, dinitial = grads
-    restored = (grad.reshape(shape).to(dtype) for grad, (shape, dtype) in zip(abc, layouts, strict=True))  # type: ignore[union-attr]
-    return (du, ddelta, *restored, dD, dz, ddelta_bias, dinitial)
+@torch.library.custom_op(
+    "mambakit::cuda_scan_fwd",
+    mutates_args=(),
+    device_types="cuda",
+    schema=f"({_PREPARED}, bool softplus, str backward) -> (Tensor, Tensor, Tensor)",
+)
+def _forward_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    initial_state: Tensor | None,
+    softplus: bool,
+    backward: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _launch_forward(_Prepared(u, delta, A, B, C, D, z, delta_bias, initial_state), softplus, backward)
 
 
-class _CudaScan(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        u: Tensor,
-        delta: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        z: Tensor | None,
-        delta_bias: Tensor | None,
-        initial_state: Tensor | None,
-        softplus: bool,
-        backward: str,
-    ) -> tuple[Tensor, Tensor]:
-        inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, initial_state)
-        out, last, chunk_states = _launch_forward(inputs, softplus, backward)
-        ctx.layouts = _layouts(A, B, C)
-        ctx.softplus, ctx.backward = softplus, backward
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
-        ctx.save_for_backward(*inputs, chunk_states)
-        return out, last
+@_forward_op.register_fake
+def _forward_fake(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *rest: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward_outputs(u, A, B, rest[-1])
 
-    @staticmethod
-    def backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
-        *inputs, chunk_states = ctx.saved_tensors
-        grads = _launch_backward(_Prepared(*inputs), chunk_states, ctx.softplus, ctx.backward, dout, dlast)
-        return (*_in_input_layouts(grads, ctx.layouts), None, None)
+
+@torch.library.custom_op(
+    "mambakit::cuda_scan_bwd",
+    mutates_args=(),
+    device_types="cuda",
+    schema=f"({_PREPARED}, Tensor chunk_states, Tensor? dout, Tensor? dlast, bool softplus, str backward) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _backward_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    initial_state: Tensor | None,
+    chunk_states: Tensor,
+    dout: Tensor | None,
+    dlast: Tensor | None,
+    softplus: bool,
+    backward: str,
+) -> tuple[Tensor, ...]:
+    inputs = _Prepared(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    grads = _launch_backward(inputs, chunk_states, softplus, backward, dout, dlast)
+    # A custom op returns tensors only: an absent input's gradient comes back empty.
+    return tuple(u.new_empty(0) if grad is None else grad for grad in grads)
+
+
+@_backward_op.register_fake
+def _backward_fake(*arguments: Any) -> tuple[Tensor, ...]:
+    inputs = _Prepared(*arguments[:9])
+    like = (inputs.u, inputs.u, *inputs[2:5], inputs.D, inputs.z, inputs.delta_bias, inputs.initial_state)
+    return tuple(inputs.u.new_empty(0) if t is None else torch.empty_like(t) for t in like)
+
+
+def _save_for_backward(ctx: Any, inputs: tuple, output: tuple) -> None:
+    *prepared, softplus, backward = inputs
+    ctx.softplus, ctx.backward = softplus, backward
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernel skips it
+    ctx.save_for_backward(*prepared, output[2])
+
+
+def _forward_op_backward(ctx: Any, dout: Tensor | None, dlast: Tensor | None, _: Tensor | None) -> tuple:
+    *prepared, chunk_states = ctx.saved_tensors
+    grads = _backward_op(*prepared, chunk_states, dout, dlast, ctx.softplus, ctx.backward)
+    return (*(None if t is None else grad for t, grad in zip(prepared, grads, strict=True)), None, None)
+
+
+_forward_op.register_autograd(_forward_op_backward, setup_context=_save_for_backward)
 
 
 def selective_scan_fwd_cuda(
@@ -370,8 +429,7 @@ def selective_scan_fwd_cuda(
         from .triton_scan import selective_scan_fwd_triton
 
         return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, None)
-    out, _, chunk_states = _launch_forward(inputs, delta_softplus, "v1")
+    out, _, chunk_states = _forward_op(*_prepare(u, delta, A, B, C, D, z, delta_bias, None), delta_softplus, "v1")
     return out, (chunk_states,)
 
 
@@ -395,8 +453,15 @@ def selective_scan_bwd_cuda(
 
         return selective_scan_bwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dout)
     inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, None)
-    grads = _launch_backward(inputs, residuals[0], delta_softplus, "v1", dout, None)
-    return _in_input_layouts(grads, _layouts(A, B, C))[:8]
+    grads = _backward_op(*inputs, residuals[0], dout, None, delta_softplus, "v1")
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, _ = grads
+    restored = (grad.reshape(t.shape).to(t.dtype) for grad, t in ((dA, A), (dB, B), (dC, C)))
+    return (
+        du,
+        ddelta,
+        *restored,
+        *(None if t is None else g for t, g in ((D, dD), (z, dz), (delta_bias, ddelta_bias))),
+    )
 
 
 def forward_shared_bytes(states: int, channels: int) -> int:
