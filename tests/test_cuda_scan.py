@@ -45,7 +45,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 def every_kernel_variant() -> list[str]:
     """Each flag on and off (from all on), in each dtype, and the size extremes: every code path of the forward and
-    both backwards; backward v2 in every layout, and the forward saving states for each."""
+    both backwards; backward v2 in every layout, also deterministic, and the forward saving states for each."""
     items, channels, on = cuda_scan.ITEMS, cuda_scan.CHANNELS, [True] * 7
     kernels = (
         (7, cuda_scan.kernel_name, channels),
@@ -61,6 +61,10 @@ def every_kernel_variant() -> list[str]:
         names += [cuda_scan.backward_kernel_name(dtype, states, items, c, *on[:6]) for states, c in ((1, 1), (64, 2))]
         for layout in cuda_scan.V2_LAYOUTS:
             names += [cuda_scan.backward_v2_kernel_name(dtype, states, items, layout, *on[:6]) for states in (1, 64)]
+            names += [
+                cuda_scan.backward_v2_kernel_name(dtype, 16, items, layout, *flags, deterministic=True)
+                for flags in (on[:6], (True, True, True, True, False, False))
+            ]
             names.append(cuda_scan.kernel_name(dtype, 16, items, channels, *on, save_every=cuda_scan.v2_chunk(layout)))
     return list(dict.fromkeys(names))
 
@@ -307,6 +311,33 @@ def test_cuda_scan_in_a_cuda_graph_and_under_torch_compile(backward):
     for name, got in (("graph", captured), ("compiled", compiled)):
         for index, (a, b) in enumerate(zip(got, eager, strict=True)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name} output {index}")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("layout", ["shared", "grouped:4"])
+def test_deterministic_backward_is_the_same_bit_for_bit(layout):
+    """Backward v2 without atomics: every gradient equal from run to run, and as close to the float64 reference as
+    the other backwards; chosen by torch.use_deterministic_algorithms(True) too."""
+    from test_triton import cast_inputs, errors_vs_reference
+
+    inputs = cast_inputs(scan_inputs(3, 256, 16, 1000, layout, device="cuda", seed=5), torch.bfloat16)
+    scan = functools.partial(cuda_scan.selective_scan_cuda, deterministic=True)
+    errors = errors_vs_reference(scan, inputs, seed=1)
+    assert max(errors.values()) < TOLERANCE[torch.bfloat16], errors
+
+    def gradients() -> list[torch.Tensor]:
+        leaves = {k: None if v is None else v.detach().requires_grad_() for k, v in inputs.items()}
+        out, last = cuda_scan.selective_scan_cuda(**leaves, delta_softplus=True, return_last_state=True)
+        out.float().pow(2).sum().add(last.sum()).backward()
+        return [v.grad for v in leaves.values() if v is not None]
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = gradients(), gradients()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,46 @@ def test_auto_picks_a_backend_only_for_its_auto_ops(monkeypatch):
     assert ops.resolve_backend("scan_only", cpu, "selective_state_update").name == "scan_only"
 
 
+@pytest.fixture
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) for the test, put back afterwards."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_auto_passes_over_atomic_backwards_under_deterministic_algorithms(monkeypatch, deterministic_algorithms):
+    from mambakit.ops import backends
+
+    atomic = backends.Backend(
+        "atomic",
+        "test double",
+        lambda device: None,
+        {"selective_scan": ".reference:selective_scan_ref"},
+        nondeterministic=frozenset({"selective_scan"}),
+    )
+    monkeypatch.setattr(backends, "_REGISTRY", {"atomic": atomic, **backends._REGISTRY})
+    cpu = torch.device("cpu")
+    assert ops.resolve_backend("auto", cpu).name == "torch"
+    with torch.no_grad():  # no backward to run: its forward is as deterministic as any
+        assert ops.resolve_backend("auto", cpu).name == "atomic"
+    torch.use_deterministic_algorithms(False)
+    assert ops.resolve_backend("auto", cpu).name == "atomic"
+
+
+def test_an_atomic_backward_under_deterministic_algorithms_raises_or_warns(deterministic_algorithms):
+    from mambakit.ops.backends import NondeterministicError, alert_not_deterministic
+
+    with pytest.raises(NondeterministicError, match="the op adds with atomics.*use backend='torch'"):
+        alert_not_deterministic("the op", "use backend='torch'")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with pytest.warns(UserWarning, match="the op adds with atomics"):
+        alert_not_deterministic("the op", "use backend='torch'")
+    torch.use_deterministic_algorithms(False)
+    alert_not_deterministic("the op", "use backend='torch'")
+
+
 # B and C each in their own layout, as mamba-ssm takes them: one time-invariant (dim, N), the other per step.
 MIXED_LAYOUTS = [
     ("time_invariant", "shared"),

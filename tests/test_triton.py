@@ -319,6 +319,23 @@ def interpreter_check() -> None:
     for first_block in (True, False):
         errors = add_rms_norm_errors(3, 100, torch.float32, first_block, True, "cpu")
         assert max(errors.values()) < 1e-6, f"add_rms_norm: {errors}"
+    check_atomic_backward_refused_under_deterministic_algorithms()
+
+
+def check_atomic_backward_refused_under_deterministic_algorithms() -> None:
+    """The scan's per-step dB/dC are added with atomics: under torch's deterministic algorithms its backward
+    refuses to run, as torch's own atomic ops do."""
+    from mambakit.ops.backends import NondeterministicError
+
+    inputs = cast_inputs(scan_inputs(1, 4, 2, 9, "shared", seed=1), torch.float32)
+    inputs = {k: None if v is None else v.requires_grad_() for k, v in inputs.items()}
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = triton_scan()(**inputs)
+        with pytest.raises(NondeterministicError, match="triton backend's selective-scan backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,24 @@ ENV_VAR = "MAMBAKIT_SCAN_BACKEND"
 
 class BackendUnavailableError(MambakitError, RuntimeError):
     """A backend was asked for by name but cannot run here; the message says why and what to use."""
+
+
+class NondeterministicError(MambakitError, RuntimeError):
+    """An op whose result varies from run to run (it adds with atomics) ran under
+    `torch.use_deterministic_algorithms(True)`; the message says which backends are deterministic."""
+
+
+def alert_not_deterministic(what: str, use_instead: str) -> None:
+    """As torch's own ops do: under `torch.use_deterministic_algorithms(True)`, raise NondeterministicError for
+    `what` (with warn_only=True, warn instead); else nothing."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = f"{what} adds with atomics, so its result varies from run to run, and torch's deterministic algorithms "
+    message += f"are on; {use_instead}"
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise NondeterministicError(message)
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,9 @@ class Backend:
     """Call features it cannot serve (e.g. "initial_state"): `auto` passes over it for such calls."""
     auto_ops: frozenset[str] | None = None
     """The ops `auto` picks it for (None: all of its ops); the others run on it only when asked for by name."""
+    nondeterministic: frozenset[str] = frozenset()
+    """Ops whose backward adds with atomics: under torch's deterministic algorithms, `auto` passes over it for them
+    while gradients are on (asked for by name, their backward raises NondeterministicError)."""
 
     def load(self, op: str) -> Callable:
         """Import and return this backend's function for `op`."""
@@ -81,8 +103,11 @@ def resolve_backend(
         name = os.environ.get(ENV_VAR, "auto") or "auto"
         source = f" (from {ENV_VAR})" if name != "auto" else ""
     if name == "auto":
+        deterministic = torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
         for backend in _REGISTRY.values():
             chosen_for = backend.ops if backend.auto_ops is None else backend.auto_ops
+            if deterministic and op in backend.nondeterministic:
+                continue
             if op in backend.ops and op in chosen_for and not needs & backend.lacks and backend.probe(device) is None:
                 return backend
         raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
@@ -174,6 +199,7 @@ register_backend(
         },
         lacks=frozenset({"initial_state"}),
         auto_ops=frozenset({"selective_scan"}),
+        nondeterministic=frozenset({"selective_scan"}),
     )
 )
 register_backend(
@@ -192,6 +218,7 @@ register_backend(
             "cross_scan": ".triton_cross_scan:cross_scan_triton",
             "cross_merge": ".triton_cross_scan:cross_merge_triton",
         },
+        nondeterministic=frozenset({"selective_scan", "causal_conv1d"}),
     )
 )
 register_backend(

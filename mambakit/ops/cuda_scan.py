@@ -29,6 +29,9 @@ ITEMS = 8
 CHANNELS = 4
 MAX_STATES = 64
 BACKWARDS = ("v1", "v2")
+#: The backward v2 without atomics (see `selective_scan_cuda`'s `deterministic`); a variant name inside the ops.
+DETERMINISTIC = "v2-deterministic"
+_VARIANTS = (*BACKWARDS, DETERMINISTIC)
 #: Backward v2's (channels a warp, warps a CTA), most channels a CTA first: it takes the first whose channels do not
 #: straddle two B/C groups and whose shared memory fits V2_SHARED_BUDGET (else the one of those that needs least).
 V2_LAYOUTS = ((8, 4), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1))
@@ -94,10 +97,12 @@ def backward_v2_kernel_name(
     softplus: bool,
     has_initial_state: bool,
     has_last_state_grad: bool,
+    deterministic: bool = False,
 ) -> str:
     """The template instantiation of the backward kernel v2 for one combination of settings; `layout` is one of
-    V2_LAYOUTS."""
-    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad)
+    V2_LAYOUTS. `deterministic`: partial sums a CTA (and batch element) stored, for a fixed-order sum, instead of
+    atomics."""
+    flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, has_last_state_grad, deterministic)
     return _instantiation("selective_scan_bwd_v2", dtype_code, states, items, *layout, *flags)
 
 
@@ -172,12 +177,15 @@ def selective_scan_cuda(
     initial_state: Tensor | None = None,
     return_last_state: bool = False,
     backward: str = "v1",
+    deterministic: bool | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the NVRTC-compiled kernels; same contract as `mambakit.ops.selective_scan`
     (arguments already checked), gradients for every input and through the returned last state. `backward` picks
-    the backward kernel, one of BACKWARDS."""
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+    the backward kernel, one of BACKWARDS. `deterministic` (None: torch.are_deterministic_algorithms_enabled()) runs
+    backward v2 without atomics, so that every gradient is the same bit for bit from run to run: it stores partial
+    sums (dB and dC of each CTA, dA, dD and d delta_bias of each batch element) that are then summed in
+    a fixed order."""
+    variant = _variant(backward, deterministic)
     batch, dim, length = u.shape
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if _falls_back(tensors, B, C, A.shape[1], length):
@@ -187,7 +195,7 @@ def selective_scan_cuda(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
     inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out, last, _ = _forward_op(*inputs, delta_softplus, backward)
+    out, last, _ = _forward_op(*inputs, delta_softplus, variant)
     return (out, last) if return_last_state else out
 
 
@@ -230,6 +238,16 @@ def _prepare(
         None if delta_bias is None else delta_bias.float().contiguous(),
         None if initial_state is None else initial_state.float().contiguous(),
     )
+
+
+def _variant(backward: str, deterministic: bool | None) -> str:
+    """The backward kernel to run: `backward`, or DETERMINISTIC when `deterministic` (None: when torch's
+    deterministic algorithms are on)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    return DETERMINISTIC if deterministic else backward
 
 
 def _save_every(dim: int, groups: int, states: int, backward: str) -> int:
@@ -292,22 +310,27 @@ def _launch_backward(
     du = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
     ddelta = torch.empty_like(du)
     dz = torch.empty_like(du) if z is not None else None
-    dA = torch.zeros_like(A)
-    dB, dC = torch.zeros_like(B), torch.zeros_like(C)
-    dD = torch.zeros_like(D) if D is not None else None
-    ddelta_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
     dinitial = torch.empty_like(initial_state) if initial_state is not None else None
     has = (z is not None, D is not None, delta_bias is not None)
     flags = (*has, softplus, initial_state is not None, dlast is not None)
+    deterministic = backward == DETERMINISTIC
     if backward == "v1":  # a warp per channel
         channels = warps = _channels_per_cta(dim, groups)
         name = backward_kernel_name(DTYPE_CODES[dtype], states, ITEMS, channels, *flags)
         shared_bytes = backward_shared_bytes(states, channels)
     else:
         layout = v2_layout(dim, groups, states)
-        name = backward_v2_kernel_name(DTYPE_CODES[dtype], states, ITEMS, layout, *flags)
+        name = backward_v2_kernel_name(DTYPE_CODES[dtype], states, ITEMS, layout, *flags, deterministic)
         lane_channels, warps = layout
         channels, shared_bytes = lane_channels * warps, backward_v2_shared_bytes(states, layout)
+    # Deterministic, the kernel stores partial sums instead of adding with atomics: dB and dC of each CTA, dA, dD
+    # and d delta_bias of each batch element; they are summed below, in a fixed order.
+    per_batch = (batch,) if deterministic else ()
+    per_cta = (batch, groups, -(-(dim // groups) // channels)) if deterministic else (batch, groups)
+    dA = A.new_zeros(*per_batch, dim, states)
+    dB, dC = (BC.new_zeros(*per_cta, states, length) for BC in (B, C))
+    dD = D.new_zeros(*per_batch, dim) if D is not None else None
+    ddelta_bias = delta_bias.new_zeros(*per_batch, dim) if delta_bias is not None else None
     pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
     arguments = [
         *map(pointer, (*pointers, ddelta_bias, dinitial)),
@@ -320,6 +343,9 @@ def _launch_backward(
     ]
     grid = ((dim + channels - 1) // channels, batch, 1)
     _kernel(name, _index(u.device))(grid, (32 * warps, 1, 1), arguments, shared_bytes)
+    if backward == DETERMINISTIC:
+        dB, dC, dA = dB.sum(2), dC.sum(2), dA.sum(0)
+        dD, ddelta_bias = (None if t is None else t.sum(0) for t in (dD, ddelta_bias))
     return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial
 
 
@@ -429,8 +455,10 @@ def selective_scan_fwd_cuda(
         from .triton_scan import selective_scan_fwd_triton
 
         return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    out, _, chunk_states = _forward_op(*_prepare(u, delta, A, B, C, D, z, delta_bias, None), delta_softplus, "v1")
-    return out, (chunk_states,)
+    variant = _variant("v1", None)
+    out, _, chunk_states = _forward_op(*_prepare(u, delta, A, B, C, D, z, delta_bias, None), delta_softplus, variant)
+    # Which backward the saved states are for: torch's deterministic setting may change before the backward runs.
+    return out, (chunk_states, torch.tensor(_VARIANTS.index(variant)))
 
 
 def selective_scan_bwd_cuda(
@@ -453,7 +481,8 @@ def selective_scan_bwd_cuda(
 
         return selective_scan_bwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dout)
     inputs = _prepare(u, delta, A, B, C, D, z, delta_bias, None)
-    grads = _backward_op(*inputs, residuals[0], dout, None, delta_softplus, "v1")
+    chunk_states, variant = residuals
+    grads = _backward_op(*inputs, chunk_states, dout, None, delta_softplus, _VARIANTS[int(variant)])
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, _ = grads
     restored = (grad.reshape(t.shape).to(t.dtype) for grad, t in ((dA, A), (dB, B), (dC, C)))
     return (

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backends import BackendUnavailableError
+from .backends import BackendUnavailableError, alert_not_deterministic
 
 _USE_INSTEAD = "use backend='triton' or backend='torch'"
+_BACKWARD = "mamba-ssm's selective-scan backward"
+_DETERMINISTIC_INSTEAD = "use backend='cuda' (deterministic in this mode), 'torch' or 'auto'"
 
 
 class _LastStateWithoutGradient(torch.autograd.Function):
@@ -56,6 +58,8 @@ def selective_scan_mamba_ssm(
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None, return_last_state)
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z)):
+        alert_not_deterministic(_BACKWARD, _DETERMINISTIC_INSTEAD)
     # Its kernels take any batch/channel strides with unit-stride steps (selective_scan_fn copies others) and
     # want a (dim, N) B or C in fp32 like A, a per-step one in u's dtype.
     B, C = (BC.float().contiguous() if BC.dim() == 2 else BC.to(u.dtype) for BC in (B, C))
@@ -170,6 +174,7 @@ def selective_scan_bwd_mamba_ssm(
         return selective_scan_bwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dout)
     from mamba_ssm.ops.selective_scan_interface import selective_scan_cuda
 
+    alert_not_deterministic(_BACKWARD, _DETERMINISTIC_INSTEAD)
     chunk_states, *ungated = residuals
     du, ddelta, dA, dB, dC, dD, ddelta_bias, *dz = selective_scan_cuda.bwd(
         *_kernel_inputs(u, delta, A, B, C, D, z, delta_bias),

@@ -33,6 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..errors import UserError
+from .backends import alert_not_deterministic
 
 # _FAST_LOG: off in the interpreter, which has no PTX
 from .triton_scan import _FAST_LOG, LOG2E, _like_steps, _or, require_powers_of_two
@@ -548,6 +549,7 @@ class _TritonConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, init = ctx.saved_tensors
+        alert_not_deterministic("the triton backend's causal_conv1d backward", "use backend='torch' or 'auto'")
         grid, strides, meta = _launch(x, weight, bias, init, ctx.config)
         grid = (triton.cdiv(grid[0], ctx.config.bwd_tiles), *grid[1:])
         batch, dim, length = x.shape

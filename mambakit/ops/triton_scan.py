@@ -36,6 +36,7 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 from ..errors import UserError
+from .backends import alert_not_deterministic
 from .reference import channel_groups
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -622,6 +623,11 @@ def _backward(
     batch, dim, length = u.shape
     d_state = A.shape[1]
     groups = channel_groups(B, C)
+    if B.dim() > 2 or C.dim() > 2:
+        alert_not_deterministic(
+            "the triton backend's selective-scan backward (per-step dB, dC)",
+            "use backend='cuda' (deterministic in this mode), 'torch' or 'auto'",
+        )
     dout = torch.zeros_like(u) if dout is None else _last_axis_contiguous(dout)
     dlast = dlast.contiguous() if dlast is not None else None
     f32 = torch.float32

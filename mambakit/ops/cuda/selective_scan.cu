@@ -432,6 +432,9 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
 // both the lane's decay for the state scan (times a_0) and the factor of its adjoint scan (times the next lane's
 // a_0), where v1 took a second exp and a chain of products.
 // Needs the forward's states saved every kSegments x kItems steps (its kSaveEvery).
+// kDeterministic: no atomics at all. Each CTA stores its dB and dC sums into its own row of partial sums (batch,
+// groups, CTAs of a group, N, L), each batch element its dA, dD and d delta_bias into (batch, dim[, N]); the launcher
+// adds them up in a fixed order, so the gradients are the same bit for bit from run to run.
 template <int kItems, int kSegments> __device__ __forceinline__ int staged_position(int step) {
     const int segment = step / kItems, item = step % kItems;
     return (item / 4) * (4 * kSegments) + segment * 4 + item % 4;
@@ -472,13 +475,16 @@ __device__ __forceinline__ void sum_over_lane_channels(float (&values)[kItems], 
 // or (one warp per CTA) added to global memory, whose row for the state and chunk is `global_row`. Past the end the
 // sums are 0 (g and dt u are 0 there) and go to the last step instead: adding 0 changes nothing, and unlike a branch
 // per atomic (which made ptxas spill at 2 channels a warp) it keeps the loop straight.
-template <int kKept, bool kSlices>
+// Deterministic: the CTA's own row of the partial sums, written (past the end: not at all) instead of added.
+template <int kKept, bool kSlices, bool kDeterministic>
 __device__ __forceinline__ void put_sums(const float* sums, float* slice, float* global_row, int step,
                                          int steps_left) {
 #pragma unroll
     for (int r = 0; r < kKept; ++r) {
         if (kSlices) {
             slice[step + r] = sums[r];
+        } else if (kDeterministic) {
+            if (step + r < steps_left) global_row[step + r] = sums[r];
         } else {
             atomicAdd(global_row + min(step + r, steps_left - 1), sums[r]);
         }
@@ -490,7 +496,7 @@ __device__ __forceinline__ void put_sums(const float* sums, float* slice, float*
 // spills up to 128 bytes there, so on sm_80 the target is 12 warps (at most 168 registers).
 
 template <int kDtype, int kStates, int kItems, int kLaneChannels, int kWarps, bool kHasZ, bool kHasD,
-          bool kHasDeltaBias, bool kSoftplus, bool kHasInitialState, bool kHasLastStateGrad>
+          bool kHasDeltaBias, bool kSoftplus, bool kHasInitialState, bool kHasLastStateGrad, bool kDeterministic>
 __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) / kWarps) selective_scan_bwd_v2(
     const void* __restrict__ u, const void* __restrict__ delta, const float* __restrict__ A,
     const float* __restrict__ B, const float* __restrict__ C, const float* __restrict__ D,
@@ -533,6 +539,14 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
     // Every channel of a CTA is in one group: the launcher makes kChannels divide channels_per_group.
     const int group = first_channel / channels_per_group;
     const long long bc_offset = batch * bc_batch_stride + group * bc_group_stride;
+    // dB and dC: (batch, groups, N, L) sums over every CTA; deterministic, each CTA's own (batch, groups, CTAs of a
+    // group, N, L) row of partial sums, which the launcher adds up in a fixed order.
+    const int ctas_per_group = channels_per_group / kChannels;
+    const long long dbc_offset =
+        kDeterministic
+            ? ((batch * (long long)(dim / channels_per_group) + group) * ctas_per_group +
+               (first_channel % channels_per_group) / kChannels) * kStates * (long long)length
+            : bc_offset;
     const long long row = batch * (long long)dim + channel;
     const long long u_row = batch * u_batch_stride + channel * u_dim_stride;
     const long long delta_row = batch * delta_batch_stride + channel * delta_dim_stride;
@@ -623,10 +637,10 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
             }
             // The sums are over the warp's channels, so a lane of an inactive channel still puts its share.
             const int kept_step = segment * kItems + lane_channel * kKept;
-            const long long global_row = bc_offset + n * (long long)length + chunk_start;
+            const long long global_row = dbc_offset + n * (long long)length + chunk_start;
             sum_over_lane_channels<kItems, kSegments>(dC_sum, lane);
-            put_sums<kKept, kSlices>(dC_sum, partial_dC + (warp * kStates + n) * kChunk, dC + global_row, kept_step,
-                                     length - chunk_start);
+            put_sums<kKept, kSlices, kDeterministic>(dC_sum, partial_dC + (warp * kStates + n) * kChunk,
+                                                     dC + global_row, kept_step, length - chunk_start);
 
             // The adjoint. The factor after the lane's last item is the next lane's first a (1 in the group's last
             // lane, whose next adjoint is the carry, which already holds its a).
@@ -650,8 +664,8 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
                 dB_sum[i] = lam * dtu[i];
             }
             sum_over_lane_channels<kItems, kSegments>(dB_sum, lane);
-            put_sums<kKept, kSlices>(dB_sum, partial_dB + (warp * kStates + n) * kChunk, dB + global_row, kept_step,
-                                     length - chunk_start);
+            put_sums<kKept, kSlices, kDeterministic>(dB_sum, partial_dB + (warp * kStates + n) * kChunk,
+                                                     dB + global_row, kept_step, length - chunk_start);
             dA_partial[(warp * kStates + n) * 32 + lane] += dA_sum;
             __syncwarp();  // every lane of the group has read carry_n
             if (segment == 0) carry[slot] = a[0] * lam;  // lam is now the adjoint at the chunk's first step
@@ -692,8 +706,14 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
                 dB_total += partial_dB[w * kStates * kChunk + index];
                 dC_total += partial_dC[w * kStates * kChunk + index];
             }
-            atomicAdd(dB + bc_offset + n * (long long)length + t, dB_total);
-            atomicAdd(dC + bc_offset + n * (long long)length + t, dC_total);
+            const long long position = dbc_offset + n * (long long)length + t;
+            if (kDeterministic) {
+                dB[position] = dB_total;
+                dC[position] = dC_total;
+            } else {
+                atomicAdd(dB + position, dB_total);
+                atomicAdd(dC + position, dC_total);
+            }
         }
     }
 
@@ -708,11 +728,23 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
         float sum = dA_partial[(warp * kStates + n) * 32 + lane];
 #pragma unroll
         for (int offset = kSegments / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        if (active && segment == 0) atomicAdd(dA + channel * kStates + n, sum);
+        // Deterministic: dA, dD and d delta_bias per batch element, (batch, dim, N) and (batch, dim).
+        if (active && segment == 0) {
+            if (kDeterministic) {
+                dA[row * kStates + n] = sum;
+            } else {
+                atomicAdd(dA + channel * kStates + n, sum);
+            }
+        }
     }
     if (active && segment == 0) {
-        if (kHasD) atomicAdd(dD + channel, dD_sum);
-        if (kHasDeltaBias) atomicAdd(ddelta_bias + channel, dbias_sum);
+        const long long at = kDeterministic ? row : channel;
+        if (kHasD) {
+            if (kDeterministic) dD[at] = dD_sum; else atomicAdd(dD + at, dD_sum);
+        }
+        if (kHasDeltaBias) {
+            if (kDeterministic) ddelta_bias[at] = dbias_sum; else atomicAdd(ddelta_bias + at, dbias_sum);
+        }
     }
     if (kHasInitialState) {  // after chunk 0 the carried adjoint is a_0 lam_0 = dL/dh_0
         __syncthreads();
