@@ -101,6 +101,16 @@ def test_the_training_kernels_keep_every_value_in_registers(architecture):
 
 
 @needs_nvrtc
+def test_compiling_leaves_pythons_shared_bytes_alone(tmp_path, monkeypatch):
+    """NVRTC writes its (here empty, 1-byte) log into the buffer it is given; a `b" " * size` buffer of size 1 is
+    CPython's shared b" ", which then read b"\\x00" everywhere (torch.load among the victims)."""
+    monkeypatch.setenv(nvrtc.CACHE_ENV_VAR, str(tmp_path))
+    nvrtc.compile_kernels("__global__ void k() {}", ["k"], 90)
+    nvrtc.ptxas_usage("__global__ void k() {}", ["k"], 90)
+    assert b" ".hex() == "20"  # read at run time: `b" "[0]` is folded when compiled, `bytes([32])` is b" " itself
+
+
+@needs_nvrtc
 def test_a_compile_error_is_raised_with_nvrtcs_log(tmp_path, monkeypatch):
     monkeypatch.setenv(nvrtc.CACHE_ENV_VAR, str(tmp_path))
     with pytest.raises(nvrtc.NvrtcError, match="undefined"):

@@ -151,18 +151,21 @@ def _compile(source: str, names: Sequence[str], options: Sequence[str]) -> tuple
             _check(nvrtc.nvrtcAddNameExpression(program, name.encode()), "nvrtcAddNameExpression")
         (result,) = nvrtc.nvrtcCompileProgram(program, len(options), [option.encode() for option in options])
         size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
-        log = b" " * size
+        # Writable buffers: NVRTC writes into what it is given, and `b" " * 1` is CPython's shared b" " itself
+        # (an empty log has size 1), which writing into would turn into b"\x00" for the whole interpreter.
+        log = bytearray(size)
         _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise NvrtcError(f"NVRTC could not compile the kernels ({result.name}):\n{log.decode(errors='replace')}")
+            message = log.rstrip(b"\x00").decode(errors="replace")
+            raise NvrtcError(f"NVRTC could not compile the kernels ({result.name}):\n{message}")
         size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
-        cubin = b" " * size
+        cubin = bytearray(size)
         _check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
         lowered = {
             name: _check(nvrtc.nvrtcGetLoweredName(program, name.encode()), "nvrtcGetLoweredName").decode()
             for name in names
         }
-        return cubin, lowered, log.decode(errors="replace")
+        return bytes(cubin), lowered, log.rstrip(b"\x00").decode(errors="replace")
     finally:
         nvrtc.nvrtcDestroyProgram(program)
 
