@@ -74,9 +74,9 @@ def test_every_tier_run_is_a_valid_synthetic_run(tier):
         SyntheticOptions(family=run.family, positions=run.positions, **run.task_sizes, **run.options)
 
 
-def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, monkeypatch, capsys):
+def tiny_induction_runs() -> tuple:
     tiny = {"d_model": 16, "n_layer": 1, "d_state": 4, "attn_num_heads": 2}
-    runs = tuple(
+    return tuple(
         bench.CapabilityRun(
             "induction-heads",
             model,
@@ -91,7 +91,10 @@ def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, 
         )
         for model, family in (("mamba", "mamba"), ("transformer", "transformer"))
     )
-    monkeypatch.setitem(bench.TIERS, "cpu", (runs, ()))
+
+
+def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.TIERS, "cpu", (tiny_induction_runs(), ()))
 
     def values(jobs: int) -> dict[tuple[str, int], float]:
         out = tmp_path / f"jobs{jobs}"
@@ -103,3 +106,40 @@ def test_runs_in_parallel_processes_give_the_records_of_one_at_a_time(tmp_path, 
 
     assert values(2) == pytest.approx(values(1), abs=1e-6)
     assert "jobs 2 (runs at a time" in (tmp_path / "jobs2" / "capabilities.md").read_text()
+
+
+def test_models_runs_only_those_and_keeps_the_other_records(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.TIERS, "cpu", (tiny_induction_runs(), ()))
+    out = tmp_path / "capabilities"
+    arguments = [
+        "bench",
+        "capabilities",
+        "--tier",
+        "cpu",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps-factor",
+        "0.25",
+    ]
+    assert main(arguments) == 0
+    first = json.loads((out / "capabilities.json").read_text())
+    mamba_before = [r for r in first if r["model"] == "mamba"]
+    for record in first:
+        record["seconds"] = -1  # a marker: records this call does not rerun come back untouched
+    (out / "capabilities.json").write_text(json.dumps(first))
+    assert main([*arguments, "--models", "transformer", "--steps-factor", "0.5"]) == 0
+    records = json.loads((out / "capabilities.json").read_text())
+    assert [r["model"] for r in records] == ["mamba", "mamba", "transformer", "transformer"]
+    assert [r["value"] for r in records if r["model"] == "mamba"] == [r["value"] for r in mamba_before]
+    assert {(r["model"], r["steps"], r["seconds"] == -1) for r in records} == {
+        ("mamba", 10, True),
+        ("transformer", 20, False),
+    }
+    capsys.readouterr()
+    assert main([*arguments, "--models", "mamba,rwkv"]) == 2
+    assert "--models 'mamba,rwkv': the runs of induction-heads are mamba, transformer" in capsys.readouterr().err
+    assert main([*arguments, "--models", "induction-heads--mamba"]) == 0  # one task's run by its name
+    records = json.loads((out / "capabilities.json").read_text())
+    assert {(r["model"], r["steps"]) for r in records} == {("mamba", 10), ("transformer", 20)}

@@ -645,6 +645,14 @@ def capabilities(
             "results do not change, seconds do.",
         ),
     ] = 1,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="Comma-separated model labels of those tasks' runs, or TASK--MODEL for one task's (default: "
+            "all), e.g. to finish only the runs an earlier call did not; the other runs' records stay.",
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate every (task, model) pair of a tier of the capability suite; write DIR/capabilities.json
     and DIR/capabilities.md (ours beside the papers' numbers, and whether the tier's claims hold)."""
@@ -656,12 +664,26 @@ def capabilities(
     unknown = [name for name in chosen if name not in known]
     if unknown or not chosen:
         raise UserError(f"--tasks {tasks!r}: the {tier} tier has {', '.join(known)}")
+    candidates = [run for run in runs if run.task in chosen]
+    labels = list(dict.fromkeys(run.model for run in candidates))
+    wanted = labels if models is None else [name.strip() for name in models.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in labels and name not in {run.name for run in candidates}]
+    if unknown or not wanted:
+        raise UserError(
+            f"--models {models!r}: the runs of {', '.join(chosen)} are {', '.join(labels)} "
+            "(or TASK--MODEL for one task's run)"
+        )
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "capabilities.json"
-    # This call's tasks are run afresh (with their least-squares baselines); other tasks' records stay.
-    kept = [r for r in json.loads(path.read_text()) if r["task"] not in chosen] if path.exists() else []
-    selected = [replace(run, steps=max(1, round(run.steps * steps_factor))) for run in runs if run.task in chosen]
+    selected = [
+        replace(run, steps=max(1, round(run.steps * steps_factor)))
+        for run in candidates
+        if run.model in wanted or run.name in wanted
+    ]
+    # This call's runs are run afresh (with their tasks' least-squares baselines); every other record stays.
+    rerun = {(run.task, run.model) for run in selected} | {(run.task, "least-squares") for run in selected}
+    kept = [r for r in json.loads(path.read_text()) if (r["task"], r["model"]) not in rerun] if path.exists() else []
     finished: dict[int, list[dict[str, Any]]] = {}
     records = kept
     for index, run_records in _run_all(selected, out, resolved, seed, jobs):
