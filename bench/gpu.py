@@ -8,8 +8,8 @@ Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
 1. The copy rate of the card (the memory floor's rate).
 2. Correctness, before any timing: relative errors against the float64 reference (mambakit's sequential
    `selective_scan_ref` on float64 copies of the same inputs) for the Triton scan, the CUDA scan with each of its
-   backward kernels (`cuda` = v1, `cuda_v2`) and mamba-ssm, forward and every gradient, fp32 and bf16; the forward
-   at L = 2^20 against the `torch` backend in float64.
+   backward kernels (`cuda` = v1, `cuda_v2`, `cuda_deterministic`) and mamba-ssm, forward and every gradient, fp32
+   and bf16; the forward at L = 2^20 against the `torch` backend in float64.
 3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton, CUDA
    (each backward) and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton
    kernels.
@@ -76,8 +76,8 @@ def triton_fn(config: ScanConfig | None = None) -> Callable:
 
 
 def cuda_fns() -> dict[str, Callable]:
-    """The cuda backend with each backward kernel, by result name ("cuda" is v1, as in earlier runs); none where
-    it is unavailable."""
+    """The cuda backend with each backward kernel, and v2 deterministic, by result name ("cuda" is v1, as in
+    earlier runs); none where it is unavailable."""
     from mambakit.ops import nvrtc
 
     reason = nvrtc.unavailable_reason(torch.device("cuda"))
@@ -86,12 +86,15 @@ def cuda_fns() -> dict[str, Callable]:
         return {}
     from mambakit.ops.cuda_scan import BACKWARDS, selective_scan_cuda
 
-    return {
+    fns = {
         "cuda" if backward == "v1" else f"cuda_{backward}": functools.partial(
             selective_scan_cuda, delta_softplus=True, backward=backward
         )
         for backward in BACKWARDS
     }
+    # Backward v2 without atomics: what torch.use_deterministic_algorithms(True) costs.
+    fns["cuda_deterministic"] = functools.partial(selective_scan_cuda, delta_softplus=True, deterministic=True)
+    return fns
 
 
 def mamba_fn() -> Callable | None:
