@@ -268,25 +268,33 @@ def _forward_outputs(u: Tensor, A: Tensor, B: Tensor, backward: str) -> tuple[Te
     )
 
 
+def _sizes_and_strides(inputs: _Prepared, out_or_dout: Tensor) -> list[ctypes._SimpleCData]:
+    """The kernels' arguments after their pointers: dim, L, channels per group, the (batch, channel) strides of u,
+    delta, z and `out_or_dout`, and B's (batch, group) strides (C's are the same)."""
+    u, delta, _, B, _, _, z, _, _ = inputs
+    dim, length = u.shape[1], u.shape[2]
+    return [
+        ctypes.c_int(dim),
+        ctypes.c_int(length),
+        ctypes.c_int(dim // B.shape[1]),
+        *_strides(u, delta, z if z is not None else u, out_or_dout),
+        ctypes.c_int64(B.stride(0)),
+        ctypes.c_int64(B.stride(1)),
+    ]
+
+
 def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
     """The forward kernel: (out, last state, the states the `backward` kernel's chunks start from)."""
     u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     states, groups = A.shape[1], B.shape[1]
     out, last, chunk_states = _forward_outputs(u, A, B, backward)
     save_every = _save_every(dim, groups, states, backward)
     channels = _channels_per_cta(dim, groups)
     flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
     name = kernel_name(DTYPE_CODES[u.dtype], states, ITEMS, channels, *flags, True, True, save_every)
-    arguments = [
-        *map(pointer, (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)),
-        ctypes.c_int(dim),
-        ctypes.c_int(length),
-        ctypes.c_int(dim // groups),
-        *_strides(u, delta, z if z is not None else u, out),
-        ctypes.c_int64(B.stride(0)),
-        ctypes.c_int64(B.stride(1)),
-    ]
+    pointers = (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)
+    arguments = [*map(pointer, pointers), *_sizes_and_strides(inputs, out)]
     grid = ((dim + channels - 1) // channels, batch, 1)
     _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
     return out, last, chunk_states
@@ -332,15 +340,7 @@ def _launch_backward(
     dD = D.new_zeros(*per_batch, dim) if D is not None else None
     ddelta_bias = delta_bias.new_zeros(*per_batch, dim) if delta_bias is not None else None
     pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
-    arguments = [
-        *map(pointer, (*pointers, ddelta_bias, dinitial)),
-        ctypes.c_int(dim),
-        ctypes.c_int(length),
-        ctypes.c_int(dim // groups),
-        *_strides(u, delta, z if z is not None else u, dout),
-        ctypes.c_int64(B.stride(0)),
-        ctypes.c_int64(B.stride(1)),
-    ]
+    arguments = [*map(pointer, (*pointers, ddelta_bias, dinitial)), *_sizes_and_strides(inputs, dout)]
     grid = ((dim + channels - 1) // channels, batch, 1)
     _kernel(name, _index(u.device))(grid, (32 * warps, 1, 1), arguments, shared_bytes)
     if backward == DETERMINISTIC:

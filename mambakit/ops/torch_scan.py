@@ -20,7 +20,7 @@ of step views per chunk costs Python time comparable to the steps themselves.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -240,6 +240,44 @@ def _as_groups(BC: Tensor, groups: int) -> Tensor:
     return BC.unsqueeze(1) if BC.dim() == 3 else BC
 
 
+class _InCompute(NamedTuple):
+    """A scan's inputs in its compute dtype (fp32, or float64 for float64 inputs), B and C in `_ChunkedScan`'s
+    layouts; raw_delta is delta with its bias added, before any softplus."""
+
+    compute: torch.dtype
+    groups: int
+    u: Tensor
+    raw_delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+
+
+def _in_compute(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    initial_state: Tensor | None = None,
+) -> _InCompute:
+    groups = channel_groups(B, C)
+    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    raw_delta = delta.to(compute)
+    if delta_bias is not None:
+        raw_delta = raw_delta + delta_bias.to(compute)[:, None]
+    B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
+    return _InCompute(compute, groups, u.to(compute), raw_delta, A.to(compute), B_g, C_g)
+
+
+def _chunk_size(u: Tensor, A: Tensor) -> int:
+    batch, dim, length = u.shape
+    return default_chunk_size(batch, dim, length, A.shape[1])
+
+
 def selective_scan_torch(
     u: Tensor,
     delta: Tensor,
@@ -257,32 +295,16 @@ def selective_scan_torch(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked selective scan; same contract as `mambakit.ops.selective_scan`. `chunk_size` (time steps per
     chunk) only trades memory for speed; by default a work tensor holds about CHUNK_ELEMENTS values."""
-    groups = channel_groups(B, C)
-    dtype_in = u.dtype
-    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    u_c, delta_c = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        delta_c = delta_c + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta_c = F.softplus(delta_c)
-    batch, dim, length = u.shape
-    chunk = chunk_size or default_chunk_size(batch, dim, length, A.shape[1])
-    h0 = initial_state.to(compute) if initial_state is not None else None
-    y, last = _ChunkedScan.apply(
-        u_c,
-        delta_c,
-        A.to(compute),
-        _as_groups(B.to(compute), groups),
-        _as_groups(C.to(compute), groups),
-        h0,
-        groups,
-        chunk,
-    )
+    x = _in_compute(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    delta_c = F.softplus(x.raw_delta) if delta_softplus else x.raw_delta
+    chunk = chunk_size or _chunk_size(u, A)
+    h0 = initial_state.to(x.compute) if initial_state is not None else None
+    y, last = _ChunkedScan.apply(x.u, delta_c, x.A, x.B, x.C, h0, x.groups, chunk)
     if D is not None:
-        y = y + D.to(compute)[:, None] * u_c
+        y = y + D.to(x.compute)[:, None] * x.u
     if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(dtype_in)
+        y = y * F.silu(z.to(x.compute))
+    out = y.to(u.dtype)
     return (out, last) if return_last_state else out
 
 
@@ -306,20 +328,13 @@ def selective_scan_fwd_torch(
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The scan's forward alone, for a caller that keeps its own inputs (see `mambakit.ops.scan_parts`):
     (out, the states at every chunk start, which `selective_scan_bwd_torch` needs besides the inputs)."""
-    groups = channel_groups(B, C)
-    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias)
-    u_c, delta_c = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        delta_c = delta_c + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta_c = F.softplus(delta_c)
-    chunk = default_chunk_size(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
-    B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
-    y, chunk_states = _chunked_forward(u_c, delta_c, A.to(compute), B_g, C_g, None, groups, chunk)
+    x = _in_compute(u, delta, A, B, C, D, z, delta_bias)
+    delta_c = F.softplus(x.raw_delta) if delta_softplus else x.raw_delta
+    y, chunk_states = _chunked_forward(x.u, delta_c, x.A, x.B, x.C, None, x.groups, _chunk_size(u, A))
     if D is not None:
-        y = y.addcmul_(D.to(compute)[:, None], u_c)
+        y = y.addcmul_(D.to(x.compute)[:, None], x.u)
     if z is not None:
-        y = y.mul_(F.silu(z.to(compute)))
+        y = y.mul_(F.silu(z.to(x.compute)))
     return y.to(u.dtype), (chunk_states,)
 
 
@@ -338,20 +353,15 @@ def selective_scan_bwd_torch(
 ) -> tuple[Tensor | None, ...]:
     """The gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) of `selective_scan_fwd_torch`'s output, from
     the same inputs and its residuals; the D, gate, bias and softplus steps by hand, so nothing else is kept."""
-    groups = channel_groups(B, C)
-    compute = state_dtype(u, delta, A, B, C, D, z, delta_bias)
-    u_c, raw_delta = u.to(compute), delta.to(compute)
-    if delta_bias is not None:
-        raw_delta = raw_delta + delta_bias.to(compute)[:, None]
+    x = _in_compute(u, delta, A, B, C, D, z, delta_bias)
+    compute, u_c, raw_delta = x.compute, x.u, x.raw_delta
     delta_c = F.softplus(raw_delta) if delta_softplus else raw_delta
     grad_out = dout.to(compute)
     z_c = z.to(compute) if z is not None else None
     grad_y = grad_out if z_c is None else grad_out * F.silu(z_c)
-    chunk = default_chunk_size(u.shape[0], u.shape[1], u.shape[2], A.shape[1])
-    B_g, C_g = (_as_groups(BC.to(compute), groups) for BC in (B, C))
     (chunk_states,) = residuals
     du, ddelta, dA, dB, dC, _, y = _chunked_backward(
-        u_c, delta_c, A.to(compute), B_g, C_g, chunk_states, groups, chunk, grad_y, None, want_y=z is not None
+        u_c, delta_c, x.A, x.B, x.C, chunk_states, x.groups, _chunk_size(u, A), grad_y, None, want_y=z is not None
     )
     dD = None
     if D is not None:
