@@ -19,13 +19,26 @@
 
 typedef unsigned short u16;
 
-template <int kDtype> __device__ __forceinline__ float to_float(const void* base, long long index) {
-    if (kDtype == 0) return static_cast<const float*>(base)[index];
-    const u16 bits = static_cast<const u16*>(base)[index];
+template <int kDtype> __device__ __forceinline__ float from_bits(u16 bits) {
     if (kDtype == 1) return __uint_as_float(static_cast<unsigned int>(bits) << 16);
     float value;
     asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
     return value;
+}
+
+template <int kDtype> __device__ __forceinline__ u16 to_bits(float value) {
+    u16 bits;
+    if (kDtype == 1) {
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(value));
+    } else {
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
+    }
+    return bits;
+}
+
+template <int kDtype> __device__ __forceinline__ float to_float(const void* base, long long index) {
+    if (kDtype == 0) return static_cast<const float*>(base)[index];
+    return from_bits<kDtype>(static_cast<const u16*>(base)[index]);
 }
 
 template <int kDtype> __device__ __forceinline__ void store(void* base, long long index, float value) {
@@ -33,13 +46,59 @@ template <int kDtype> __device__ __forceinline__ void store(void* base, long lon
         static_cast<float*>(base)[index] = value;
         return;
     }
-    u16 bits;
-    if (kDtype == 1) {
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(value));
-    } else {
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
+    static_cast<u16*>(base)[index] = to_bits<kDtype>(value);
+}
+
+// A lane's kItems consecutive steps from index `start` of `base`, 0 from the `valid`-th on: 16-byte loads when all
+// are valid and the address is aligned (a warp then reads whole contiguous lines), else one step at a time.
+template <int kDtype, int kItems>
+__device__ __forceinline__ void load_items(const void* base, long long start, int valid, float (&values)[kItems]) {
+    constexpr int kBytes = kDtype == 0 ? 4 : 2;
+    const char* address = static_cast<const char*>(base) + start * kBytes;
+    if ((kItems * kBytes) % 16 == 0 && valid >= kItems && reinterpret_cast<unsigned long long>(address) % 16 == 0) {
+#pragma unroll
+        for (int v = 0; v < kItems * kBytes / 16; ++v) {
+            const uint4 word = reinterpret_cast<const uint4*>(address)[v];
+            const unsigned int parts[4] = {word.x, word.y, word.z, word.w};
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                if (kDtype == 0) {
+                    values[4 * v + w] = __uint_as_float(parts[w]);
+                } else {
+                    values[8 * v + 2 * w] = from_bits<kDtype>(static_cast<u16>(parts[w] & 0xffffu));
+                    values[8 * v + 2 * w + 1] = from_bits<kDtype>(static_cast<u16>(parts[w] >> 16));
+                }
+            }
+        }
+        return;
     }
-    static_cast<u16*>(base)[index] = bits;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) values[i] = i < valid ? to_float<kDtype>(base, start + i) : 0.f;
+}
+
+// The store that matches load_items: the first `valid` (at most kItems) steps from index `start`.
+template <int kDtype, int kItems>
+__device__ __forceinline__ void store_items(void* base, long long start, int valid, const float (&values)[kItems]) {
+    constexpr int kBytes = kDtype == 0 ? 4 : 2;
+    char* address = static_cast<char*>(base) + start * kBytes;
+    if ((kItems * kBytes) % 16 == 0 && valid >= kItems && reinterpret_cast<unsigned long long>(address) % 16 == 0) {
+#pragma unroll
+        for (int v = 0; v < kItems * kBytes / 16; ++v) {
+            unsigned int parts[4];
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                parts[w] = kDtype == 0 ? __float_as_uint(values[4 * v + w])
+                                       : static_cast<unsigned int>(to_bits<kDtype>(values[8 * v + 2 * w])) |
+                                             (static_cast<unsigned int>(to_bits<kDtype>(values[8 * v + 2 * w + 1])) << 16);
+            }
+            reinterpret_cast<uint4*>(address)[v] = make_uint4(parts[0], parts[1], parts[2], parts[3]);
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+        if (i < valid) store<kDtype>(base, start + i, values[i]);
+    }
 }
 
 __device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
@@ -96,9 +155,29 @@ __device__ __forceinline__ float entering_adjoint(float product, float value, fl
     return product_next * carry + value_next;
 }
 
+// B and C of a chunk in shared memory: a lane's kItems steps (its segment of the chunk) are read as float4s, and
+// the lanes' k-th float4s lie side by side, so the 32 lanes of a warp read distinct banks.
+template <int kItems, int kSegments> __device__ __forceinline__ int staged_position(int step) {
+    const int segment = step / kItems, item = step % kItems;
+    return (item / 4) * (4 * kSegments) + segment * 4 + item % 4;
+}
+
+template <int kItems, int kSegments>
+__device__ __forceinline__ void load_staged(const float* row, int segment, float (&values)[kItems]) {
+#pragma unroll
+    for (int quarter = 0; quarter < kItems / 4; ++quarter) {
+        const float4 four = reinterpret_cast<const float4*>(row)[quarter * kSegments + segment];
+        values[4 * quarter] = four.x;
+        values[4 * quarter + 1] = four.y;
+        values[4 * quarter + 2] = four.z;
+        values[4 * quarter + 3] = four.w;
+    }
+}
+
+// Launch bounds of 4 CTAs an SM: without them ptxas held the forward to 64 registers and spilled.
 template <int kDtype, int kStates, int kItems, int kChannels, bool kHasZ, bool kHasD, bool kHasDeltaBias,
           bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates, int kSaveEvery>
-__global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
+__global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     const void* __restrict__ u, const void* __restrict__ delta, const float* __restrict__ A,
     const float* __restrict__ B, const float* __restrict__ C, const float* __restrict__ D,
     const void* __restrict__ z, const float* __restrict__ delta_bias, const float* __restrict__ initial_state,
@@ -110,7 +189,8 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     constexpr int kChunk = 32 * kItems;
     constexpr float kLog2e = 1.4426950408889634f;
     static_assert(kSaveEvery % kItems == 0 && kChunk % kSaveEvery == 0, "saved states start a lane's items");
-    // Shared: B then C of the chunk (2 x kStates x kChunk floats), then per warp A log2(e) and the carried
+    static_assert(kItems % 4 == 0, "a lane reads its B and C as float4s");
+    // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e) and the carried
     // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
     // cannot take without a local-memory stack frame.
     extern __shared__ float shared[];
@@ -138,6 +218,11 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
     const float D_value = (kHasD && active) ? D[channel] : 0.f;
     const float bias = (kHasDeltaBias && active) ? delta_bias[channel] : 0.f;
 
+    const long long u_row = batch * u_batch_stride + channel * u_dim_stride;
+    const long long delta_row = batch * delta_batch_stride + channel * delta_dim_stride;
+    const long long z_row = batch * z_batch_stride + channel * z_dim_stride;
+    const long long out_row = batch * out_batch_stride + channel * out_dim_stride;
+
     const int saves = (length + kSaveEvery - 1) / kSaveEvery;
     for (int chunk_start = 0; chunk_start < length; chunk_start += kChunk) {
         // The backward rebuilds each of its chunks from its start state.
@@ -147,42 +232,42 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
         }
         __syncthreads();  // the previous chunk's B/C reads are done
         for (int index = threadIdx.x; index < kStates * kChunk; index += kChannels * 32) {
-            const int n = index / kChunk, t = chunk_start + index % kChunk;
+            const int n = index / kChunk, step = index % kChunk, t = chunk_start + step;
+            const int position = n * kChunk + staged_position<kItems, 32>(step);
             const bool inside = t < length;
-            shared_B[index] = inside ? B_rows[n * (long long)length + t] : 0.f;
-            shared_C[index] = inside ? C_rows[n * (long long)length + t] : 0.f;
+            shared_B[position] = inside ? B_rows[n * (long long)length + t] : 0.f;
+            shared_C[position] = inside ? C_rows[n * (long long)length + t] : 0.f;
         }
         __syncthreads();
 
         // Steps past the end get delta 0 and u 0: decay 1 and no input, so the carried state passes unchanged.
-        float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
-        float dt_sum = 0.f;
         const int first = chunk_start + lane * kItems;
+        const int valid = active ? min(length - first, kItems) : 0;
+        float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
+        load_items<kDtype, kItems>(u, u_row + first, valid, u_values);
+        load_items<kDtype, kItems>(delta, delta_row + first, valid, dt);
+        float dt_sum = 0.f;
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-            const int t = first + i;
-            const bool inside = active && t < length;
-            const float u_i = inside ? to_float<kDtype>(u, batch * u_batch_stride + channel * u_dim_stride + t) : 0.f;
-            float dt_i = inside ? to_float<kDtype>(delta, batch * delta_batch_stride + channel * delta_dim_stride + t) + bias : 0.f;
-            if (kSoftplus && inside) dt_i = softplus(dt_i);
+            float dt_i = i < valid ? dt[i] + bias : 0.f;
+            if (kSoftplus && i < valid) dt_i = softplus(dt_i);
             dt[i] = dt_i;
-            dtu[i] = dt_i * u_i;
-            u_values[i] = u_i;
+            dtu[i] = dt_i * u_values[i];
             y[i] = 0.f;
             dt_sum += dt_i;
         }
 
 #pragma unroll 1
         for (int n = 0; n < kStates; ++n) {
-            const float* B_n = shared_B + n * kChunk + lane * kItems;
-            const float* C_n = shared_C + n * kChunk + lane * kItems;
             const float A_n = A_log2[n], carry_n = carry[n];  // read before lane 0 replaces carry[n] below
-            float a[kItems];
+            float a[kItems], b[kItems], C_n[kItems];
+            load_staged<kItems, 32>(shared_B + n * kChunk, lane, b);
             float h = 0.f;  // pass 1: this lane's items from a zero state
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {
                 a[i] = exp2f(dt[i] * A_n);
-                h = a[i] * h + dtu[i] * B_n[i];
+                b[i] *= dtu[i];
+                h = fmaf(a[i], h, b[i]);
             }
             float chunk_decay, chunk_h;
             float state = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
@@ -191,25 +276,25 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_fwd(
                 first < length) {
                 chunk_states[((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates + n] = state;
             }
+            load_staged<kItems, 32>(shared_C + n * kChunk, lane, C_n);
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
-                state = a[i] * state + dtu[i] * B_n[i];
-                y[i] += C_n[i] * state;
+                state = fmaf(a[i], state, b[i]);
+                y[i] = fmaf(C_n[i], state, y[i]);
             }
         }
 
+        if (kHasD) {
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-            const int t = first + i;
-            if (!active || t >= length) continue;
-            float value = y[i];
-            if (kHasD) value += D_value * u_values[i];
-            if (kHasZ) {
-                const float z_i = to_float<kDtype>(z, batch * z_batch_stride + channel * z_dim_stride + t);
-                value *= z_i / (1.f + __expf(-z_i));
-            }
-            store<kDtype>(out, batch * out_batch_stride + channel * out_dim_stride + t, value);
+            for (int i = 0; i < kItems; ++i) y[i] = fmaf(D_value, u_values[i], y[i]);
         }
+        if (kHasZ) {
+            float z_values[kItems];
+            load_items<kDtype, kItems>(z, z_row + first, valid, z_values);
+#pragma unroll
+            for (int i = 0; i < kItems; ++i) y[i] *= z_values[i] / (1.f + __expf(-z_values[i]));
+        }
+        store_items<kDtype, kItems>(out, out_row + first, valid, y);
     }
     if (kReturnLastState && active && lane == 0) {
         for (int n = 0; n < kStates; ++n) last_state[(batch * (long long)dim + channel) * kStates + n] = carry[n];
@@ -435,23 +520,6 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
 // kDeterministic: no atomics at all. Each CTA stores its dB and dC sums into its own row of partial sums (batch,
 // groups, CTAs of a group, N, L), each batch element its dA, dD and d delta_bias into (batch, dim[, N]); the launcher
 // adds them up in a fixed order, so the gradients are the same bit for bit from run to run.
-template <int kItems, int kSegments> __device__ __forceinline__ int staged_position(int step) {
-    const int segment = step / kItems, item = step % kItems;
-    return (item / 4) * (4 * kSegments) + segment * 4 + item % 4;
-}
-
-template <int kItems, int kSegments>
-__device__ __forceinline__ void load_staged(const float* row, int segment, float (&values)[kItems]) {
-#pragma unroll
-    for (int quarter = 0; quarter < kItems / 4; ++quarter) {
-        const float4 four = reinterpret_cast<const float4*>(row)[quarter * kSegments + segment];
-        values[4 * quarter] = four.x;
-        values[4 * quarter + 1] = four.y;
-        values[4 * quarter + 2] = four.z;
-        values[4 * quarter + 3] = four.w;
-    }
-}
-
 // Sums each item over the warp's channels (the lane bits above the segment bits), halving at each level: a lane
 // keeps the half of its items that its bit selects and sends the other half to its partner. Afterwards values[r],
 // r < kItems / kLaneChannels, of lane (lane_channel, segment) is the sum of item lane_channel * kItems /
