@@ -66,7 +66,9 @@ def main() -> None:
     core_rows = bench_lm_train(batch=args.batch_size, length=args.seq_len, steps=10, warmup=3, config=config)
     by_backend = {row["backend"]: row for row in core_rows}
     # The CLI picks its scan backend as `auto` does: compare like with like.
-    core = (by_backend.get("auto") or by_backend["triton"])["value"]
+    core = next(
+        (row for name, row in by_backend.items() if name.startswith("mambakit[auto")), by_backend["mambakit[triton]"]
+    )["value"]
     data = {
         "machine": report.gpu_machine(),
         "mamba_ssm": report.version("mamba_ssm"),

@@ -304,8 +304,11 @@ def test_cuda_scan_in_a_cuda_graph_and_under_torch_compile(backward):
         )
 
     def step(run: Callable = scan) -> list[torch.Tensor]:
+        # Detached, so that no autograd graph outlives its step: a graph kept alive keeps the leaves' gradient
+        # accumulators of the default stream, and a captured backward that meets them syncs with that stream.
         out, last = run(**inputs)
-        return [out, last, *torch.autograd.grad((out * grad).sum() + last.sum(), list(inputs.values()))]
+        grads = torch.autograd.grad((out * grad).sum() + last.sum(), list(inputs.values()))
+        return [out.detach(), last.detach(), *grads]
 
     eager = step()
     stream = torch.cuda.Stream()
