@@ -76,7 +76,7 @@ def triton_fn(config: ScanConfig | None = None) -> Callable:
 
 
 def cuda_fns() -> dict[str, Callable]:
-    """The cuda backend with each backward kernel, and v2 deterministic, by result name ("cuda" is v1, as in
+    """The cuda backend with each backward kernel, and v2 deterministic, by result name (cuda_v1 was "cuda" in
     earlier runs); none where it is unavailable."""
     from mambakit.ops import nvrtc
 
@@ -87,9 +87,7 @@ def cuda_fns() -> dict[str, Callable]:
     from mambakit.ops.cuda_scan import BACKWARDS, selective_scan_cuda
 
     fns = {
-        "cuda" if backward == "v1" else f"cuda_{backward}": functools.partial(
-            selective_scan_cuda, delta_softplus=True, backward=backward
-        )
+        f"cuda_{backward}": functools.partial(selective_scan_cuda, delta_softplus=True, backward=backward)
         for backward in BACKWARDS
     }
     # Backward v2 without atomics: what torch.use_deterministic_algorithms(True) costs.

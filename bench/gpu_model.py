@@ -36,7 +36,8 @@ from triton.testing import do_bench
 
 from mambakit.models import MambaConfig, MambaLMHeadModel, SamplingConfig, generate
 from mambakit.nn import Mamba
-from mambakit.ops import available_backends, resolve_backend
+from mambakit.ops import ScanShape, available_backends, resolve_backend
+from mambakit.ops.measured import layer_scan_shape
 from mambakit.ops.timing import relative_error
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -144,11 +145,14 @@ def _bf16_params(module: nn.Module) -> nn.Module:
     return module
 
 
-def _mambakit_backends(op: str) -> dict[str, str]:
-    """Label -> scan_backend for the mambakit runs: `triton`, and `auto` when it picks something else for `op`."""
+def _mambakit_backends(op: str, shape: ScanShape | None = None) -> dict[str, str]:
+    """Label -> scan_backend for the mambakit runs: `triton`, `cuda` where it can run (for the scan), and `auto`
+    when it picks something else for `op` (for the scan: measured at the layers' `shape`)."""
     backends = {"mambakit[triton]": "triton"}
-    picked = resolve_backend("auto", DEVICE, op).name
-    if picked != "triton":
+    if op == "selective_scan" and available_backends(DEVICE)["cuda"] is None:
+        backends["mambakit[cuda]"] = "cuda"
+    picked = resolve_backend("auto", DEVICE, op, shape=shape).name
+    if picked not in backends.values():
         backends[f"mambakit[auto={picked}]"] = "auto"
     return backends
 
@@ -213,7 +217,8 @@ def bench_block(batch: int = 8, length: int = 2048, d_model: int = 768) -> list[
     torch.manual_seed(0)
     weights = Mamba(d_model, device=DEVICE).state_dict()
     modules: dict[str, nn.Module] = {}
-    for label, backend in _with_separate_ops(_mambakit_backends("selective_scan")).items():
+    layers = layer_scan_shape(batch, 2 * d_model, length, 16, BF16)
+    for label, backend in _with_separate_ops(_mambakit_backends("selective_scan", layers)).items():
         modules[label] = _fuse(Mamba(d_model, scan_backend=backend, device=DEVICE), label)
     unavailable = mamba_ssm_unavailable()
     if unavailable is None:
@@ -357,6 +362,7 @@ def bench_lm_train(
     ids = torch.randint(
         0, config.vocab_size, (batch, length), device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(2)
     )
+    layers = layer_scan_shape(batch, config.d_inner, length, config.d_state, BF16)
     builders: dict[str, Callable[[], tuple[nn.Module, Callable]]] = {
         label: (
             lambda backend=backend, label=label: (
@@ -364,7 +370,7 @@ def bench_lm_train(
                 _lm_loss_mambakit,
             )
         )
-        for label, backend in _with_separate_ops(_mambakit_backends("selective_scan")).items()
+        for label, backend in _with_separate_ops(_mambakit_backends("selective_scan", layers)).items()
     }
     unavailable = mamba_ssm_unavailable()
     if unavailable is None:

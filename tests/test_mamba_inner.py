@@ -110,9 +110,9 @@ def test_mixer_takes_the_fused_path_and_agrees_with_the_separate_ops():
     mixer = Mamba(16, d_state=4, scan_backend="torch")
     hidden = torch.randn(2, 29, 16)
     xz = torch.zeros(64, 58, requires_grad=True)
-    assert mixer._fused_scan_parts(xz, None) is None  # by default on CUDA only
+    assert mixer._fused_scan_parts(xz, None, 2) is None  # by default on CUDA only
     mixer.fuse_inner = True
-    assert mixer._fused_scan_parts(xz, None) is not None
+    assert mixer._fused_scan_parts(xz, None, 2) is not None
     fused, separate = mixer_grads(mixer, hidden, True), mixer_grads(mixer, hidden, False)
     assert fused.keys() == separate.keys() and len(fused) == 2 + len(list(mixer.parameters()))
     for name in fused:
@@ -188,12 +188,12 @@ def test_separate_ops_where_fusing_does_not_apply():
     mixer.fuse_inner = True
     xz = torch.zeros(32, 10, requires_grad=True)
     with torch.no_grad():
-        assert mixer._fused_scan_parts(xz, None) is None
-    assert mixer._fused_scan_parts(xz, mixer.allocate_state(1)) is None
+        assert mixer._fused_scan_parts(xz, None, 1) is None
+    assert mixer._fused_scan_parts(xz, mixer.allocate_state(1), 1) is None
     mixer.fuse_inner = False
-    assert mixer._fused_scan_parts(xz, None) is None
-    assert mixer._fused_scan_parts(xz.double(), None) is None
-    assert Mamba(8, selective=False)._fused_scan_parts(xz, None) is None
+    assert mixer._fused_scan_parts(xz, None, 1) is None
+    assert mixer._fused_scan_parts(xz.double(), None, 1) is None
+    assert Mamba(8, selective=False)._fused_scan_parts(xz, None, 1) is None
     assert selective_scan_parts("reference", torch.device("cpu")) is None
     assert selective_scan_parts("torch", torch.device("cpu")) == (selective_scan_fwd_torch, selective_scan_bwd_torch)
 
@@ -214,7 +214,9 @@ def test_fused_on_gpu_backends_matches_float64_oracle(backend, dtype):
     for batch, d_inner, d_state, length, conv_bias in [(2, 64, 16, 300, True), (1, 40, 8, 97, False)]:
         inputs = inner_inputs(batch, d_inner, d_state, length, conv_bias, seed=length, device="cuda")
         errors = relative_errors(parts, inputs, batch, dtype, conv_backend="auto")
-        assert max(errors.values()) < (1e-5 if dtype == torch.float32 else 1e-2), (backend, errors)
+        # In bf16 the whole mixer rounds: xz, the weights and each projection's output, not only the scan's inputs
+        # (the scan alone keeps 1e-2). The H100 measured 1.00-1.25e-2 on every backend, mamba-ssm's included.
+        assert max(errors.values()) < (1e-5 if dtype == torch.float32 else 2e-2), (backend, errors)
 
 
 @pytest.mark.gpu

@@ -181,7 +181,7 @@ def test_bad_shapes_name_the_argument():
 
 def test_unknown_backend_lists_the_known_ones():
     inputs = {k: v.float() for k, v in scan_inputs(1, 4, 2, 5, "shared").items()}
-    with pytest.raises(ValueError, match="auto, cuda, mamba_ssm, triton, torch, reference"):
+    with pytest.raises(ValueError, match="auto, mamba_ssm, triton, cuda, torch, reference"):
         ops.selective_scan(**inputs, backend="cuda_fast")
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_scan_parts, selective_state_update
 from ..ops.mamba_inner import as_columns, as_sequences, mamba_inner
+from ..ops.measured import layer_scan_shape
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Mamba(nn.Module):
         # one plain GEMM and no (b, l, d) <-> (b, d, l) transposing copy is made, forward or backward.
         columns = hidden_states.reshape(batch * length, -1).t()
         xz = _project_columns(self.in_proj, columns)
-        fused = self._fused_scan_parts(xz, state)
+        fused = self._fused_scan_parts(xz, state, batch)
         if fused is not None:
             y = mamba_inner(
                 xz,
@@ -237,7 +238,7 @@ class Mamba(nn.Module):
             y = cast(Tensor, scan)
         return self._out_proj(y, batch, length)
 
-    def _fused_scan_parts(self, xz: Tensor, state: MambaLayerState | None) -> Any:
+    def _fused_scan_parts(self, xz: Tensor, state: MambaLayerState | None, batch: int) -> Any:
         """The scan backend's forward/backward pair when the training path can run as one fused function
         (`mambakit.ops.mamba_inner`, which keeps two activations a layer fewer), else None: with a state to
         continue from, without gradients, for a time-invariant layer, a wrapped x_proj/dt_proj (e.g. LoRA, whose
@@ -248,7 +249,8 @@ class Mamba(nn.Module):
             return None
         if not torch.is_grad_enabled() or not (xz.requires_grad or any(p.requires_grad for p in self.parameters())):
             return None
-        return selective_scan_parts(self.scan_backend, xz.device)
+        shape = layer_scan_shape(batch, self.d_inner, xz.shape[1] // batch, self.d_state, xz.dtype)
+        return selective_scan_parts(self.scan_backend, xz.device, shape)
 
     def _out_proj(self, y: Tensor, batch: int, length: int) -> Tensor:
         rows = as_columns(y).t()

@@ -25,6 +25,7 @@ from .backends import (
     resolve_backend,
 )
 from .checks import check_scan_args, check_state_update_args, check_tensors
+from .measured import ScanShape, forget_measurements, measurements, scan_shape
 
 
 def selective_scan(
@@ -53,22 +54,27 @@ def selective_scan(
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs = frozenset({"initial_state"}) if initial_state is not None else frozenset()
-    implementation = resolve_backend(backend, u.device, "selective_scan", needs).load("selective_scan")
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    )
+    shape = scan_shape(u, A, B, C, D, z, delta_bias, delta_softplus, initial_state, grad)
+    implementation = resolve_backend(backend, u.device, "selective_scan", needs, shape).load("selective_scan")
     return implementation(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
 
 
 def selective_scan_parts(
-    backend: str, device: torch.device
+    backend: str, device: torch.device, shape: ScanShape | None = None
 ) -> tuple[Callable[..., tuple[Tensor, tuple[Tensor, ...]]], Callable[..., tuple[Tensor | None, ...]]] | None:
     """The scan's forward and backward as two functions, from the backend that `backend` picks on `device` for a
-    scan without an initial state, or None when it has no such pair (then use `selective_scan`). For a fused layer
-    that keeps the scan's inputs itself, or recomputes them (`mamba_inner`):
+    scan without an initial state (for "auto" given the scans' `shape`: the one measured fastest there), or None
+    when it has no such pair (then use `selective_scan`). For a fused layer that keeps the scan's inputs itself, or
+    recomputes them (`mamba_inner`):
 
         out, residuals = forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = backward(u, delta, A, B, C, D, z, delta_bias,
                                                                delta_softplus, residuals, dout)
     """
-    chosen = resolve_backend(backend, device, "selective_scan")
+    chosen = resolve_backend(backend, device, "selective_scan", shape=shape)
     if "selective_scan_fwd" not in chosen.ops:
         return None
     return chosen.load("selective_scan_fwd"), chosen.load("selective_scan_bwd")
@@ -211,9 +217,13 @@ __all__ = [
     "causal_conv1d_update",
     "cross_merge",
     "cross_scan",
+    "forget_measurements",
     "list_backends",
+    "measurements",
     "register_backend",
     "resolve_backend",
+    "ScanShape",
+    "scan_shape",
     "selective_scan",
     "selective_scan_parts",
     "selective_state_update",

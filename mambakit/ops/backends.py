@@ -2,12 +2,14 @@
 
 A backend is registered with a probe that says, for a device, whether it can run there and if not why.
 `backend="auto"` (or the MAMBAKIT_SCAN_BACKEND environment variable) picks the first usable backend in
-registration order that `auto` may choose for the op: mamba_ssm (the scan only), triton, torch, reference. The
-`cuda` backend (NVRTC-compiled kernels) runs only when asked for by name until it is measured ahead.
+registration order that `auto` may choose for the op: mamba_ssm (the scan only), triton, cuda (the scan only),
+torch, reference. For the scan, where several GPU backends are usable, `auto` instead takes the one measured fastest
+at the call's shape on the device at hand (mambakit.ops.measured).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MambakitError, UserError
+from .measured import ScanShape, fastest
 
 ENV_VAR = "MAMBAKIT_SCAN_BACKEND"
 
@@ -60,6 +63,9 @@ class Backend:
     nondeterministic: frozenset[str] = frozenset()
     """Ops whose backward adds with atomics: under torch's deterministic algorithms, `auto` passes over it for them
     while gradients are on (asked for by name, their backward raises NondeterministicError)."""
+    measured: bool = False
+    """Where this and another measured backend can both run a scan, `auto` times them at each new shape and takes
+    the faster (mambakit.ops.measured)."""
 
     def load(self, op: str) -> Callable:
         """Import and return this backend's function for `op`."""
@@ -94,23 +100,27 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, st
 
 
 def resolve_backend(
-    name: str, device: torch.device, op: str = "selective_scan", needs: frozenset[str] = frozenset()
+    name: str,
+    device: torch.device,
+    op: str = "selective_scan",
+    needs: frozenset[str] = frozenset(),
+    shape: ScanShape | None = None,
 ) -> Backend:
     """The backend that runs `op` for tensors on `device`: `name`, or for "auto" the first usable one that has
-    every feature in `needs`."""
+    every feature in `needs`; given the call's `shape`, the fastest of the usable measured backends, timed on first
+    use of the shape (mambakit.ops.measured)."""
     source = ""
     if name == "auto":
         name = os.environ.get(ENV_VAR, "auto") or "auto"
         source = f" (from {ENV_VAR})" if name != "auto" else ""
     if name == "auto":
-        deterministic = torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
-        for backend in _REGISTRY.values():
-            chosen_for = backend.ops if backend.auto_ops is None else backend.auto_ops
-            if deterministic and op in backend.nondeterministic:
-                continue
-            if op in backend.ops and op in chosen_for and not needs & backend.lacks and backend.probe(device) is None:
-                return backend
-        raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
+        eligible = _auto_candidates(device, op, needs, every=shape is not None)
+        if not eligible:
+            raise BackendUnavailableError(f"no scan backend can run {op} on {device}")
+        measured = [backend for backend in eligible if backend.measured]
+        if shape is not None and len(measured) > 1:
+            return fastest(op, measured, device, shape)
+        return eligible[0]
     if name not in _REGISTRY:
         raise UserError(f"unknown scan backend {name!r}{source}; choose one of: auto, {', '.join(_REGISTRY)}")
     backend = _REGISTRY[name]
@@ -127,6 +137,22 @@ def resolve_backend(
     return backend
 
 
+def _auto_candidates(device: torch.device, op: str, needs: frozenset[str], every: bool) -> list[Backend]:
+    """The backends `auto` may take for `op` on `device`, in registration order: all of them, or (`every` False)
+    only the first."""
+    deterministic = torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
+    found = []
+    for backend in _REGISTRY.values():
+        chosen_for = backend.ops if backend.auto_ops is None else backend.auto_ops
+        if deterministic and op in backend.nondeterministic:
+            continue
+        if op in backend.ops and op in chosen_for and not needs & backend.lacks and backend.probe(device) is None:
+            found.append(backend)
+            if not every:
+                break
+    return found
+
+
 def _needs_cuda(device: torch.device) -> str | None:
     if not torch.cuda.is_available():
         return "it needs a CUDA GPU and none is visible; use backend='torch' (fast, pure PyTorch) on CPU"
@@ -135,6 +161,7 @@ def _needs_cuda(device: torch.device) -> str | None:
     return None
 
 
+@functools.cache
 def _probe_import(module: str, extra_hint: str) -> str | None:
     try:
         importlib.import_module(module)
@@ -168,24 +195,10 @@ def _probe_cuda(device: torch.device) -> str | None:
     return unavailable_reason(device)
 
 
-# mambakit's NVRTC kernels: selectable by name; `auto` passes over them until the device benchmarks show them
-# ahead (bench/gpu.py): their backward is still 3-4x slower than Triton's (bench/results/gpu_notes.md).
-register_backend(
-    Backend(
-        "cuda",
-        "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step)",
-        _probe_cuda,
-        {
-            "selective_scan": ".cuda_scan:selective_scan_cuda",
-            "selective_scan_fwd": ".cuda_scan:selective_scan_fwd_cuda",
-            "selective_scan_bwd": ".cuda_scan:selective_scan_bwd_cuda",
-        },
-        auto_ops=frozenset(),
-    )
-)
-# Fastest first. mamba-ssm's CUDA scan still beats mambakit's Triton scan on the H100 (bench/results/gpu_notes.md),
-# so where it is installed `auto` takes it for the scan; for everything else (decode step, conv, norm, scans from an
-# initial state) the Triton kernels run, which need no build. Its decode step stays selectable by name.
+# Where nothing is measured, fastest first. mamba-ssm's CUDA scan beats mambakit's Triton scan on the H100
+# (bench/results/gpu_notes.md), so where it is installed `auto` takes it for an unmeasured scan; for everything else
+# (decode step, conv, norm, scans from an initial state) the Triton kernels run, which need no build. Its decode step
+# stays selectable by name.
 register_backend(
     Backend(
         "mamba_ssm",
@@ -200,6 +213,7 @@ register_backend(
         lacks=frozenset({"initial_state"}),
         auto_ops=frozenset({"selective_scan"}),
         nondeterministic=frozenset({"selective_scan"}),
+        measured=True,
     )
 )
 register_backend(
@@ -219,6 +233,25 @@ register_backend(
             "cross_merge": ".triton_cross_scan:cross_merge_triton",
         },
         nondeterministic=frozenset({"selective_scan", "causal_conv1d"}),
+        measured=True,
+    )
+)
+# mambakit's NVRTC kernels: measured against the other GPU scans at each new shape (they lead at training shapes on
+# the H100, fwd+bwd, and trail at small batch x dim with long sequences; bench/results/gpu_notes.md); without a
+# measurement (CUDA-graph capture, torch.compile) `auto` takes the backends above first. They are deterministic under
+# torch.use_deterministic_algorithms (backward v2 without atomics), so that is where `auto` takes them then.
+register_backend(
+    Backend(
+        "cuda",
+        "mambakit's CUDA C++ kernels, compiled at first use by NVRTC (no build step)",
+        _probe_cuda,
+        {
+            "selective_scan": ".cuda_scan:selective_scan_cuda",
+            "selective_scan_fwd": ".cuda_scan:selective_scan_fwd_cuda",
+            "selective_scan_bwd": ".cuda_scan:selective_scan_bwd_cuda",
+        },
+        auto_ops=frozenset({"selective_scan"}),
+        measured=True,
     )
 )
 register_backend(

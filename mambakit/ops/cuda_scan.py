@@ -2,8 +2,8 @@
 first use by NVRTC for the GPU at hand (mambakit.ops.nvrtc; no build step, no toolkit).
 
 The forward saves the state at the start of every chunk of the backward kernel, which rebuilds each chunk from it.
-Two backward kernels: "v1" (the default) and "v2" (several channels a warp, no shared-memory atomics; see
-cuda/selective_scan.cu), chosen with `backward=`; v2 becomes the default once the GPU has measured it
+Two backward kernels, chosen with `backward=`: "v2" (the default: several channels a warp, no shared-memory
+atomics; see cuda/selective_scan.cu) and "v1" (a warp a channel), which the H100 measured 3-6x slower
 (bench/results/gpu_notes.md). The cases the kernels do not take yet run on the Triton kernels: a time-invariant B
 or C (either or both), float64, L = 0 and more than MAX_STATES states.
 """
@@ -29,6 +29,7 @@ ITEMS = 8
 CHANNELS = 4
 MAX_STATES = 64
 BACKWARDS = ("v1", "v2")
+DEFAULT_BACKWARD = "v2"
 #: The backward v2 without atomics (see `selective_scan_cuda`'s `deterministic`); a variant name inside the ops.
 DETERMINISTIC = "v2-deterministic"
 _VARIANTS = (*BACKWARDS, DETERMINISTIC)
@@ -176,7 +177,7 @@ def selective_scan_cuda(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_last_state: bool = False,
-    backward: str = "v1",
+    backward: str = DEFAULT_BACKWARD,
     deterministic: bool | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with the NVRTC-compiled kernels; same contract as `mambakit.ops.selective_scan`
@@ -455,7 +456,7 @@ def selective_scan_fwd_cuda(
         from .triton_scan import selective_scan_fwd_triton
 
         return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    variant = _variant("v1", None)
+    variant = _variant(DEFAULT_BACKWARD, None)
     out, _, chunk_states = _forward_op(*_prepare(u, delta, A, B, C, D, z, delta_bias, None), delta_softplus, variant)
     # Which backward the saved states are for: torch's deterministic setting may change before the backward runs.
     return out, (chunk_states, torch.tensor(_VARIANTS.index(variant)))
