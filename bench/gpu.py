@@ -3,16 +3,17 @@ conv1d, one Mamba block, a 130M LM training step and generation.
 
 Run on the GPU machine (see bench/results/gpu_notes.md for the exact command):
 
-    python bench/gpu.py [--out DIR] [--sweep]
+    python bench/gpu.py [--out DIR] [--sweep] [--forward-tiles] [--skip-models]
 
 1. The copy rate of the card (the memory floor's rate).
 2. Correctness, before any timing: relative errors against the float64 reference (mambakit's sequential
    `selective_scan_ref` on float64 copies of the same inputs) for the Triton scan, the CUDA scan with each of its
-   backward kernels (`cuda` = v1, `cuda_v2`, `cuda_deterministic`) and mamba-ssm, forward and every gradient, fp32
+   backward kernels (`cuda_v1`, `cuda_v2`, `cuda_deterministic`) and mamba-ssm, forward and every gradient, fp32
    and bf16; the forward at L = 2^20 against the `torch` backend in float64.
 3. Timing with triton.testing.do_bench medians: forward and forward+backward at the benchmark shapes, Triton, CUDA
    (each backward) and mamba-ssm in the same run; with --sweep, first the tile configurations of both Triton
-   kernels.
+   kernels; with --forward-tiles, first each tile of the CUDA forward (steps a lane, states at once), checked
+   against float64, then timed.
 4. The causal conv1d against the causal-conv1d package (bench/gpu_conv.py), then the Mamba block, the 130M LM
    training step and greedy generation against mamba-ssm with identical weights (bench/gpu_model.py); each
    checks its results against mamba-ssm before timing. --skip-models leaves these out.
@@ -166,6 +167,28 @@ def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
     return do_bench(lambda: torch.autograd.grad(fn(**inputs), leaves, grad), warmup=25, rep=100, return_mode="median")
 
 
+def forward_tiles() -> list[dict]:
+    """Each of the cuda forward's FORWARD_TILES: its max relative error against float64 (fp32, every gradient, with
+    the default backward) and its forward ms at each benchmark shape."""
+    from mambakit.ops import cuda_scan
+
+    defaults = cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT
+    rows = []
+    fn = functools.partial(cuda_scan.selective_scan_cuda, delta_softplus=True)
+    try:
+        for items, in_flight in cuda_scan.FORWARD_TILES:
+            cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT = items, in_flight
+            row: dict = {"items": items, "in_flight": in_flight}
+            row["max_rel_err"] = check_against_float64({"cuda": fn}, (2, 96, 16, 1001), torch.float32)["cuda"]["max"]
+            for shape in SHAPES:
+                row["B{} D{} N{} L{}".format(*shape)] = time_scan(fn, shape, backward=False)
+            log(row)
+            rows.append(row)
+    finally:
+        cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT = defaults
+    return rows
+
+
 def time_state_update(batch: int = 64, dim: int = 1536, d_state: int = 16) -> dict:
     """Median microseconds of one decode step (bf16 x/dt/z/B/C, fp32 state), Triton and mamba-ssm."""
     from mambakit.ops.triton_step import selective_state_update_triton
@@ -247,6 +270,9 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(report.RESULTS))
     parser.add_argument("--sweep", action="store_true", help="time the tile configurations first")
     parser.add_argument("--skip-models", action="store_true", help="time the scan only")
+    parser.add_argument(
+        "--forward-tiles", action="store_true", help="check and time the cuda forward's tiles (FORWARD_TILES) first"
+    )
     parser.add_argument("--commit", default="", help="commit the tree was checked out at (default: git HEAD)")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -280,6 +306,8 @@ def main() -> None:
     section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
     section("correct_long_fp32", lambda: check_long_forward(ours))
 
+    if args.forward_tiles and cudas:
+        section("forward_tiles", forward_tiles)
     configs = {shape: default_config(shape[0], shape[1]) for shape in SHAPES}
     if args.sweep:
         for shape in SHAPES:
@@ -335,6 +363,9 @@ def main() -> None:
     if isinstance(results.get("correct_long_fp32"), dict):
         for impl, value in results["correct_long_fp32"].items():
             log(f"{'correct_long_fp32 (2^20)':26s} {impl:10s} {json.dumps(value)}")
+    for row in results.get("forward_tiles") or []:
+        if isinstance(row, dict) and "items" in row:
+            log(f"cuda forward tile items={row['items']} in_flight={row['in_flight']}: " + json.dumps(row))
     log(f"{'shape':24s} {'impl':10s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
     for row in results.get("timing") or []:
         if isinstance(row, dict) and "impl" in row:

@@ -15,6 +15,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def every_kernel_variant() -> list[str]:
                 for flags in (on[:6], (True, True, True, True, False, False))
             ]
             names.append(cuda_scan.kernel_name(dtype, 16, items, channels, *on, save_every=cuda_scan.v2_chunk(layout)))
+    for forward_items, in_flight in cuda_scan.FORWARD_TILES:  # for either backward
+        for save_every in (32 * items, cuda_scan.v2_chunk(cuda_scan.V2_LAYOUTS[0])):
+            names.append(cuda_scan.kernel_name(1, 16, forward_items, channels, *on, save_every, in_flight))
     return list(dict.fromkeys(names))
 
 
@@ -73,12 +77,16 @@ def every_kernel_variant() -> list[str]:
 @pytest.mark.parametrize("architecture", [80, 90])
 def test_every_kernel_variant_compiles_without_a_gpu(architecture, tmp_path, monkeypatch):
     monkeypatch.setenv(nvrtc.CACHE_ENV_VAR, str(tmp_path))
+    # In two programs on two threads: NVRTC compiles without the GIL, so CI's two cores halve the time.
     names = every_kernel_variant()
-    compiled = nvrtc.compile_kernels(cuda_scan.source(), names, architecture)
-    assert not compiled.cached and compiled.cubin[:4] == b"\x7fELF"
-    assert set(compiled.lowered) == set(names) and all(m.startswith("_Z") for m in compiled.lowered.values())
-    again = nvrtc.compile_kernels(cuda_scan.source(), names, architecture)
-    assert again.cached and again.cubin == compiled.cubin and again.lowered == compiled.lowered
+    halves = [names[0::2], names[1::2]]
+    with ThreadPoolExecutor(2) as pool:
+        programs = list(pool.map(lambda half: nvrtc.compile_kernels(cuda_scan.source(), half, architecture), halves))
+    for half, compiled in zip(halves, programs, strict=True):
+        assert not compiled.cached and compiled.cubin[:4] == b"\x7fELF"
+        assert set(compiled.lowered) == set(half) and all(m.startswith("_Z") for m in compiled.lowered.values())
+        again = nvrtc.compile_kernels(cuda_scan.source(), half, architecture)
+        assert again.cached and again.cubin == compiled.cubin and again.lowered == compiled.lowered
 
 
 @needs_nvrtc
@@ -252,6 +260,22 @@ def test_cuda_matches_float64_reference_with_every_gradient(case, dtype, backwar
     errors = errors_vs_reference(scan, inputs, seed=dim)
     bad = {k: v for k, v in errors.items() if not v < TOLERANCE[dtype]}
     assert not bad, f"relative errors over {TOLERANCE[dtype]}: {bad}"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("tile", cuda_scan.FORWARD_TILES, ids=str)
+@pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)
+def test_every_forward_tile_matches_float64_reference(tile, backward, monkeypatch):
+    from test_triton import cast_inputs, errors_vs_reference
+
+    monkeypatch.setattr(cuda_scan, "FORWARD_ITEMS", tile[0])
+    monkeypatch.setattr(cuda_scan, "FORWARD_IN_FLIGHT", tile[1])
+    for batch, dim, d_state, length, layout, options in (GPU_CASES[0], GPU_CASES[-1]):
+        inputs = scan_inputs(batch, dim, d_state, length, layout, device="cuda", seed=length, **options)
+        scan = functools.partial(cuda_scan.selective_scan_cuda, backward=backward)
+        errors = errors_vs_reference(scan, cast_inputs(inputs, torch.float32), seed=dim)
+        assert max(errors.values()) < TOLERANCE[torch.float32], errors
 
 
 @pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)

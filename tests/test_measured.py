@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from test_ops import scan_inputs
+from scan_cases import scan_inputs
 
 from mambakit import ops
 from mambakit.ops import backends, measured
@@ -104,3 +104,22 @@ def test_the_fused_mixer_asks_for_its_layer_shape(registry):
     ((_, op, shape),) = ops.measurements()
     assert (op, shape) == ("selective_scan", measured.layer_scan_shape(3, 32, 29, 4, torch.float32))
     assert shape.length == 32 and shape.has_z and shape.grad and not shape.initial_state
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_every_usable_kernel_is_timed_and_the_fastest_runs():
+    usable = [name for name, reason in ops.available_backends("cuda").items() if reason is None]
+    timed = [name for name in ("mamba_ssm", "triton", "cuda") if name in usable]
+    if len(timed) < 2:
+        pytest.skip(f"fewer than two GPU scan backends here: {usable}")
+    measured.forget_measurements()
+    leaves = {
+        k: v.to("cuda", torch.bfloat16 if k in ("u", "delta", "z") else torch.float32).requires_grad_()
+        for k, v in scan_inputs(4, 256, 16, 1000, "shared", initial=False, seed=2).items()
+    }
+    ops.selective_scan(**leaves, delta_softplus=True).sum().backward()
+    ((_, _, shape), choice), *_ = ops.measurements().items()
+    assert shape.length == 1024 and shape.dtype == torch.bfloat16 and shape.grad
+    assert set(choice.milliseconds) == set(timed) and not choice.errors, choice
+    assert choice.chosen == min(choice.milliseconds, key=lambda name: choice.milliseconds[name] or float("inf"))

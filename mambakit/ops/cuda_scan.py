@@ -27,6 +27,14 @@ DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 ITEMS = 8
 #: Channels (warps) per CTA, sharing the chunk's B and C.
 CHANNELS = 4
+#: The forward's tile: steps per lane (8, 16 or 32: its chunk must hold whole chunks of either backward, and a lane's
+#: steps whole chunks of v2's) and states scanned at once (taken where it divides N, else 1). Within the 128
+#: registers of its launch bounds, ptxas (NVRTC 13, sm_90) fits 8 x 1, 8 x 2 and 16 x 1 and spills 16 bytes at 8 x 4,
+#: 200 at 16 x 2, 860 at 32 x 1.
+FORWARD_ITEMS = 8
+FORWARD_IN_FLIGHT = 1
+#: The forward tiles (FORWARD_ITEMS, FORWARD_IN_FLIGHT) the tests compile and check and bench/gpu.py times.
+FORWARD_TILES = ((8, 1), (8, 2), (8, 4), (16, 1))
 MAX_STATES = 64
 BACKWARDS = ("v1", "v2")
 DEFAULT_BACKWARD = "v2"
@@ -59,11 +67,14 @@ def kernel_name(
     return_last_state: bool,
     save_chunk_states: bool = False,
     save_every: int | None = None,
+    in_flight: int = 1,
 ) -> str:
     """The template instantiation of the forward kernel for one combination of settings; `save_every` is the steps
-    between the states it saves for the backward (default: its own chunk, 32 x items, which v1's backward takes)."""
+    between the states it saves for the backward (default: its own chunk, 32 x items); `in_flight` the states a
+    warp scans at once (it must divide `states`)."""
     flags = (has_z, has_D, has_delta_bias, softplus, has_initial_state, return_last_state, save_chunk_states)
-    return _instantiation("selective_scan_fwd", dtype_code, states, items, channels, *flags, save_every or 32 * items)
+    save_every = save_every or 32 * items
+    return _instantiation("selective_scan_fwd", dtype_code, states, items, channels, *flags, save_every, in_flight)
 
 
 def _instantiation(kernel: str, *arguments: int | bool) -> str:
@@ -120,14 +131,22 @@ def v2_layout(dim: int, groups: int, states: int) -> tuple[int, int]:
     return small[0] if small else min(fitting, key=lambda c: backward_v2_shared_bytes(states, c))
 
 
+#: A Mamba layer's scan flags: z, D, delta bias, softplus; no initial state.
+LAYER_FLAGS = (True, True, True, True, False)
+
+
+def _layer_forward(dtype_code: int, save_every: int) -> str:
+    return kernel_name(dtype_code, 16, FORWARD_ITEMS, CHANNELS, *LAYER_FLAGS, True, True, save_every, FORWARD_IN_FLIGHT)
+
+
 #: The forwards and backwards a Mamba layer runs in training (z, D, delta bias, softplus; no initial state) with
 #: each backward kernel (v2 in its 16-state layout), by input dtype name.
 LAYER_VARIANTS = {
     name: [
-        kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, True, True),
-        backward_kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, False),
-        kernel_name(code, 16, ITEMS, CHANNELS, True, True, True, True, False, True, True, v2_chunk(V2_LAYOUTS[0])),
-        backward_v2_kernel_name(code, 16, ITEMS, V2_LAYOUTS[0], True, True, True, True, False, False),
+        _layer_forward(code, 32 * ITEMS),
+        backward_kernel_name(code, 16, ITEMS, CHANNELS, *LAYER_FLAGS, False),
+        _layer_forward(code, v2_chunk(V2_LAYOUTS[0])),
+        backward_v2_kernel_name(code, 16, ITEMS, V2_LAYOUTS[0], *LAYER_FLAGS, False),
     ]
     for name, code in (("fp32", 0), ("bf16", 1), ("fp16", 2))
 }
@@ -293,7 +312,8 @@ def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[T
     save_every = _save_every(dim, groups, states, backward)
     channels = _channels_per_cta(dim, groups)
     flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
-    name = kernel_name(DTYPE_CODES[u.dtype], states, ITEMS, channels, *flags, True, True, save_every)
+    in_flight = FORWARD_IN_FLIGHT if states % FORWARD_IN_FLIGHT == 0 else 1
+    name = kernel_name(DTYPE_CODES[u.dtype], states, FORWARD_ITEMS, channels, *flags, True, True, save_every, in_flight)
     pointers = (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)
     arguments = [*map(pointer, pointers), *_sizes_and_strides(inputs, out)]
     grid = ((dim + channels - 1) // channels, batch, 1)
@@ -496,7 +516,7 @@ def selective_scan_bwd_cuda(
 
 def forward_shared_bytes(states: int, channels: int) -> int:
     """The forward's shared memory: the chunk's B and C, and each warp's A and carried states."""
-    return 4 * (2 * states * 32 * ITEMS + 2 * channels * states)
+    return 4 * (2 * states * 32 * FORWARD_ITEMS + 2 * channels * states)
 
 
 def backward_shared_bytes(states: int, channels: int) -> int:

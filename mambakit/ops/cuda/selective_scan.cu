@@ -12,9 +12,9 @@
 //
 // Template parameters: kDtype (0 fp32, 1 bf16, 2 fp16) of u, delta, z and out; kStates (N); kItems (steps per
 // lane); kChannels (warps per CTA); flags for z, D, delta_bias, softplus, an initial state, the last state and
-// the start states that the backward needs; and kSaveEvery, the steps between those saved states: the backward's
-// chunk (v1's is this kernel's chunk; v2's is shorter, and the lanes whose items start a v2 chunk save the state
-// entering them).
+// the start states that the backward needs; kSaveEvery, the steps between those saved states: the backward's
+// chunk (where it is shorter than this kernel's, the lanes whose items start one save the state entering them);
+// and kInFlight, the states a warp scans at once.
 // B and C come as fp32 (batch, groups, N, L) with unit stride in L.
 
 typedef unsigned short u16;
@@ -176,7 +176,8 @@ __device__ __forceinline__ void load_staged(const float* row, int segment, float
 
 // Launch bounds of 4 CTAs an SM: without them ptxas held the forward to 64 registers and spilled.
 template <int kDtype, int kStates, int kItems, int kChannels, bool kHasZ, bool kHasD, bool kHasDeltaBias,
-          bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates, int kSaveEvery>
+          bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates, int kSaveEvery,
+          int kInFlight>
 __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     const void* __restrict__ u, const void* __restrict__ delta, const float* __restrict__ A,
     const float* __restrict__ B, const float* __restrict__ C, const float* __restrict__ D,
@@ -190,6 +191,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     constexpr float kLog2e = 1.4426950408889634f;
     static_assert(kSaveEvery % kItems == 0 && kChunk % kSaveEvery == 0, "saved states start a lane's items");
     static_assert(kItems % 4 == 0, "a lane reads its B and C as float4s");
+    static_assert(kStates % kInFlight == 0, "the states go in groups of kInFlight");
     // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e) and the carried
     // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
     // cannot take without a local-memory stack frame.
@@ -258,29 +260,39 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
         }
 
 #pragma unroll 1
-        for (int n = 0; n < kStates; ++n) {
-            const float A_n = A_log2[n], carry_n = carry[n];  // read before lane 0 replaces carry[n] below
-            float a[kItems], b[kItems], C_n[kItems];
-            load_staged<kItems, 32>(shared_B + n * kChunk, lane, b);
-            float h = 0.f;  // pass 1: this lane's items from a zero state
+        for (int first_state = 0; first_state < kStates; first_state += kInFlight) {
+            // kInFlight states at once: their lane scans are independent, so their shuffles overlap.
+            float a[kInFlight][kItems], b[kInFlight][kItems], state[kInFlight];
 #pragma unroll
-            for (int i = 0; i < kItems; ++i) {
-                a[i] = exp2f(dt[i] * A_n);
-                b[i] *= dtu[i];
-                h = fmaf(a[i], h, b[i]);
-            }
-            float chunk_decay, chunk_h;
-            float state = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
-            if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
-            if (kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 &&
-                first < length) {
-                chunk_states[((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates + n] = state;
-            }
-            load_staged<kItems, 32>(shared_C + n * kChunk, lane, C_n);
+            for (int s = 0; s < kInFlight; ++s) {
+                const int n = first_state + s;
+                const float A_n = A_log2[n], carry_n = carry[n];  // read before lane 0 replaces carry[n] below
+                load_staged<kItems, 32>(shared_B + n * kChunk, lane, b[s]);
+                float h = 0.f;  // pass 1: this lane's items from a zero state
 #pragma unroll
-            for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
-                state = fmaf(a[i], state, b[i]);
-                y[i] = fmaf(C_n[i], state, y[i]);
+                for (int i = 0; i < kItems; ++i) {
+                    a[s][i] = exp2f(dt[i] * A_n);
+                    b[s][i] *= dtu[i];
+                    h = fmaf(a[s][i], h, b[s][i]);
+                }
+                float chunk_decay, chunk_h;
+                state[s] = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
+                if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
+                if (kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 &&
+                    first < length) {
+                    chunk_states[((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates + n] =
+                        state[s];
+                }
+            }
+#pragma unroll
+            for (int s = 0; s < kInFlight; ++s) {
+                float C_n[kItems];
+                load_staged<kItems, 32>(shared_C + (first_state + s) * kChunk, lane, C_n);
+#pragma unroll
+                for (int i = 0; i < kItems; ++i) {  // pass 2: from the entering state, with the outputs
+                    state[s] = fmaf(a[s][i], state[s], b[s][i]);
+                    y[i] = fmaf(C_n[i], state[s], y[i]);
+                }
             }
         }
 
