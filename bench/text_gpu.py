@@ -12,6 +12,7 @@ kernel compilation); the run trains on the default corpus (bytes) with its defau
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -19,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # beside this script
@@ -51,6 +54,42 @@ def cli_tokens_per_second(args: argparse.Namespace) -> tuple[float, list[float],
     return statistics.median(windows[2:]), windows, config
 
 
+def profile_cli(args: argparse.Namespace) -> None:
+    """The CLI run once more under torch.profiler: steps 21 .. 20 + --profile-steps recorded; writes
+    DIR/text_gpu_profile.txt with the wall time per step, the GPU's busy time per step (the kernels' own time) and
+    the ops that take most GPU and most host time."""
+    import mambakit.train as train_package
+
+    wall: list[float] = []
+    schedule = torch.profiler.schedule(wait=20, warmup=0, active=args.profile_steps, repeat=1)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
+
+        def on_step(info: Any) -> None:
+            torch.cuda.synchronize()
+            wall.append(time.perf_counter())
+            profiler.step()
+
+        fit = train_package.fit
+        train_package.fit = functools.partial(fit, callbacks=[on_step])
+        try:
+            cli_tokens_per_second(argparse.Namespace(**{**vars(args), "steps": 20 + args.profile_steps}))
+        finally:
+            train_package.fit = fit
+    averages = profiler.key_averages()
+    steps = args.profile_steps
+    busy_ms = sum(event.self_device_time_total for event in averages) / 1000 / steps
+    wall_ms = (wall[-1] - wall[19]) * 1000 / steps
+    lines = [
+        f"wall {wall_ms:.1f} ms per step, GPU busy {busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})",
+        averages.table(sort_by="self_device_time_total", row_limit=25),
+        averages.table(sort_by="self_cpu_time_total", row_limit=25),
+    ]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "text_gpu_profile.txt").write_text("\n".join(lines))
+    report.log(lines[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="base", help="the text app's preset (base: the 130M layout)")
@@ -60,9 +99,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-text-gpu"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--commit", default="")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="then profile this many steps of the CLI run (after 20) and write where its time goes to DIR",
+    )
     args = parser.parse_args()
 
     cli, windows, config = cli_tokens_per_second(args)
+    if args.profile_steps:
+        profile_cli(args)
     core_rows = bench_lm_train(batch=args.batch_size, length=args.seq_len, steps=10, warmup=3, config=config)
     by_backend = {row["backend"]: row for row in core_rows}
     # The CLI picks its scan backend as `auto` does: compare like with like.
