@@ -573,3 +573,81 @@ def test_the_backward_decomposition_equals_autograd_of_the_reference(case, backw
         ours = emulate_backward(**inputs, dout=dout, dlast=dlast, layout=kernel_layout)
         errors = {name: relative_error(mine, theirs) for name, mine, theirs in zip(names, ours, expected, strict=True)}
         assert max(errors.values()) < 1e-10, (kernel_layout, errors)
+
+
+def reference_kernels(save_every: int) -> tuple[Callable, Callable]:
+    """Stand-ins for the forward and backward kernels' launches in float64 (reference and autograd), with the
+    launches' signatures and output layouts, for checking what is built on them without a GPU."""
+
+    def forward(inputs, softplus, backward):
+        u, delta, A, B, C, D, z, delta_bias, initial = inputs
+        initial = torch.zeros(*u.shape[:2], A.shape[1], dtype=u.dtype) if initial is None else initial
+        out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, softplus, initial, True)
+        return out, last, reference_states(u, delta, A, B, C, delta_bias, initial, every=save_every)
+
+    def backward(inputs, chunk_states, softplus, backward, dout, dlast):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+        out, last = selective_scan_ref(*leaves[:8], softplus, leaves[8], True)
+        total = (out * (0 if dout is None else dout)).sum() + (last * (0 if dlast is None else dlast)).sum()
+        present = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(total, present, allow_unused=True))
+        return tuple(None if t is None else next(grads) for t in leaves)
+
+    return forward, backward
+
+
+@pytest.mark.parametrize("with_initial", [True, False])
+def test_long_sequences_in_segments_equal_one_pass(with_initial):
+    """The three-phase segmented forward and backward (for one long sequence of few channels) give what one pass
+    gives: outputs, last state, saved states and every gradient, with and without an initial state."""
+    save_every, segments = 8, 4
+    forward, backward = reference_kernels(save_every)
+    raw = scan_inputs(1, 5, 3, 64, "grouped:1", seed=4, initial=with_initial)
+    inputs = cuda_scan._Prepared(
+        raw["u"], raw["delta"], raw["A"], raw["B"].reshape(1, 1, 3, 64), raw["C"].reshape(1, 1, 3, 64),
+        raw["D"], raw["z"], raw["delta_bias"], raw.get("initial_state"),
+    )  # fmt: skip
+    whole = forward(inputs, True, "v2")
+    parts = cuda_scan.segmented_forward(inputs, True, "v2", segments, forward)
+    for name, got, expected in zip(("out", "last", "saved states"), parts, whole, strict=True):
+        assert relative_error(got, expected) < 1e-12, name
+    dout, dlast = torch.randn_like(raw["u"]), torch.randn(1, 5, 3, dtype=torch.float64)
+    expected = backward(inputs, whole[2], True, "v2", dout, dlast)
+    got = cuda_scan.segmented_backward(inputs, whole[2], True, "v2", dout, dlast, segments, backward)
+    names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial")
+    for name, a, b in zip(names, got, expected, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.shape == b.shape and relative_error(a, b) < 1e-12, name
+
+
+def test_segments_only_for_one_long_sequence_of_few_channels():
+    def shape(batch, dim, length):
+        return cuda_scan._Prepared(
+            torch.empty(batch, dim, length, device="meta"), None, torch.empty(dim, 16, device="meta"),
+            torch.empty(batch, 1, 16, length, device="meta"),
+            None, None, None, None, None,
+        )  # fmt: skip
+
+    assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 8
+    assert cuda_scan.segments_for(shape(1, 256, 1 << 20), "v2") == 32
+    assert cuda_scan.segments_for(shape(1, 128, 1 << 20), "v2") == cuda_scan.MAX_SEGMENTS
+    assert cuda_scan.segments_for(shape(2, 1536, 65536), "v2") == 1  # more than one sequence
+    assert cuda_scan.segments_for(shape(1, 1536, 4096), "v2") == 1  # too short to pay for the phases
+    assert cuda_scan.segments_for(shape(1, 1536, 65536 + 32), "v2") == 1  # no equal segments of whole chunks
+    assert cuda_scan.segments_for(shape(1, 12288, 65536), "v2") == 1  # enough channels already
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("backward", cuda_scan.BACKWARDS)
+def test_a_long_sequence_in_segments_on_the_gpu_matches_float64_reference(backward, monkeypatch):
+    from test_triton import cast_inputs, errors_vs_reference
+
+    monkeypatch.setattr(cuda_scan, "MIN_SEGMENT", 1024)
+    inputs = cast_inputs(scan_inputs(1, 64, 16, 8192, "shared", device="cuda", seed=11), torch.float32)
+    prepared = cuda_scan._prepare(*(inputs.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), None)
+    assert cuda_scan.segments_for(prepared, backward) == 8
+    scan = functools.partial(cuda_scan.selective_scan_cuda, backward=backward)
+    errors = errors_vs_reference(scan, inputs, seed=3)
+    assert max(errors.values()) < TOLERANCE[torch.float32], errors

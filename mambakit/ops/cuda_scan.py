@@ -304,7 +304,16 @@ def _sizes_and_strides(inputs: _Prepared, out_or_dout: Tensor) -> list[ctypes._S
 
 
 def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The forward kernel: (out, last state, the states the `backward` kernel's chunks start from)."""
+    """The forward: (out, last state, the states the `backward` kernel's chunks start from); one long sequence of
+    few channels in segments scanned side by side (see `segments_for`)."""
+    segments = segments_for(inputs, backward)
+    if segments > 1:
+        return segmented_forward(inputs, softplus, backward, segments, _forward_kernel)
+    return _forward_kernel(inputs, softplus, backward)
+
+
+def _forward_kernel(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
+    """One launch of the forward kernel over the whole sequence."""
     u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
     batch, dim, _ = u.shape
     states, groups = A.shape[1], B.shape[1]
@@ -330,7 +339,22 @@ def _launch_backward(
     dlast: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     """The `backward` kernel: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial) in the kernels' layouts, fp32
-    but for du, ddelta and dz; None for an absent input."""
+    but for du, ddelta and dz; None for an absent input. In segments where the forward ran in segments."""
+    segments = segments_for(inputs, backward)
+    if segments > 1:
+        return segmented_backward(inputs, chunk_states, softplus, backward, dout, dlast, segments, _backward_kernel)
+    return _backward_kernel(inputs, chunk_states, softplus, backward, dout, dlast)
+
+
+def _backward_kernel(
+    inputs: _Prepared,
+    chunk_states: Tensor,
+    softplus: bool,
+    backward: str,
+    dout: Tensor | None,
+    dlast: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """One launch of the `backward` kernel over the whole sequence."""
     u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
     batch, dim, length = u.shape
     states, groups, dtype = A.shape[1], B.shape[1], u.dtype
@@ -367,6 +391,115 @@ def _launch_backward(
     if backward == DETERMINISTIC:
         dB, dC, dA = dB.sum(2), dC.sum(2), dA.sum(0)
         dD, ddelta_bias = (None if t is None else t.sum(0) for t in (dD, ddelta_bias))
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial
+
+
+# Long sequences of few channels (one batch element, B x D well below what fills the GPU, e.g. B1 D1536 L65536) leave
+# most SMs idle: a warp walks its channels' whole sequence. There the sequence is cut into S equal segments, seen by
+# the kernels as S batch elements of one S-th of the length (a strided view: no copy of u, delta, z or dout), in
+# three phases. Forward: (1) each segment scanned from a zero state gives its last state; (2) the state entering
+# each segment, left to right: h_in[s] = exp(A * sum of the segment's delta) * h_in[s-1] + last_zero[s-1], a few
+# small ops per segment; (3) each segment scanned from its entering state gives the outputs and the saved states.
+# Backward, mirrored: (1) each segment's backward with no gradient after it gives the gradient of its entering
+# state; (2) right to left, the gradient after each segment: dlast[s] = dinit_zero[s+1] + exp(A * sum delta of
+# segment s+1) * dlast[s+1]; (3) each segment's backward with that gradient gives every gradient. Each pass
+# costs one more forward (backward) pass, paid back by S times the parallelism.
+#: Channel-segments that fill the GPU (B8 D1536 runs near the kernels' best), the shortest segment worth its
+#: phases, and the most segments.
+SEGMENT_CHANNELS = 12288
+MIN_SEGMENT = 4096
+MAX_SEGMENTS = 64
+
+
+def segments_for(inputs: _Prepared, backward: str) -> int:
+    """Segments to scan a call in: 1 (the plain kernels) unless batch is 1 and dim is small; a power of two whose
+    segments are whole chunks of the forward and the `backward` kernel."""
+    batch, dim, length = inputs.u.shape
+    save_every = _save_every(dim, inputs.B.shape[1], inputs.A.shape[1], backward)
+    if batch != 1:
+        return 1
+    segments = min(SEGMENT_CHANNELS // max(dim, 1), length // MIN_SEGMENT, MAX_SEGMENTS)
+    segments = 1 << max(segments, 1).bit_length() - 1
+    align = max(32 * FORWARD_ITEMS, 32 * ITEMS, save_every)
+    while segments > 1 and length % (segments * align):
+        segments //= 2
+    return segments
+
+
+def _segment_view(t: Tensor, segments: int) -> Tensor:
+    """(1, D, L) with unit stride in L -> (S, D, L / S), the same memory."""
+    _, dim, length = t.shape
+    return t.as_strided((segments, dim, length // segments), (length // segments, t.stride(1), 1))
+
+
+def _joined(t: Tensor) -> Tensor:
+    """(S, ..., L / S) -> (1, ..., L): the segments back in one sequence."""
+    segments, *middle, length = t.shape
+    return t.movedim(0, -2).reshape(1, *middle, segments * length)
+
+
+def _segmented_inputs(inputs: _Prepared, segments: int, initial_state: Tensor | None) -> _Prepared:
+    u, delta, A, B, C, D, z, delta_bias, _ = inputs
+    groups, states, length = B.shape[1], B.shape[2], B.shape[3]
+    split = (groups, states, segments, length // segments)
+    B, C = (t.reshape(split).movedim(2, 0).contiguous() for t in (B, C))
+    z = None if z is None else _segment_view(z, segments)
+    return _Prepared(
+        _segment_view(u, segments), _segment_view(delta, segments), A, B, C, D, z, delta_bias, initial_state
+    )
+
+
+def _segment_decays(inputs: _Prepared, softplus: bool, segments: int) -> Tensor:
+    """(S, D, N): exp(A * the sum of each segment's delta), the factor a segment applies to the state entering it."""
+    delta = inputs.delta[0].to(inputs.A.dtype)  # fp32, as the kernels compute
+    if inputs.delta_bias is not None:
+        delta = delta + inputs.delta_bias[:, None]
+    if softplus:
+        delta = torch.nn.functional.softplus(delta)
+    sums = delta.reshape(delta.shape[0], segments, -1).sum(-1).t()
+    return torch.exp(sums[..., None] * inputs.A)
+
+
+def segmented_forward(
+    inputs: _Prepared, softplus: bool, backward: str, segments: int, launch: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward in `segments` segments (see above), each phase one `launch` (a forward kernel's signature)."""
+    _, last_zero, _ = launch(_segmented_inputs(inputs, segments, None), softplus, backward)
+    decays = _segment_decays(inputs, softplus, segments)
+    initial = inputs.initial_state
+    entering = [initial[0].to(last_zero.dtype) if initial is not None else torch.zeros_like(last_zero[0])]
+    for segment in range(1, segments):
+        entering.append(decays[segment - 1] * entering[-1] + last_zero[segment - 1])
+    out, last, chunk_states = launch(_segmented_inputs(inputs, segments, torch.stack(entering)), softplus, backward)
+    return _joined(out), last[-1:], chunk_states.movedim(0, 1).reshape(1, out.shape[1], -1, last.shape[-1])
+
+
+def segmented_backward(
+    inputs: _Prepared,
+    chunk_states: Tensor,
+    softplus: bool,
+    backward: str,
+    dout: Tensor | None,
+    dlast: Tensor | None,
+    segments: int,
+    launch: Any,
+) -> tuple[Tensor | None, ...]:
+    """The backward of `segmented_forward` in its segments, each phase one `launch` (a backward kernel's
+    signature)."""
+    _, dim, chunks, states = chunk_states.shape
+    per_segment = chunk_states[0].reshape(dim, segments, chunks // segments, states).movedim(1, 0).contiguous()
+    parts = _segmented_inputs(inputs, segments, per_segment[:, :, 0].contiguous())
+    dout = None if dout is None else _segment_view(_unit_stride(dout.to(inputs.u.dtype)), segments)
+    dinitial_zero = launch(parts, per_segment, softplus, backward, dout, None)[-1]
+    decays = _segment_decays(inputs, softplus, segments)
+    after = [dlast[0].to(dinitial_zero.dtype) if dlast is not None else torch.zeros_like(dinitial_zero[0])]
+    for segment in range(segments - 2, -1, -1):
+        after.append(dinitial_zero[segment + 1] + decays[segment + 1] * after[-1])
+    grads = launch(parts, per_segment, softplus, backward, dout, torch.stack(after[::-1]))
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = grads
+    joined = (None if t is None else _joined(t) for t in (du, ddelta, dB, dC, dz))
+    du, ddelta, dB, dC, dz = joined
+    dinitial = None if inputs.initial_state is None else dinitial[:1]
     return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial
 
 
