@@ -23,13 +23,14 @@ Short tables are printed last; everything is written to DIR/gpu_results.json (DI
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -165,6 +166,28 @@ def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
     grad = torch.randn(shape[0], shape[1], shape[3], device="cuda", dtype=torch.bfloat16)
     leaves = [inputs[k] for k in GRAD_NAMES]
     return do_bench(lambda: torch.autograd.grad(fn(**inputs), leaves, grad), warmup=25, rep=100, return_mode="median")
+
+
+def check_segments(fn: Callable) -> dict:
+    """The cuda kernels in segments (one long sequence of few channels) against float64: every gradient at
+    B1 D64 L16384 (4 segments of 4,096), the forward at L = 2^20 (64 segments)."""
+    with long_sequence_segments(True):
+        return {
+            **check_against_float64({"cuda_v2_segments": fn}, (1, 64, 16, 16384), torch.float32),
+            "long": check_long_forward({"cuda_v2_segments": fn}),
+        }
+
+
+@contextlib.contextmanager
+def long_sequence_segments(on: bool) -> Iterator[None]:
+    """The cuda kernels' segments for one long sequence (cuda_scan.LONG_SEQUENCE_SEGMENTS) on or off meanwhile."""
+    from mambakit.ops import cuda_scan
+
+    saved, cuda_scan.LONG_SEQUENCE_SEGMENTS = cuda_scan.LONG_SEQUENCE_SEGMENTS, on
+    try:
+        yield
+    finally:
+        cuda_scan.LONG_SEQUENCE_SEGMENTS = saved
 
 
 def forward_tiles() -> list[dict]:
@@ -305,6 +328,8 @@ def main() -> None:
     check_shape = (2, *SHAPES[0][1:])  # the benchmark shape at batch 2: the float64 autograd graph stays small
     section("correct_bf16_bench_shape", lambda: check_against_float64(impls, check_shape, torch.bfloat16))
     section("correct_long_fp32", lambda: check_long_forward(ours))
+    if cudas:
+        section("correct_segments_fp32", lambda: check_segments(cudas["cuda_v2"]))
 
     if args.forward_tiles and cudas:
         section("forward_tiles", forward_tiles)
@@ -330,13 +355,17 @@ def main() -> None:
     def run_timing() -> list:
         rows = []
         for shape in SHAPES:
-            for name, fn in (("triton", triton_fn(configs[shape])), *cudas.items(), ("mamba_ssm", mamba)):
+            impls = [("triton", triton_fn(configs[shape])), *cudas.items(), ("mamba_ssm", mamba)]
+            if shape[0] == 1 and cudas:  # one long sequence: the cuda kernels in segments too
+                impls.insert(len(impls) - 1, ("cuda_v2_segments", cudas["cuda_v2"]))
+            for name, fn in impls:
                 if fn is None:
                     continue
                 row = {"impl": name, "shape": "B{} D{} N{} L{}".format(*shape)}
                 for key, backward in (("fwd_ms", False), ("fwd_bwd_ms", True)):
                     try:
-                        row[key] = time_scan(fn, shape, backward)
+                        with long_sequence_segments(name.endswith("_segments")):
+                            row[key] = time_scan(fn, shape, backward)
                     except Exception as error:
                         row[key] = float("nan")
                         row[key.replace("ms", "error")] = f"{type(error).__name__}: {error}"[:300]

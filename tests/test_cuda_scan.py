@@ -621,7 +621,7 @@ def test_long_sequences_in_segments_equal_one_pass(with_initial):
             assert a.shape == b.shape and relative_error(a, b) < 1e-12, name
 
 
-def test_segments_only_for_one_long_sequence_of_few_channels():
+def test_segments_only_for_one_long_sequence_of_few_channels(monkeypatch):
     def shape(batch, dim, length):
         return cuda_scan._Prepared(
             torch.empty(batch, dim, length, device="meta"), None, torch.empty(dim, 16, device="meta"),
@@ -629,6 +629,8 @@ def test_segments_only_for_one_long_sequence_of_few_channels():
             None, None, None, None, None,
         )  # fmt: skip
 
+    assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 1  # off until the GPU has checked it
+    monkeypatch.setattr(cuda_scan, "LONG_SEQUENCE_SEGMENTS", True)
     assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 8
     assert cuda_scan.segments_for(shape(1, 256, 1 << 20), "v2") == 32
     assert cuda_scan.segments_for(shape(1, 128, 1 << 20), "v2") == cuda_scan.MAX_SEGMENTS
@@ -645,6 +647,7 @@ def test_a_long_sequence_in_segments_on_the_gpu_matches_float64_reference(backwa
     from test_triton import cast_inputs, errors_vs_reference
 
     monkeypatch.setattr(cuda_scan, "MIN_SEGMENT", 1024)
+    monkeypatch.setattr(cuda_scan, "LONG_SEQUENCE_SEGMENTS", True)
     inputs = cast_inputs(scan_inputs(1, 64, 16, 8192, "shared", device="cuda", seed=11), torch.float32)
     prepared = cuda_scan._prepare(*(inputs.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), None)
     assert cuda_scan.segments_for(prepared, backward) == 8

@@ -404,6 +404,8 @@ def _backward_kernel(
 # state; (2) right to left, the gradient after each segment: dlast[s] = dinit_zero[s+1] + exp(A * sum delta of
 # segment s+1) * dlast[s+1]; (3) each segment's backward with that gradient gives every gradient. Each pass
 # costs one more forward (backward) pass, paid back by S times the parallelism.
+#: Off until the GPU has checked it (tests/test_cuda_scan.py, on a GPU): segments are then used where segments_for says.
+LONG_SEQUENCE_SEGMENTS = False
 #: Channel-segments that fill the GPU (B8 D1536 runs near the kernels' best), the shortest segment worth its
 #: phases, and the most segments.
 SEGMENT_CHANNELS = 12288
@@ -412,11 +414,11 @@ MAX_SEGMENTS = 64
 
 
 def segments_for(inputs: _Prepared, backward: str) -> int:
-    """Segments to scan a call in: 1 (the plain kernels) unless batch is 1 and dim is small; a power of two whose
-    segments are whole chunks of the forward and the `backward` kernel."""
+    """Segments to scan a call in: 1 (the plain kernels) unless LONG_SEQUENCE_SEGMENTS is on, batch is 1 and dim is
+    small; a power of two whose segments are whole chunks of the forward and the `backward` kernel."""
     batch, dim, length = inputs.u.shape
     save_every = _save_every(dim, inputs.B.shape[1], inputs.A.shape[1], backward)
-    if batch != 1:
+    if batch != 1 or not LONG_SEQUENCE_SEGMENTS:
         return 1
     segments = min(SEGMENT_CHANNELS // max(dim, 1), length // MIN_SEGMENT, MAX_SEGMENTS)
     segments = 1 << max(segments, 1).bit_length() - 1
