@@ -61,6 +61,39 @@ def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: s
     return {"tokenizer": tokenizer or "bytes", "seconds": round(seconds, 1), **metrics, "eval_curve": curve}
 
 
+def report_lines(data: dict[str, Any], device: str) -> list[str]:
+    """The markdown report of one run's results (`data`, as written to text_DEVICE.json)."""
+    settings, corpus = data["settings"], data["corpus"]
+    lines = [
+        f"# Text: bits per byte on held-out standard-library modules ({device}, commit {data['commit']})",
+        "",
+        f"{corpus['training_bytes']:,} training bytes, {corpus['held_out_bytes']:,} held-out bytes (every 20th "
+        f"module); models: preset {settings['preset']}, {settings['max_steps']} steps of {settings['batch_size']} x "
+        f"{settings['seq_len']} tokens."
+        + (
+            f" The best is the lowest of the evaluations every {settings['eval_every']} steps: the checkpoint the "
+            "CLI keeps as `best`."
+            if settings.get("eval_every", "0") not in ("0", "None")
+            else ""
+        ),
+        "",
+        "| what | bits per byte | best (step) | notes |",
+        "|---|---|---|---|",
+    ]
+    for name, bits in data["compressors"].items():
+        lines.append(f"| {name} | {bits['given_train']:.3f} | | given the training text; alone {bits['alone']:.3f} |")
+    for name, metrics in data["models"].items():
+        curve = metrics.get("eval_curve") or []
+        best = min(curve, key=lambda point: point["bits_per_byte"]) if curve else None
+        shown = f"{best['bits_per_byte']:.3f} ({best['step']})" if best else ""
+        lines.append(
+            f"| {name} | {metrics['bits_per_byte']:.3f} | {shown} | {metrics['seconds']:.0f} s of training"
+            + (f"; {metrics['bits_per_token']:.3f} bits per token" if "bits_per_token" in metrics else "")
+            + " |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=600)
@@ -97,23 +130,7 @@ def main() -> None:
         "compressors": compressors,
         "models": models,
     }
-    lines = [
-        f"# Text: bits per byte on held-out standard-library modules ({device}, commit {data['commit']})",
-        "",
-        f"{len(train_text):,} training bytes, {len(held):,} held-out bytes (every 20th module); models: preset "
-        f"{args.preset}, {args.max_steps} steps of {args.batch_size} x {args.seq_len} tokens.",
-        "",
-        "| what | bits per byte | notes |",
-        "|---|---|---|",
-    ]
-    for name, bits in compressors.items():
-        lines.append(f"| {name} | {bits['given_train']:.3f} | given the training text; alone {bits['alone']:.3f} |")
-    for name, metrics in models.items():
-        lines.append(
-            f"| {name} | {metrics['bits_per_byte']:.3f} | {metrics['seconds']:.0f} s of training"
-            + (f"; {metrics['bits_per_token']:.3f} bits per token" if "bits_per_token" in metrics else "")
-            + " |"
-        )
+    lines = report_lines(data, device)
     report.write(args.out, f"text_{device}", data, "\n".join(lines))
     print("\n".join(lines))
 
