@@ -115,7 +115,8 @@ def info() -> None:
     console.print(f"CUDA device: {cuda}; CPU threads: {torch.get_num_threads()}")
     _print_domains(console)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    table = Table("scan backend", *devices, title="selective-scan backends (auto picks the first usable)")
+    title = "selective-scan backends (auto: the GPU one measured fastest at each shape, else the first usable)"
+    table = Table("scan backend", *devices, title=title)
     reasons = {device: available_backends(device) for device in devices}
     for name in reasons["cpu"]:
         table.add_row(name, *(escape(reasons[device][name] or "usable") for device in devices))
