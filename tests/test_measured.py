@@ -80,8 +80,8 @@ def test_auto_takes_the_measured_fastest_and_measures_each_shape_once(registry):
 
 def test_no_measurement_where_nothing_can_be_timed(registry, monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    shape = measured.scan_shape(*(torch.zeros(1, 8, 5), torch.zeros(8, 4)), torch.zeros(1, 4, 5), torch.zeros(1, 4, 5),
-                                None, None, None, True, None, False)  # fmt: skip
+    u, A, B = torch.zeros(1, 8, 5), torch.zeros(8, 4), torch.zeros(1, 4, 5)
+    shape = measured.scan_shape(u, u, A, B, B, None, None, None, True, None)
     assert ops.resolve_backend("auto", torch.device("cpu"), shape=shape).name == "broken"  # first in the order
     assert ops.measurements() == {} and CALLS == []
 

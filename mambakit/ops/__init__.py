@@ -54,10 +54,9 @@ def selective_scan(
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs = frozenset({"initial_state"}) if initial_state is not None else frozenset()
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    )
-    shape = scan_shape(u, A, B, C, D, z, delta_bias, delta_softplus, initial_state, grad)
+    shape = None  # only `auto` measures, so only it needs the call's shape
+    if backend == "auto":
+        shape = scan_shape(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     implementation = resolve_backend(backend, u.device, "selective_scan", needs, shape).load("selective_scan")
     return implementation(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
 

@@ -51,6 +51,7 @@ class ScanShape:
 
 def scan_shape(
     u: Tensor,
+    delta: Tensor,
     A: Tensor,
     B: Tensor,
     C: Tensor,
@@ -59,11 +60,13 @@ def scan_shape(
     delta_bias: Tensor | None,
     softplus: bool,
     initial_state: Tensor | None,
-    grad: bool,
 ) -> ScanShape:
-    """The ScanShape of a `selective_scan` call with these arguments."""
+    """The ScanShape of a `selective_scan` call with these arguments (it needs gradients when grad mode is on and
+    any of them requires one)."""
     batch, dim, length = u.shape
     groups = 0 if B.dim() == 2 or C.dim() == 2 else (B.shape[1] if B.dim() == 4 else 1)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return ScanShape(
         batch,
         dim,
