@@ -169,25 +169,22 @@ def time_scan(fn: Callable, shape: tuple, backward: bool) -> float:
 
 
 def check_segments(fn: Callable) -> dict:
-    """The cuda kernels in segments (one long sequence of few channels) against float64: every gradient at
-    B1 D64 L16384 (4 segments of 4,096), the forward at L = 2^20 (64 segments)."""
-    with long_sequence_segments(True):
-        return {
-            **check_against_float64({"cuda_v2_segments": fn}, (1, 64, 16, 16384), torch.float32),
-            "long": check_long_forward({"cuda_v2_segments": fn}),
-        }
+    """The cuda backward in segments (one long sequence of few channels) against float64: every gradient at
+    B1 D64 L16384 (4 segments of 4,096)."""
+    with segmented_backward(True):
+        return check_against_float64({"cuda_v2_segments": fn}, (1, 64, 16, 16384), torch.float32)
 
 
 @contextlib.contextmanager
-def long_sequence_segments(on: bool) -> Iterator[None]:
-    """The cuda kernels' segments for one long sequence (cuda_scan.LONG_SEQUENCE_SEGMENTS) on or off meanwhile."""
+def segmented_backward(on: bool) -> Iterator[None]:
+    """The cuda backward's segments for one long sequence (cuda_scan.SEGMENTED_BACKWARD) on or off meanwhile."""
     from mambakit.ops import cuda_scan
 
-    saved, cuda_scan.LONG_SEQUENCE_SEGMENTS = cuda_scan.LONG_SEQUENCE_SEGMENTS, on
+    saved, cuda_scan.SEGMENTED_BACKWARD = cuda_scan.SEGMENTED_BACKWARD, on
     try:
         yield
     finally:
-        cuda_scan.LONG_SEQUENCE_SEGMENTS = saved
+        cuda_scan.SEGMENTED_BACKWARD = saved
 
 
 def forward_tiles() -> list[dict]:
@@ -356,15 +353,15 @@ def main() -> None:
         rows = []
         for shape in SHAPES:
             impls = [("triton", triton_fn(configs[shape])), *cudas.items(), ("mamba_ssm", mamba)]
-            if shape[0] == 1 and cudas:  # one long sequence: the cuda kernels in segments too
-                impls.insert(len(impls) - 1, ("cuda_v2_segments", cudas["cuda_v2"]))
+            if shape[0] == 1 and cudas:  # one long sequence: the cuda backward in one pass too
+                impls.insert(len(impls) - 1, ("cuda_v2_one_pass", cudas["cuda_v2"]))
             for name, fn in impls:
                 if fn is None:
                     continue
                 row = {"impl": name, "shape": "B{} D{} N{} L{}".format(*shape)}
                 for key, backward in (("fwd_ms", False), ("fwd_bwd_ms", True)):
                     try:
-                        with long_sequence_segments(name.endswith("_segments")):
+                        with segmented_backward(not name.endswith("_one_pass")):
                             row[key] = time_scan(fn, shape, backward)
                     except Exception as error:
                         row[key] = float("nan")

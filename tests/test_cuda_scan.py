@@ -597,9 +597,9 @@ def reference_kernels(save_every: int) -> tuple[Callable, Callable]:
 
 
 @pytest.mark.parametrize("with_initial", [True, False])
-def test_long_sequences_in_segments_equal_one_pass(with_initial):
-    """The three-phase segmented forward and backward (for one long sequence of few channels) give what one pass
-    gives: outputs, last state, saved states and every gradient, with and without an initial state."""
+def test_a_long_sequences_backward_in_segments_equals_one_pass(with_initial):
+    """The three-phase segmented backward (for one long sequence of few channels), from the states one forward pass
+    saved, gives every gradient one pass gives, with and without an initial state."""
     save_every, segments = 8, 4
     forward, backward = reference_kernels(save_every)
     raw = scan_inputs(1, 5, 3, 64, "grouped:1", seed=4, initial=with_initial)
@@ -607,13 +607,10 @@ def test_long_sequences_in_segments_equal_one_pass(with_initial):
         raw["u"], raw["delta"], raw["A"], raw["B"].reshape(1, 1, 3, 64), raw["C"].reshape(1, 1, 3, 64),
         raw["D"], raw["z"], raw["delta_bias"], raw.get("initial_state"),
     )  # fmt: skip
-    whole = forward(inputs, True, "v2")
-    parts = cuda_scan.segmented_forward(inputs, True, "v2", segments, forward)
-    for name, got, expected in zip(("out", "last", "saved states"), parts, whole, strict=True):
-        assert relative_error(got, expected) < 1e-12, name
+    _, _, saved_states = forward(inputs, True, "v2")
     dout, dlast = torch.randn_like(raw["u"]), torch.randn(1, 5, 3, dtype=torch.float64)
-    expected = backward(inputs, whole[2], True, "v2", dout, dlast)
-    got = cuda_scan.segmented_backward(inputs, whole[2], True, "v2", dout, dlast, segments, backward)
+    expected = backward(inputs, saved_states, True, "v2", dout, dlast)
+    got = cuda_scan.segmented_backward(inputs, saved_states, True, "v2", dout, dlast, segments, backward)
     names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial")
     for name, a, b in zip(names, got, expected, strict=True):
         assert (a is None) == (b is None), name
@@ -629,8 +626,6 @@ def test_segments_only_for_one_long_sequence_of_few_channels(monkeypatch):
             None, None, None, None, None,
         )  # fmt: skip
 
-    assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 1  # off until the GPU has checked it
-    monkeypatch.setattr(cuda_scan, "LONG_SEQUENCE_SEGMENTS", True)
     assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 8
     assert cuda_scan.segments_for(shape(1, 256, 1 << 20), "v2") == 32
     assert cuda_scan.segments_for(shape(1, 128, 1 << 20), "v2") == cuda_scan.MAX_SEGMENTS
@@ -638,6 +633,8 @@ def test_segments_only_for_one_long_sequence_of_few_channels(monkeypatch):
     assert cuda_scan.segments_for(shape(1, 1536, 4096), "v2") == 1  # too short to pay for the phases
     assert cuda_scan.segments_for(shape(1, 1536, 65536 + 32), "v2") == 1  # no equal segments of whole chunks
     assert cuda_scan.segments_for(shape(1, 12288, 65536), "v2") == 1  # enough channels already
+    monkeypatch.setattr(cuda_scan, "SEGMENTED_BACKWARD", False)
+    assert cuda_scan.segments_for(shape(1, 1536, 65536), "v2") == 1
 
 
 @pytest.mark.gpu
@@ -647,7 +644,6 @@ def test_a_long_sequence_in_segments_on_the_gpu_matches_float64_reference(backwa
     from test_triton import cast_inputs, errors_vs_reference
 
     monkeypatch.setattr(cuda_scan, "MIN_SEGMENT", 1024)
-    monkeypatch.setattr(cuda_scan, "LONG_SEQUENCE_SEGMENTS", True)
     inputs = cast_inputs(scan_inputs(1, 64, 16, 8192, "shared", device="cuda", seed=11), torch.float32)
     prepared = cuda_scan._prepare(*(inputs.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), None)
     assert cuda_scan.segments_for(prepared, backward) == 8

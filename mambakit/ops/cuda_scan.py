@@ -282,7 +282,7 @@ def _forward_outputs(u: Tensor, A: Tensor, B: Tensor, backward: str) -> tuple[Te
     chunks = -(-length // _save_every(dim, B.shape[1], states, backward))
     f32 = torch.float32
     return (
-        u.new_empty(batch, dim, length),
+        torch.empty_like(u),  # in u's layout: the fused mixer's (channels, batch * L) columns stay views
         u.new_empty(batch, dim, states, dtype=f32),
         u.new_empty(batch, dim, chunks, states, dtype=f32),
     )
@@ -304,16 +304,7 @@ def _sizes_and_strides(inputs: _Prepared, out_or_dout: Tensor) -> list[ctypes._S
 
 
 def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The forward: (out, last state, the states the `backward` kernel's chunks start from); one long sequence of
-    few channels in segments scanned side by side (see `segments_for`)."""
-    segments = segments_for(inputs, backward)
-    if segments > 1:
-        return segmented_forward(inputs, softplus, backward, segments, _forward_kernel)
-    return _forward_kernel(inputs, softplus, backward)
-
-
-def _forward_kernel(inputs: _Prepared, softplus: bool, backward: str) -> tuple[Tensor, Tensor, Tensor]:
-    """One launch of the forward kernel over the whole sequence."""
+    """The forward kernel: (out, last state, the states the `backward` kernel's chunks start from)."""
     u, delta, A, B, C, D, z, delta_bias, initial_state = inputs
     batch, dim, _ = u.shape
     states, groups = A.shape[1], B.shape[1]
@@ -360,9 +351,8 @@ def _backward_kernel(
     states, groups, dtype = A.shape[1], B.shape[1], u.dtype
     dout = torch.zeros_like(u) if dout is None else _unit_stride(dout.to(dtype))
     dlast = None if dlast is None else dlast.float().contiguous()
-    du = torch.empty(batch, dim, length, device=u.device, dtype=dtype)
-    ddelta = torch.empty_like(du)
-    dz = torch.empty_like(du) if z is not None else None
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)  # u's layout, as the forward's output
+    dz = torch.empty_like(u) if z is not None else None
     dinitial = torch.empty_like(initial_state) if initial_state is not None else None
     has = (z is not None, D is not None, delta_bias is not None)
     flags = (*has, softplus, initial_state is not None, dlast is not None)
@@ -385,7 +375,7 @@ def _backward_kernel(
     dD = D.new_zeros(*per_batch, dim) if D is not None else None
     ddelta_bias = delta_bias.new_zeros(*per_batch, dim) if delta_bias is not None else None
     pointers = (u, delta, A, B, C, D, z, delta_bias, chunk_states, dout, dlast, du, ddelta, dA, dB, dC, dD, dz)
-    arguments = [*map(pointer, (*pointers, ddelta_bias, dinitial)), *_sizes_and_strides(inputs, dout)]
+    arguments = [*map(pointer, (*pointers, ddelta_bias, dinitial)), *_sizes_and_strides(inputs, dout), *_strides(du)]
     grid = ((dim + channels - 1) // channels, batch, 1)
     _kernel(name, _index(u.device))(grid, (32 * warps, 1, 1), arguments, shared_bytes)
     if backward == DETERMINISTIC:
@@ -395,17 +385,17 @@ def _backward_kernel(
 
 
 # Long sequences of few channels (one batch element, B x D well below what fills the GPU, e.g. B1 D1536 L65536) leave
-# most SMs idle: a warp walks its channels' whole sequence. There the sequence is cut into S equal segments, seen by
-# the kernels as S batch elements of one S-th of the length (a strided view: no copy of u, delta, z or dout), in
-# three phases. Forward: (1) each segment scanned from a zero state gives its last state; (2) the state entering
-# each segment, left to right: h_in[s] = exp(A * sum of the segment's delta) * h_in[s-1] + last_zero[s-1], a few
-# small ops per segment; (3) each segment scanned from its entering state gives the outputs and the saved states.
-# Backward, mirrored: (1) each segment's backward with no gradient after it gives the gradient of its entering
-# state; (2) right to left, the gradient after each segment: dlast[s] = dinit_zero[s+1] + exp(A * sum delta of
-# segment s+1) * dlast[s+1]; (3) each segment's backward with that gradient gives every gradient. Each pass
-# costs one more forward (backward) pass, paid back by S times the parallelism.
-#: Off until the GPU has checked it (tests/test_cuda_scan.py, on a GPU): segments are then used where segments_for says.
-LONG_SEQUENCE_SEGMENTS = False
+# most SMs idle in the backward: backward v2 puts 32 channels in a CTA, so B1 D1536 is 48 CTAs for 132 SMs. There
+# the backward runs with the sequence cut into S equal segments, seen by the kernel as S batch elements of one S-th
+# of the length (a strided view: no copy of u, delta, z or dout), in three phases: (1) each segment's backward with
+# no gradient after it gives the gradient of the state entering it; (2) right to left, the gradient after each
+# segment: dlast[s] = dinit_zero[s+1] + exp(A * sum delta of segment s+1) * dlast[s+1]; (3) each segment's backward
+# with that gradient gives every gradient. The states entering the segments are among those the forward saved.
+# The forward stays one pass: its three-phase version (each segment's last state from a zero start, then the
+# entering states, then the outputs) measured 6.53 ms against one pass's 3.65 ms at B1 D1536 L65536 on an H100
+# (its 4 channels a CTA already give 384 CTAs); the backward went from 24.6 to 11.1 ms.
+#: Whether the backward of one long sequence runs in segments where segments_for says.
+SEGMENTED_BACKWARD = True
 #: Channel-segments that fill the GPU (B8 D1536 runs near the kernels' best), the shortest segment worth its
 #: phases, and the most segments.
 SEGMENT_CHANNELS = 12288
@@ -414,15 +404,15 @@ MAX_SEGMENTS = 64
 
 
 def segments_for(inputs: _Prepared, backward: str) -> int:
-    """Segments to scan a call in: 1 (the plain kernels) unless LONG_SEQUENCE_SEGMENTS is on, batch is 1 and dim is
-    small; a power of two whose segments are whole chunks of the forward and the `backward` kernel."""
+    """Segments to run a call's backward in: 1 (one pass) unless SEGMENTED_BACKWARD is on, batch is 1 and dim is
+    small; a power of two whose segments are whole chunks of the `backward` kernel."""
     batch, dim, length = inputs.u.shape
     save_every = _save_every(dim, inputs.B.shape[1], inputs.A.shape[1], backward)
-    if batch != 1 or not LONG_SEQUENCE_SEGMENTS:
+    if batch != 1 or not SEGMENTED_BACKWARD:
         return 1
     segments = min(SEGMENT_CHANNELS // max(dim, 1), length // MIN_SEGMENT, MAX_SEGMENTS)
     segments = 1 << max(segments, 1).bit_length() - 1
-    align = max(32 * FORWARD_ITEMS, 32 * ITEMS, save_every)
+    align = max(32 * ITEMS, save_every)
     while segments > 1 and length % (segments * align):
         segments //= 2
     return segments
@@ -462,20 +452,6 @@ def _segment_decays(inputs: _Prepared, softplus: bool, segments: int) -> Tensor:
     return torch.exp(sums[..., None] * inputs.A)
 
 
-def segmented_forward(
-    inputs: _Prepared, softplus: bool, backward: str, segments: int, launch: Any
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The forward in `segments` segments (see above), each phase one `launch` (a forward kernel's signature)."""
-    _, last_zero, _ = launch(_segmented_inputs(inputs, segments, None), softplus, backward)
-    decays = _segment_decays(inputs, softplus, segments)
-    initial = inputs.initial_state
-    entering = [initial[0].to(last_zero.dtype) if initial is not None else torch.zeros_like(last_zero[0])]
-    for segment in range(1, segments):
-        entering.append(decays[segment - 1] * entering[-1] + last_zero[segment - 1])
-    out, last, chunk_states = launch(_segmented_inputs(inputs, segments, torch.stack(entering)), softplus, backward)
-    return _joined(out), last[-1:], chunk_states.movedim(0, 1).reshape(1, out.shape[1], -1, last.shape[-1])
-
-
 def segmented_backward(
     inputs: _Prepared,
     chunk_states: Tensor,
@@ -486,8 +462,8 @@ def segmented_backward(
     segments: int,
     launch: Any,
 ) -> tuple[Tensor | None, ...]:
-    """The backward of `segmented_forward` in its segments, each phase one `launch` (a backward kernel's
-    signature)."""
+    """The backward in `segments` segments (see above), each phase one `launch` (a backward kernel's signature), from
+    the states the forward saved (its whole sequence's `chunk_states`)."""
     _, dim, chunks, states = chunk_states.shape
     per_segment = chunk_states[0].reshape(dim, segments, chunks // segments, states).movedim(1, 0).contiguous()
     parts = _segmented_inputs(inputs, segments, per_segment[:, :, 0].contiguous())
@@ -573,7 +549,8 @@ def _backward_op(
 @_backward_op.register_fake
 def _backward_fake(*arguments: Any) -> tuple[Tensor, ...]:
     inputs = _Prepared(*arguments[:9])
-    like = (inputs.u, inputs.u, *inputs[2:5], inputs.D, inputs.z, inputs.delta_bias, inputs.initial_state)
+    dz_like = None if inputs.z is None else inputs.u  # du, ddelta and dz come in u's layout
+    like = (inputs.u, inputs.u, *inputs[2:5], inputs.D, dz_like, inputs.delta_bias, inputs.initial_state)
     return tuple(inputs.u.new_empty(0) if t is None else torch.empty_like(t) for t in like)
 
 

@@ -174,6 +174,39 @@ __device__ __forceinline__ void load_staged(const float* row, int segment, float
     }
 }
 
+// A chunk's B and C (kStates rows of kChunk = kSegments x kItems steps from chunk_start, 0 past the end) into shared
+// memory in staged_position order, by all kThreads threads of the CTA. Four consecutive steps are one float4 in
+// both places (kItems % 4 == 0), read with one 16-byte load where the row allows it.
+template <int kStates, int kItems, int kSegments, int kThreads>
+__device__ __forceinline__ void stage_chunk(const float* B_rows, const float* C_rows, int length, int chunk_start,
+                                            float* shared_B, float* shared_C) {
+    constexpr int kChunk = kSegments * kItems;
+    constexpr int kQuads = kStates * kChunk / 4;
+    const bool aligned = length % 4 == 0 && reinterpret_cast<unsigned long long>(B_rows) % 16 == 0 &&
+                         reinterpret_cast<unsigned long long>(C_rows) % 16 == 0;
+    for (int quad = threadIdx.x; quad < kQuads; quad += kThreads) {
+        const int n = quad / (kChunk / 4), step = (quad % (kChunk / 4)) * 4, t = chunk_start + step;
+        const long long at = n * (long long)length + t;
+        float4 b, c;
+        if (aligned && t + 4 <= length) {
+            b = *reinterpret_cast<const float4*>(B_rows + at);
+            c = *reinterpret_cast<const float4*>(C_rows + at);
+        } else {
+            float b_steps[4], c_steps[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                b_steps[k] = t + k < length ? B_rows[at + k] : 0.f;
+                c_steps[k] = t + k < length ? C_rows[at + k] : 0.f;
+            }
+            b = make_float4(b_steps[0], b_steps[1], b_steps[2], b_steps[3]);
+            c = make_float4(c_steps[0], c_steps[1], c_steps[2], c_steps[3]);
+        }
+        const int position = n * kChunk + staged_position<kItems, kSegments>(step);
+        *reinterpret_cast<float4*>(shared_B + position) = b;
+        *reinterpret_cast<float4*>(shared_C + position) = c;
+    }
+}
+
 // Launch bounds of 4 CTAs an SM: without them ptxas held the forward to 64 registers and spilled.
 template <int kDtype, int kStates, int kItems, int kChannels, bool kHasZ, bool kHasD, bool kHasDeltaBias,
           bool kSoftplus, bool kHasInitialState, bool kReturnLastState, bool kSaveChunkStates, int kSaveEvery,
@@ -195,7 +228,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e) and the carried
     // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
     // cannot take without a local-memory stack frame.
-    extern __shared__ float shared[];
+    extern __shared__ __align__(16) float shared[];
     float* shared_B = shared;
     float* shared_C = shared + kStates * kChunk;
 
@@ -233,18 +266,18 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
             for (int n = 0; n < kStates; ++n) saved[n] = carry[n];
         }
         __syncthreads();  // the previous chunk's B/C reads are done
-        for (int index = threadIdx.x; index < kStates * kChunk; index += kChannels * 32) {
-            const int n = index / kChunk, step = index % kChunk, t = chunk_start + step;
-            const int position = n * kChunk + staged_position<kItems, 32>(step);
-            const bool inside = t < length;
-            shared_B[position] = inside ? B_rows[n * (long long)length + t] : 0.f;
-            shared_C[position] = inside ? C_rows[n * (long long)length + t] : 0.f;
-        }
+        stage_chunk<kStates, kItems, 32, kChannels * 32>(B_rows, C_rows, length, chunk_start, shared_B, shared_C);
         __syncthreads();
 
         // Steps past the end get delta 0 and u 0: decay 1 and no input, so the carried state passes unchanged.
         const int first = chunk_start + lane * kItems;
         const int valid = active ? min(length - first, kItems) : 0;
+        // Where this lane saves the state entering its items, if its items start a save (address math kept out of
+        // the state loop).
+        float* const save_to =
+            kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 && first < length
+                ? chunk_states + ((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates
+                : nullptr;
         float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
         load_items<kDtype, kItems>(u, u_row + first, valid, u_values);
         load_items<kDtype, kItems>(delta, delta_row + first, valid, dt);
@@ -278,11 +311,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
                 float chunk_decay, chunk_h;
                 state[s] = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
                 if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
-                if (kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 &&
-                    first < length) {
-                    chunk_states[((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates + n] =
-                        state[s];
-                }
+                if (kSaveChunkStates && kSaveEvery < kChunk && save_to != nullptr) save_to[n] = state[s];
             }
 #pragma unroll
             for (int s = 0; s < kInFlight; ++s) {
@@ -331,12 +360,13 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
     void* __restrict__ dz, float* __restrict__ ddelta_bias, float* __restrict__ dinitial_state, int dim, int length,
     int channels_per_group, long long u_batch_stride, long long u_dim_stride, long long delta_batch_stride,
     long long delta_dim_stride, long long z_batch_stride, long long z_dim_stride, long long dout_batch_stride,
-    long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride) {
+    long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride, long long grad_batch_stride,
+    long long grad_dim_stride) {
     constexpr int kChunk = 32 * kItems;
     constexpr float kLog2e = 1.4426950408889634f;
     // Shared: B, C, dB, dC of the chunk (4 x kStates x kChunk floats), then per warp A, the carried adjoint of
     // each state (2 x kStates) and each lane's dA partial sums (32 x kStates), indexed with a run-time n.
-    extern __shared__ float shared[];
+    extern __shared__ __align__(16) float shared[];
     float* shared_B = shared;
     float* shared_C = shared + kStates * kChunk;
     float* shared_dB = shared + 2 * kStates * kChunk;
@@ -352,6 +382,7 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
     const int group = (blockIdx.x * kChannels) / channels_per_group;
     const long long bc_offset = batch * bc_batch_stride + group * bc_group_stride;
     const long long row = batch * (long long)dim + channel;
+    const long long grad_row = batch * grad_batch_stride + channel * grad_dim_stride;
     const int chunks = (length + kChunk - 1) / kChunk;
 
     if (lane == 0) {
@@ -463,7 +494,7 @@ __global__ void __launch_bounds__(kChannels * 32) selective_scan_bwd(
         for (int i = 0; i < kItems; ++i) {
             const int t = first + i;
             if (!active || t >= length) continue;
-            const long long grad_index = row * length + t;  // du, ddelta and dz are contiguous (batch, dim, L)
+            const long long grad_index = grad_row + t;  // du, ddelta and dz share one layout
             float value = y[i] + D_value * u_values[i];
             if (kHasZ) {
                 const float z_i = to_float<kDtype>(z, batch * z_batch_stride + channel * z_dim_stride + t);
@@ -586,7 +617,8 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
     void* __restrict__ dz, float* __restrict__ ddelta_bias, float* __restrict__ dinitial_state, int dim, int length,
     int channels_per_group, long long u_batch_stride, long long u_dim_stride, long long delta_batch_stride,
     long long delta_dim_stride, long long z_batch_stride, long long z_dim_stride, long long dout_batch_stride,
-    long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride) {
+    long long dout_dim_stride, long long bc_batch_stride, long long bc_group_stride, long long grad_batch_stride,
+    long long grad_dim_stride) {
     constexpr int kSegments = 32 / kLaneChannels;
     constexpr int kChunk = kSegments * kItems;
     constexpr int kChannels = kWarps * kLaneChannels;
@@ -628,6 +660,7 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
                (first_channel % channels_per_group) / kChannels) * kStates * (long long)length
             : bc_offset;
     const long long row = batch * (long long)dim + channel;
+    const long long grad_row = batch * grad_batch_stride + channel * grad_dim_stride;
     const long long u_row = batch * u_batch_stride + channel * u_dim_stride;
     const long long delta_row = batch * delta_batch_stride + channel * delta_dim_stride;
     const long long z_row = batch * z_batch_stride + channel * z_dim_stride;
@@ -649,13 +682,8 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
     for (int chunk = chunks - 1; chunk >= 0; --chunk) {
         const int chunk_start = chunk * kChunk;
         __syncthreads();  // the previous chunk is done with shared memory (the first time: the setup above is written)
-        for (int index = threadIdx.x; index < kStates * kChunk; index += kWarps * 32) {
-            const int n = index / kChunk, step = index % kChunk, t = chunk_start + step;
-            const int position = n * kChunk + staged_position<kItems, kSegments>(step);
-            const bool inside = t < length;
-            shared_B[position] = inside ? B[bc_offset + n * (long long)length + t] : 0.f;
-            shared_C[position] = inside ? C[bc_offset + n * (long long)length + t] : 0.f;
-        }
+        stage_chunk<kStates, kItems, kSegments, kWarps * 32>(B + bc_offset, C + bc_offset, length, chunk_start,
+                                                              shared_B, shared_C);
         for (int index = threadIdx.x; index < kStates * kChannels; index += kWarps * 32) {
             const int n = index % kStates, c = first_channel + index / kStates;
             const long long saved = ((batch * (long long)dim + c) * chunks + chunk) * kStates + n;
@@ -755,7 +783,7 @@ __global__ void __launch_bounds__(kWarps * 32, (__CUDA_ARCH__ >= 900 ? 16 : 12) 
         for (int i = 0; i < kItems; ++i) {
             const int t = first + i;
             if (!active || t >= length) continue;
-            const long long grad_index = row * length + t;  // du, ddelta and dz are contiguous (batch, dim, L)
+            const long long grad_index = grad_row + t;  // du, ddelta and dz share one layout
             const float u_i = to_float<kDtype>(u, u_row + t);
             if (kHasZ) {
                 const float z_i = to_float<kDtype>(z, z_row + t);
