@@ -7,7 +7,11 @@ Warm-up (compiling, autotuning, the first launches) runs before cudaProfilerStar
     ncu --clock-control none --profile-from-start off --set full -o $OUT/scan python3 bench/gpu_profile.py
     ncu --import $OUT/scan.ncu-rep --page details > $OUT/scan_details.txt
 
-bench/results/gpu_notes.md says what the profile showed.
+With --block, instead: where one Mamba mixer's time goes (d_model 768, B8 L2048, fp32 parameters under bf16
+autocast, as bench/gpu_model.py times it), forward without autograd and forward+backward, by kernel, from
+torch.profiler, for the scan backend --backend.
+
+bench/results/gpu_notes.md says what the profiles showed.
 """
 
 from __future__ import annotations
@@ -22,14 +26,51 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import GRAD_NAMES, cuda_fns, mamba_fn, triton_fn  # the sibling script, importable once on the path
 
+from mambakit.nn import Mamba
 from mambakit.ops.timing import scan_inputs
+
+
+def profile_block(backend: str, batch: int = 8, length: int = 2048, d_model: int = 768) -> None:
+    """Print the kernels of the mixer's forward (no autograd) and forward+backward, most GPU time first."""
+    torch.manual_seed(0)
+    block = Mamba(d_model, scan_backend=backend, device="cuda")
+    x = torch.randn(batch, length, d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn_like(x)
+    params = list(block.parameters())
+
+    def forward() -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return block(x)
+
+    def forward_backward() -> None:
+        torch.autograd.grad(forward(), [x, *params], grad)
+
+    def forward_only() -> None:
+        with torch.no_grad():
+            forward()
+
+    for name, step in (("forward", forward_only), ("forward+backward", forward_backward)):
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+        table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=70)
+        print(f"== mixer {name}, scan backend {backend}, 10 steps\n{table}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8,1536,16,2048", help="batch,dim,states,length")
     parser.add_argument("--impls", default="cuda_v2,triton,mamba_ssm", help="comma-separated implementations")
+    parser.add_argument("--block", action="store_true", help="profile one Mamba mixer with torch.profiler instead")
+    parser.add_argument("--backend", default="cuda", help="the mixer's scan backend (with --block)")
     args = parser.parse_args()
+    if args.block:
+        profile_block(args.backend)
+        return
     shape = tuple(int(s) for s in args.shape.split(","))
     available = {**cuda_fns(), "triton": triton_fn()}
     mamba = mamba_fn()

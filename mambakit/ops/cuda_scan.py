@@ -317,7 +317,9 @@ def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[T
     pointers = (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)
     arguments = [*map(pointer, pointers), *_sizes_and_strides(inputs, out)]
     grid = ((dim + channels - 1) // channels, batch, 1)
-    _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels))
+    _kernel(name, _index(u.device))(
+        grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels, save_every)
+    )
     return out, last, chunk_states
 
 
@@ -626,9 +628,12 @@ def selective_scan_bwd_cuda(
     )
 
 
-def forward_shared_bytes(states: int, channels: int) -> int:
-    """The forward's shared memory: the chunk's B and C, and each warp's A and carried states."""
-    return 4 * (2 * states * 32 * FORWARD_ITEMS + 2 * channels * states)
+def forward_shared_bytes(states: int, channels: int, save_every: int) -> int:
+    """The forward's shared memory: the chunk's B and C, and each warp's A, carried states and, where the backward's
+    chunk (`save_every` steps) is shorter than the forward's, the chunk's saved states (rows padded by one)."""
+    chunk = 32 * FORWARD_ITEMS
+    saves = chunk // save_every if save_every < chunk else 0
+    return 4 * (2 * states * chunk + channels * (2 * states + saves * (states + 1)))
 
 
 def backward_shared_bytes(states: int, channels: int) -> int:

@@ -176,16 +176,24 @@ __device__ __forceinline__ void load_staged(const float* row, int segment, float
 
 // A chunk's B and C (kStates rows of kChunk = kSegments x kItems steps from chunk_start, 0 past the end) into shared
 // memory in staged_position order, by all kThreads threads of the CTA. Four consecutive steps are one float4 in
-// both places (kItems % 4 == 0), read with one 16-byte load where the row allows it.
+// both places (kItems % 4 == 0), read with one 16-byte load where the row allows it. Thread i of a group of
+// kGroup x kQuarters takes quarter (i / kGroup) of segment (i % kGroup): the group reads kGroup whole segments
+// (contiguous steps), and each run of kGroup threads (at most 8: one 128-byte phase of a shared store) writes
+// kGroup side-by-side float4s, which lie in distinct banks.
 template <int kStates, int kItems, int kSegments, int kThreads>
 __device__ __forceinline__ void stage_chunk(const float* B_rows, const float* C_rows, int length, int chunk_start,
                                             float* shared_B, float* shared_C) {
     constexpr int kChunk = kSegments * kItems;
     constexpr int kQuads = kStates * kChunk / 4;
+    constexpr int kQuarters = kItems / 4;
+    constexpr int kGroup = kSegments < 8 ? kSegments : 8;
+    static_assert(kSegments % kGroup == 0, "whole groups of segments");
     const bool aligned = length % 4 == 0 && reinterpret_cast<unsigned long long>(B_rows) % 16 == 0 &&
                          reinterpret_cast<unsigned long long>(C_rows) % 16 == 0;
     for (int quad = threadIdx.x; quad < kQuads; quad += kThreads) {
-        const int n = quad / (kChunk / 4), step = (quad % (kChunk / 4)) * 4, t = chunk_start + step;
+        const int n = quad / (kChunk / 4), in_row = quad % (kChunk / 4);
+        const int segment = in_row % kGroup + kGroup * (in_row / (kGroup * kQuarters));
+        const int step = segment * kItems + 4 * ((in_row / kGroup) % kQuarters), t = chunk_start + step;
         const long long at = n * (long long)length + t;
         float4 b, c;
         if (aligned && t + 4 <= length) {
@@ -225,16 +233,21 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     static_assert(kSaveEvery % kItems == 0 && kChunk % kSaveEvery == 0, "saved states start a lane's items");
     static_assert(kItems % 4 == 0, "a lane reads its B and C as float4s");
     static_assert(kStates % kInFlight == 0, "the states go in groups of kInFlight");
-    // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e) and the carried
-    // state of each state n (2 x kStates floats): the state loop indexes them with a run-time n, which registers
-    // cannot take without a local-memory stack frame.
+    // Saved states a chunk holds where the backward's chunk is shorter (each lane starting one saves the state
+    // entering it): gathered per warp in shared memory, rows padded by one, and written out together.
+    constexpr int kSavesPerChunk = kSaveChunkStates && kSaveEvery < kChunk ? kChunk / kSaveEvery : 0;
+    constexpr int kSavePitch = kStates + 1;
+    // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e)
+    // and the carried state of each state n (2 x kStates floats; the state loop indexes them with a run-time n,
+    // which registers cannot take without a local-memory stack frame) and the chunk's saved states.
     extern __shared__ __align__(16) float shared[];
     float* shared_B = shared;
     float* shared_C = shared + kStates * kChunk;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float* A_log2 = shared + 2 * kStates * kChunk + warp * 2 * kStates;
+    float* A_log2 = shared + 2 * kStates * kChunk + warp * (2 * kStates + kSavesPerChunk * kSavePitch);
     float* carry = A_log2 + kStates;  // written by lane 0, read by every lane
+    float* chunk_saves = carry + kStates;
     const int batch = blockIdx.y;
     const int channel = blockIdx.x * kChannels + warp;
     const bool active = channel < dim;
@@ -272,12 +285,10 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
         // Steps past the end get delta 0 and u 0: decay 1 and no input, so the carried state passes unchanged.
         const int first = chunk_start + lane * kItems;
         const int valid = active ? min(length - first, kItems) : 0;
-        // Where this lane saves the state entering its items, if its items start a save (address math kept out of
-        // the state loop).
-        float* const save_to =
-            kSaveChunkStates && kSaveEvery < kChunk && active && (lane * kItems) % kSaveEvery == 0 && first < length
-                ? chunk_states + ((batch * (long long)dim + channel) * saves + first / kSaveEvery) * kStates
-                : nullptr;
+        // Where this lane puts the state entering its items, if its items start a save.
+        float* const save_to = kSavesPerChunk > 0 && (lane * kItems) % kSaveEvery == 0
+                                   ? chunk_saves + (lane * kItems / kSaveEvery) * kSavePitch
+                                   : nullptr;
         float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
         load_items<kDtype, kItems>(u, u_row + first, valid, u_values);
         load_items<kDtype, kItems>(delta, delta_row + first, valid, dt);
@@ -311,7 +322,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
                 float chunk_decay, chunk_h;
                 state[s] = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
                 if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
-                if (kSaveChunkStates && kSaveEvery < kChunk && save_to != nullptr) save_to[n] = state[s];
+                if (kSavesPerChunk > 0 && save_to != nullptr) save_to[n] = state[s];
             }
 #pragma unroll
             for (int s = 0; s < kInFlight; ++s) {
@@ -325,6 +336,13 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
             }
         }
 
+        if (kSavesPerChunk > 0 && active) {
+            __syncwarp();  // every lane's saves are in chunk_saves
+            const int first_save = chunk_start / kSaveEvery;
+            const int count = min(kSavesPerChunk, saves - first_save) * kStates;
+            float* saved = chunk_states + ((batch * (long long)dim + channel) * saves + first_save) * kStates;
+            for (int e = lane; e < count; e += 32) saved[e] = chunk_saves[(e / kStates) * kSavePitch + e % kStates];
+        }
         if (kHasD) {
 #pragma unroll
             for (int i = 0; i < kItems; ++i) y[i] = fmaf(D_value, u_values[i], y[i]);
