@@ -596,6 +596,52 @@ def reference_kernels(save_every: int) -> tuple[Callable, Callable]:
     return forward, backward
 
 
+def staged_position(step: int, items: int, segments: int) -> int:
+    """selective_scan.cu's staged_position: where step `step` of a chunk's B (or C) row lies in shared memory."""
+    segment, item = divmod(step, items)
+    return (item // 4) * (4 * segments) + segment * 4 + item % 4
+
+
+@pytest.mark.parametrize("items", [8, 16, 32])
+@pytest.mark.parametrize("segments", [32, 8, 4, 2, 1])
+def test_chunk_staging_covers_every_step_once_with_conflict_free_stores(items, segments):
+    """stage_chunk's order (thread i of a group takes quarter i // G of segment i % G): every four-step float4 of a
+    row once, the same four steps side by side in shared memory, and each run of G <= 8 threads (one phase of a
+    16-byte shared store) in distinct 4-bank groups."""
+    quarters, group = items // 4, min(8, segments)
+    steps = []
+    for in_row in range(segments * items // 4):
+        segment = in_row % group + group * (in_row // (group * quarters))
+        steps.append(segment * items + 4 * ((in_row // group) % quarters))
+    assert sorted(steps) == list(range(0, segments * items, 4))
+    for step in steps:
+        position = staged_position(step, items, segments)
+        assert [staged_position(step + k, items, segments) for k in range(4)] == [position + k for k in range(4)]
+    for start in range(0, len(steps), group):
+        banks = [staged_position(step, items, segments) % 32 // 4 for step in steps[start : start + group]]
+        assert len(set(banks)) == len(banks)
+
+
+@pytest.mark.parametrize(("items", "save_every", "length"), [(8, 32, 2048), (8, 64, 1000), (16, 32, 4136)])
+def test_saved_states_gathered_per_chunk_land_where_the_backward_reads_them(items, save_every, length):
+    """The forward's saves where the backward's chunk is shorter: each lane starting a save puts the state entering
+    it in the warp's shared rows (pitch N + 1), and the warp writes the chunk's saves out as one run; together they
+    place the state entering step s * save_every, state n, at s * N + n of the channel's saved states."""
+    chunk, states = 32 * items, 4
+    saves = -(-length // save_every)
+    written = {}
+    for chunk_start in range(0, length, chunk):
+        rows = {}
+        for lane in range(32):
+            if lane * items % save_every == 0:
+                for n in range(states):
+                    rows[(lane * items // save_every) * (states + 1) + n] = (chunk_start + lane * items, n)
+        first_save = chunk_start // save_every
+        for e in range(min(chunk // save_every, saves - first_save) * states):
+            written[first_save * states + e] = rows[(e // states) * (states + 1) + e % states]
+    assert written == {s * states + n: (s * save_every, n) for s in range(saves) for n in range(states)}
+
+
 @pytest.mark.parametrize("with_initial", [True, False])
 def test_a_long_sequences_backward_in_segments_equals_one_pass(with_initial):
     """The three-phase segmented backward (for one long sequence of few channels), from the states one forward pass

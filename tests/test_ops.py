@@ -260,6 +260,25 @@ def test_auto_picks_a_backend_only_for_its_auto_ops(monkeypatch):
     assert ops.resolve_backend("scan_only", cpu, "selective_state_update").name == "scan_only"
 
 
+def test_an_op_the_named_backend_lacks_runs_where_auto_runs_it(monkeypatch):
+    """`cuda` has only the scan: asked for by name, its model's conv and norm run where `auto` runs them (Triton on
+    a GPU), not on the pure-PyTorch fallback."""
+    from mambakit.ops import backends
+
+    def double(name: str, ops_: dict[str, str], auto_ops: frozenset[str] | None = None) -> backends.Backend:
+        return backends.Backend(name, "test double", lambda device: None, ops_, auto_ops=auto_ops)
+
+    fast = double("fast", {"causal_conv1d": ".reference:causal_conv1d_ref"})
+    scan_only = double("scan_only", {"selective_scan": ".reference:selective_scan_ref"})
+    registry = {"scan_only": scan_only, "fast": fast, **backends._REGISTRY}
+    monkeypatch.setattr(backends, "_REGISTRY", registry)
+    cpu = torch.device("cpu")
+    assert ops.resolve_backend("scan_only", cpu, "causal_conv1d").name == "fast"
+    assert ops.resolve_backend("scan_only", cpu, "selective_state_update").name == "torch"
+    monkeypatch.setenv(backends.ENV_VAR, "scan_only")  # auto's own pick does not loop back to the named backend
+    assert ops.resolve_backend("scan_only", cpu, "causal_conv1d").name == "fast"
+
+
 @pytest.fixture
 def deterministic_algorithms():
     """torch.use_deterministic_algorithms(True) for the test, put back afterwards."""

@@ -55,7 +55,7 @@ class Backend:
     probe: Callable[[torch.device], str | None]
     ops: dict[str, str] = field(default_factory=dict)
     """op name -> "module:function" (module relative to mambakit.ops), imported only when used;
-    ops a backend lacks fall back to the `torch` backend."""
+    an op a backend lacks runs where `auto` would run it (the first usable backend that has it), else on `torch`."""
     lacks: frozenset[str] = frozenset()
     """Call features it cannot serve (e.g. "initial_state"): `auto` passes over it for such calls."""
     auto_ops: frozenset[str] | None = None
@@ -132,8 +132,8 @@ def resolve_backend(
             f"scan backend {name!r} has no {', '.join(sorted(needs & backend.lacks))}; "
             "use backend='triton' or backend='torch'"
         )
-    if op not in backend.ops:
-        return _REGISTRY["torch"]
+    if op not in backend.ops:  # e.g. `cuda` (the scan only) for the conv: what `auto` takes for that op
+        return next(iter(_auto_candidates(device, op, needs, every=False)), _REGISTRY["torch"])
     return backend
 
 
