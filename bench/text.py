@@ -1,9 +1,14 @@
 """Bits per byte of text language models after a fixed budget, beside xz -9e and zstd -19 on the same held-out
 text (#13): a byte-level LM and a BPE LM (a tokenizer trained on the training text) through `mambakit train
-text`, on the default corpus (this Python's standard-library sources; every 20th module held out).
+text`, on the default corpus (this Python's top-level standard-library modules, 2.8 MB) or, with `--corpus
+stdlib`, every .py of the standard library (its tests included, site-packages not; about 30 MB, bytes that are not
+UTF-8 replaced); every 20th document is held out.
 
     PYTHONPATH=.:bench .venv/bin/python bench/text.py [--max-steps 600] [--eval-every N] [--device cpu]
-        [--out bench/results]
+        [--corpus default|stdlib] [--out bench/results]
+
+The GPU presets overfit the default corpus within a few passes (bench/results/text_cuda.md); on `stdlib`, 1,500
+steps of 16 x 1,024 tokens are about one pass.
 
 The compressors are scored alone and given the training text (what they add after it: the fair match for a model
 trained on that text). Writes text_<device>.json and .md."""
@@ -15,6 +20,7 @@ import json
 import lzma
 import shutil
 import subprocess
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,26 @@ from mambakit.apps.text.data import default_corpus_files, read_documents, traini
 
 from mambakit.cli_support import resolve_device, train_domain
 from mambakit.domains import RunOptions
+
+CORPUS_NAMES = {
+    "default": "standard-library modules (the default corpus)",
+    "stdlib": "standard-library sources (every .py)",
+}
+
+
+def corpus_files(corpus: str) -> list[Path]:
+    """The files of `corpus`: none for "default" (the CLI's own default corpus), every .py of this Python's standard
+    library but site-packages for "stdlib", sorted."""
+    if corpus == "default":
+        return []
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skipped = {"site-packages", "dist-packages"}
+    return sorted(path for path in stdlib.rglob("*.py") if not skipped & set(path.relative_to(stdlib).parts))
+
+
+def _errors(corpus: str) -> str:
+    # A few of the standard library's test files are deliberately not UTF-8.
+    return "replace" if corpus == "stdlib" else "strict"
 
 
 def _zstd_size(data: bytes) -> int:
@@ -43,6 +69,7 @@ def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: s
     run = RunOptions(
         task="lm",
         out=args.work / name,
+        data=corpus_files(args.corpus),
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         device=device,
@@ -50,7 +77,8 @@ def _train(name: str, tokenizer: str | None, args: argparse.Namespace, device: s
         train={"eval_every": args.eval_every or args.max_steps, "save_every": args.max_steps},
     )
     started = time.perf_counter()
-    metrics = train_domain(DOMAIN, run, TextOptions(seq_len=args.seq_len, tokenizer=tokenizer))
+    options = TextOptions(seq_len=args.seq_len, tokenizer=tokenizer, errors=_errors(args.corpus))
+    metrics = train_domain(DOMAIN, run, options)
     seconds = time.perf_counter() - started
     report.log(f"{name}: {metrics} in {seconds:.0f} s")
     curve = [
@@ -65,10 +93,11 @@ def report_lines(data: dict[str, Any], device: str) -> list[str]:
     """The markdown report of one run's results (`data`, as written to text_DEVICE.json)."""
     settings, corpus = data["settings"], data["corpus"]
     lines = [
-        f"# Text: bits per byte on held-out standard-library modules ({device}, commit {data['commit']})",
+        f"# Text: bits per byte on held-out {corpus.get('name', 'standard-library modules')} ({device}, commit "
+        f"{data['commit']})",
         "",
         f"{corpus['training_bytes']:,} training bytes, {corpus['held_out_bytes']:,} held-out bytes (every 20th "
-        f"module); models: preset {settings['preset']}, {settings['max_steps']} steps of {settings['batch_size']} x "
+        f"document); models: preset {settings['preset']}, {settings['max_steps']} steps of {settings['batch_size']} x "
         f"{settings['seq_len']} tokens."
         + (
             f" The best is the lowest of the evaluations every {settings['eval_every']} steps: the checkpoint the "
@@ -97,6 +126,7 @@ def report_lines(data: dict[str, Any], device: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--corpus", choices=("default", "stdlib"), default="default")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--preset", default="tiny")
@@ -108,7 +138,7 @@ def main() -> None:
     parser.add_argument("--commit", default="")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    documents = read_documents(default_corpus_files())
+    documents = read_documents(corpus_files(args.corpus) or default_corpus_files(), errors=_errors(args.corpus))
     train_text = "".join(training_documents(documents)).encode()
     held = "".join(text for i, text in enumerate(documents) if i % 20 == 19).encode()
     compressors = {"xz -9e": report.compressed_bits(_xz_size, train_text, held)}
@@ -126,7 +156,12 @@ def main() -> None:
         "commit": report.git_commit(args.commit),
         "date": report.now(),
         "settings": {k: str(v) for k, v in vars(args).items()},
-        "corpus": {"training_bytes": len(train_text), "held_out_bytes": len(held), "documents": len(documents)},
+        "corpus": {
+            "name": CORPUS_NAMES[args.corpus],
+            "training_bytes": len(train_text),
+            "held_out_bytes": len(held),
+            "documents": len(documents),
+        },
         "compressors": compressors,
         "models": models,
     }
