@@ -188,16 +188,18 @@ def segmented_backward(on: bool) -> Iterator[None]:
 
 
 def forward_tiles() -> list[dict]:
-    """Each of the cuda forward's FORWARD_TILES: its max relative error against float64 (fp32, every gradient, with
-    the default backward) and its forward ms at each benchmark shape."""
+    """Each of the cuda forward's FORWARD_TILES (at every grid size): its max relative error against float64 (fp32,
+    every gradient, with the default backward) and its forward ms at each benchmark shape."""
     from mambakit.ops import cuda_scan
 
-    defaults = cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT
+    names = ("FORWARD_ITEMS", "SMALL_GRID_FORWARD_ITEMS", "FORWARD_IN_FLIGHT")
+    defaults = [getattr(cuda_scan, name) for name in names]
     rows = []
     fn = functools.partial(cuda_scan.selective_scan_cuda, delta_softplus=True)
     try:
         for items, in_flight in cuda_scan.FORWARD_TILES:
-            cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT = items, in_flight
+            for name, value in zip(names, (items, items, in_flight), strict=True):  # the tile at every grid size
+                setattr(cuda_scan, name, value)
             row: dict = {"items": items, "in_flight": in_flight}
             row["max_rel_err"] = check_against_float64({"cuda": fn}, (2, 96, 16, 1001), torch.float32)["cuda"]["max"]
             for shape in SHAPES:
@@ -205,7 +207,8 @@ def forward_tiles() -> list[dict]:
             log(row)
             rows.append(row)
     finally:
-        cuda_scan.FORWARD_ITEMS, cuda_scan.FORWARD_IN_FLIGHT = defaults
+        for name, value in zip(names, defaults, strict=True):
+            setattr(cuda_scan, name, value)
     return rows
 
 

@@ -270,6 +270,7 @@ def test_every_forward_tile_matches_float64_reference(tile, backward, monkeypatc
     from test_triton import cast_inputs, errors_vs_reference
 
     monkeypatch.setattr(cuda_scan, "FORWARD_ITEMS", tile[0])
+    monkeypatch.setattr(cuda_scan, "SMALL_GRID_FORWARD_ITEMS", tile[0])
     monkeypatch.setattr(cuda_scan, "FORWARD_IN_FLIGHT", tile[1])
     for batch, dim, d_state, length, layout, options in (GPU_CASES[0], GPU_CASES[-1]):
         inputs = scan_inputs(batch, dim, d_state, length, layout, device="cuda", seed=length, **options)
@@ -662,6 +663,15 @@ def test_a_long_sequences_backward_in_segments_equals_one_pass(with_initial):
         assert (a is None) == (b is None), name
         if a is not None:
             assert a.shape == b.shape and relative_error(a, b) < 1e-12, name
+
+
+def test_the_forward_takes_longer_lanes_only_where_its_grid_leaves_the_gpu_short(monkeypatch):
+    """16 steps a lane where the grid has at most 4 CTAs an SM (B1 D1536: 384 CTAs on 132 SMs), 8 where it fills the
+    GPU (B8 D1536: 3,072)."""
+    h100 = type("Properties", (), {"multi_processor_count": 132})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h100)
+    assert cuda_scan.forward_items(384, 0) == cuda_scan.SMALL_GRID_FORWARD_ITEMS == 16
+    assert cuda_scan.forward_items(3072, 0) == cuda_scan.FORWARD_ITEMS == 8
 
 
 def test_segments_only_for_one_long_sequence_of_few_channels(monkeypatch):

@@ -8,9 +8,21 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_scan.py tests/test_mamba_inner.py \
     > "$OUT/gpu_tests.txt" 2>&1; tail -n 3 "$OUT/gpu_tests.txt"; grep -E "^FAILED" "$OUT/gpu_tests.txt" | head -10
 timeout 150 python3 bench/gpu.py --skip-models --commit "$COMMIT" > "$OUT/gpu.txt" 2>&1; tail -n 22 "$OUT/gpu.txt"
-timeout 60 ncu --clock-control none --profile-from-start off --section SpeedOfLight --section WarpStateStats \
-    --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section Occupancy -k regex:selective_scan_fwd \
-    python3 bench/gpu_profile.py --impls cuda_v2 > "$OUT/ncu_fwd.txt" 2>&1
-grep -E "Duration|Executed Instructions  |Issue Slots|bytes transmitted|bank" "$OUT/ncu_fwd.txt" | head
+timeout 90 ncu --clock-control none --profile-from-start off --set full -k regex:selective_scan -o "$OUT/scan" \
+    python3 bench/gpu_profile.py --impls cuda_v2 > "$OUT/ncu_log.txt" 2>&1
+ncu --import "$OUT/scan.ncu-rep" --page details > "$OUT/ncu_scan.txt" 2>&1
+grep -E "^  void|Duration|Executed Instructions  |Issue Slots|bytes transmitted|bank" "$OUT/ncu_scan.txt" | cut -c1-120
+# Why warps wait, per kernel: the stall reasons in cycles per issued instruction, largest first.
+ncu --import "$OUT/scan.ncu-rep" --page raw --csv > "$OUT/ncu_scan_raw.csv" 2>&1 && rm "$OUT/scan.ncu-rep"
+python3 - "$OUT/ncu_scan_raw.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+header, values = rows[0], rows[2:]
+for row in values:
+    name = row[header.index("Kernel Name")][:40]
+    stalls = {h.split("issue_stalled_")[1].split("_per")[0]: float(v.replace(",", "")) for h, v in zip(header, row)
+              if "issue_stalled_" in h and h.endswith("_per_issue_active.ratio") and v.replace(",", "").replace(".", "").isdigit()}
+    print(name, " ".join(f"{k}={v:.2f}" for k, v in sorted(stalls.items(), key=lambda kv: -kv[1])[:8]))
+PY
 timeout 60 python3 bench/gpu_profile.py --block --backend cuda > "$OUT/block_profile.txt" 2>&1
 cut -c1-150 "$OUT/block_profile.txt" | head -60

@@ -33,6 +33,11 @@ CHANNELS = 4
 #: 200 at 16 x 2, 860 at 32 x 1.
 FORWARD_ITEMS = 8
 FORWARD_IN_FLIGHT = 1
+#: Steps per lane where the forward's grid is small (at most SMALL_GRID_CTAS_PER_SM CTAs an SM, e.g. one long
+#: sequence): 16 measured 2.14 against 8's 2.61 ms at B1 D1536 L65536 (384 CTAs), while 8 is faster when the GPU is
+#: full (0.465 against 0.478 ms at B8 D1536 L2048, 1.267 against 1.513 at B8 D2048 L4096; H200, commit 0bc655b).
+SMALL_GRID_FORWARD_ITEMS = 16
+SMALL_GRID_CTAS_PER_SM = 4
 #: The forward tiles (FORWARD_ITEMS, FORWARD_IN_FLIGHT) the tests compile and check and bench/gpu.py times.
 FORWARD_TILES = ((8, 1), (8, 2), (8, 4), (16, 1))
 MAX_STATES = 64
@@ -311,15 +316,15 @@ def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[T
     out, last, chunk_states = _forward_outputs(u, A, B, backward)
     save_every = _save_every(dim, groups, states, backward)
     channels = _channels_per_cta(dim, groups)
+    grid = ((dim + channels - 1) // channels, batch, 1)
+    items = forward_items(grid[0] * batch, _index(u.device))
     flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
     in_flight = FORWARD_IN_FLIGHT if states % FORWARD_IN_FLIGHT == 0 else 1
-    name = kernel_name(DTYPE_CODES[u.dtype], states, FORWARD_ITEMS, channels, *flags, True, True, save_every, in_flight)
+    name = kernel_name(DTYPE_CODES[u.dtype], states, items, channels, *flags, True, True, save_every, in_flight)
     pointers = (u, delta, A, B, C, D, z, delta_bias, initial_state, out, last, chunk_states)
     arguments = [*map(pointer, pointers), *_sizes_and_strides(inputs, out)]
-    grid = ((dim + channels - 1) // channels, batch, 1)
-    _kernel(name, _index(u.device))(
-        grid, (32 * channels, 1, 1), arguments, forward_shared_bytes(states, channels, save_every)
-    )
+    shared_bytes = forward_shared_bytes(states, channels, save_every, items)
+    _kernel(name, _index(u.device))(grid, (32 * channels, 1, 1), arguments, shared_bytes)
     return out, last, chunk_states
 
 
@@ -628,10 +633,17 @@ def selective_scan_bwd_cuda(
     )
 
 
-def forward_shared_bytes(states: int, channels: int, save_every: int) -> int:
-    """The forward's shared memory: the chunk's B and C, and each warp's A, carried states and, where the backward's
-    chunk (`save_every` steps) is shorter than the forward's, the chunk's saved states (rows padded by one)."""
-    chunk = 32 * FORWARD_ITEMS
+def forward_items(ctas: int, device_index: int) -> int:
+    """The forward's steps per lane for a grid of `ctas` CTAs on GPU `device_index`."""
+    multiprocessors = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return SMALL_GRID_FORWARD_ITEMS if ctas <= SMALL_GRID_CTAS_PER_SM * multiprocessors else FORWARD_ITEMS
+
+
+def forward_shared_bytes(states: int, channels: int, save_every: int, items: int) -> int:
+    """The forward's shared memory at `items` steps a lane: the chunk's B and C, and each warp's A, carried states
+    and, where the backward's chunk (`save_every` steps) is shorter than the forward's, the chunk's saved states (rows
+    padded by one)."""
+    chunk = 32 * items
     saves = chunk // save_every if save_every < chunk else 0
     return 4 * (2 * states * chunk + channels * (2 * states + saves * (states + 1)))
 
