@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,16 @@ def profile_block(backend: str, batch: int = 8, length: int = 2048, d_model: int
         for _ in range(5):
             step()
         torch.cuda.synchronize()
+        # Host time to issue a step against the GPU's time to run it: where the first is the larger, the block's
+        # timings measure Python and launch overhead, not kernels.
+        started = time.perf_counter()
+        for _ in range(20):
+            step()
+        issued = time.perf_counter()
+        torch.cuda.synchronize()
+        finished = time.perf_counter()
+        host_ms, wall_ms = (issued - started) * 50, (finished - started) * 50
+        print(f"== mixer {name}: host {host_ms:.3f} ms to issue a step, {wall_ms:.3f} ms a step until the GPU is done")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
             for _ in range(10):
                 step()
