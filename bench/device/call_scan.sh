@@ -24,5 +24,7 @@ for row in values:
               if "issue_stalled_" in h and h.endswith("_per_issue_active.ratio") and v.replace(",", "").replace(".", "").isdigit()}
     print(name, " ".join(f"{k}={v:.2f}" for k, v in sorted(stalls.items(), key=lambda kv: -kv[1])[:8]))
 PY
-timeout 60 python3 bench/gpu_profile.py --block --backend cuda > "$OUT/block_profile.txt" 2>&1
-cut -c1-150 "$OUT/block_profile.txt" | head -60
+for backend in cuda triton; do
+    timeout 60 python3 bench/gpu_profile.py --block --backend $backend > "$OUT/block_profile_$backend.txt" 2>&1
+done
+grep -h "^== mixer" "$OUT"/block_profile_*.txt; cut -c1-150 "$OUT/block_profile_cuda.txt" | head -60
