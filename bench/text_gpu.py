@@ -65,7 +65,7 @@ def profile_cli(args: argparse.Namespace) -> None:
     wall: list[float] = []
     schedule = torch.profiler.schedule(wait=20, warmup=0, active=args.profile_steps, repeat=1)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
+    with torch.profiler.profile(activities=activities, schedule=schedule, with_stack=True) as profiler:
 
         def on_step(info: Any) -> None:
             torch.cuda.synchronize()
@@ -82,10 +82,17 @@ def profile_cli(args: argparse.Namespace) -> None:
     steps = args.profile_steps
     busy_ms = sum(event.self_device_time_total for event in averages) / 1000 / steps
     wall_ms = (wall[-1] - wall[19]) * 1000 / steps
+    # Where the host may wait for the GPU: the Python stacks of the ops that read a value back (.item(), bool(),
+    # .tolist(), .cpu()) or copy.
+    waits = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::copy_", "cudaMemcpyAsync"}
+    copies = [event for event in profiler.key_averages(group_by_stack_n=8) if event.key in waits and event.stack]
+    copies.sort(key=lambda event: -event.count)
     lines = [
         f"wall {wall_ms:.1f} ms per step, GPU busy {busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})",
         averages.table(sort_by="self_device_time_total", row_limit=25),
         averages.table(sort_by="self_cpu_time_total", row_limit=25),
+        "reads back and copies by Python stack:",
+        *(f"{event.count:6d}  {event.key}  " + " <- ".join(event.stack) for event in copies[:15]),
     ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "text_gpu_profile.txt").write_text("\n".join(lines))

@@ -7,4 +7,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambaki
 python3 -c "import mamba_ssm, causal_conv1d; print('mamba-ssm', mamba_ssm.__version__, 'causal-conv1d', causal_conv1d.__version__)" || exit 3
 timeout 200 python3 bench/gpu_model.py --only block,train > "$OUT/gpu_model.txt" 2>&1
 grep -E "block_fwd|lm_train" "$OUT/gpu_model.txt" | tail -20 | cut -c1-200
-timeout 200 python3 bench/text_gpu.py --commit "$COMMIT" --out "$OUT" > "$OUT/text_gpu.txt" 2>&1; tail -n 9 "$OUT/text_gpu.txt"
+timeout 280 python3 bench/text_gpu.py --commit "$COMMIT" --out "$OUT" --profile-steps 10 > "$OUT/text_gpu.txt" 2>&1; tail -n 9 "$OUT/text_gpu.txt"
