@@ -337,7 +337,7 @@ def _launch_backward(
     dlast: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     """The `backward` kernel: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial) in the kernels' layouts, fp32
-    but for du, ddelta and dz; None for an absent input. In segments where the forward ran in segments."""
+    but for du, ddelta and dz; None for an absent input. In segments where `segments_for` says."""
     segments = segments_for(inputs, backward)
     if segments > 1:
         return segmented_backward(inputs, chunk_states, softplus, backward, dout, dlast, segments, _backward_kernel)
@@ -414,9 +414,9 @@ def segments_for(inputs: _Prepared, backward: str) -> int:
     """Segments to run a call's backward in: 1 (one pass) unless SEGMENTED_BACKWARD is on, batch is 1 and dim is
     small; a power of two whose segments are whole chunks of the `backward` kernel."""
     batch, dim, length = inputs.u.shape
-    save_every = _save_every(dim, inputs.B.shape[1], inputs.A.shape[1], backward)
     if batch != 1 or not SEGMENTED_BACKWARD:
         return 1
+    save_every = _save_every(dim, inputs.B.shape[1], inputs.A.shape[1], backward)
     segments = min(SEGMENT_CHANNELS // max(dim, 1), length // MIN_SEGMENT, MAX_SEGMENTS)
     segments = 1 << max(segments, 1).bit_length() - 1
     align = max(32 * ITEMS, save_every)
