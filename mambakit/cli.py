@@ -250,9 +250,20 @@ def _root() -> None:
     """Selective state space models (Mamba) for genomics, audio, vision and text."""
 
 
+def _domains_for(argv: list[str]) -> dict[str, Domain]:
+    """The domains a command line needs: for `VERB DOMAIN ...` only that domain's app, else every app (help,
+    listings, bench). Importing every app costs seconds (timm, torchvision, the trainer) that a command of one
+    domain, or its one-line error, should not pay."""
+    if len(argv) >= 2 and argv[0] in VERBS:
+        named = load_domains(only=argv[1])
+        if argv[1] in named:
+            return named
+    return load_domains()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the CLI and turn user errors into one line and an exit code."""
-    _add_domain_commands(load_domains())
+    _add_domain_commands(_domains_for(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="mambakit", standalone_mode=False)

@@ -325,11 +325,12 @@ class Domain:
             raise UserError(f"{source}: unknown {self.name} options {sorted(set(data) - known)}")
         return self.options(**check_values(data, self.options, source))
 
-    def unmet_requirements(self) -> list[tuple[Requirement, Exception]]:
-        """(requirement, import error) of each declared package that does not import, leaving out those that fail
-        only because another declared package is absent (timm without torchvision: torchvision is what to install).
-        """
-        failed = [(requirement, requirement.import_error()) for requirement in self.requires]
+    def unmet_requirements(self, every_command_only: bool = False) -> list[tuple[Requirement, Exception]]:
+        """(requirement, import error) of each declared package (with `every_command_only`, of those every command
+        needs) that does not import, leaving out those that fail only because another declared package is absent
+        (timm without torchvision: torchvision is what to install)."""
+        declared = [r for r in self.requires if not (every_command_only and r.needed_for)]
+        failed = [(requirement, requirement.import_error()) for requirement in declared]
         unmet = [(requirement, error) for requirement, error in failed if error is not None]
         absent = {requirement.module.split(".")[0] for requirement, error in unmet if requirement.is_absent(error)}
 
@@ -341,10 +342,10 @@ class Domain:
 
     def check_requirements(self) -> None:
         """A `MissingExtraError` naming the first package every command of the domain needs that does not import,
-        and the extra that installs it."""
-        for requirement, error in self.unmet_requirements():
-            if not requirement.needed_for:
-                raise MissingExtraError(requirement.explain(f"the {self.name} domain", error))
+        and the extra that installs it. Packages only some features need are not imported here: they cost every
+        command their import time (transformers, through peft, takes seconds)."""
+        for requirement, error in self.unmet_requirements(every_command_only=True):
+            raise MissingExtraError(requirement.explain(f"the {self.name} domain", error))
 
     def make_featurizer(self, options: Any) -> Any:
         """The featurizer of a new run (None for a domain without one)."""

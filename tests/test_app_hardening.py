@@ -169,6 +169,24 @@ def test_a_broken_package_is_told_apart_from_a_missing_one(tmp_path, monkeypatch
         domain.check_requirements()
 
 
+def test_a_command_imports_only_what_every_command_of_its_domain_needs(tmp_path, monkeypatch):
+    # A feature's package (LoRA's peft pulls in transformers: seconds) is imported when the feature is used, not
+    # to check the requirements of every command.
+    (tmp_path / "feature_only_pkg.py").write_text("import sys\nsys.modules['feature_only_pkg_was_imported'] = sys\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    domain = Domain(name="toy", help="", requires=(Requirement("feature_only_pkg", "F", "toy", needed_for="a flag"),))
+    domain.check_requirements()
+    assert "feature_only_pkg_was_imported" not in sys.modules
+    # `mambakit VERB DOMAIN` loads that domain's app alone: a text command does not import timm (the vision app's).
+    code = (
+        "import sys\nfrom mambakit.cli import main\n"
+        "assert main(['train', 'text', '--data', 'missing.txt']) == 2\n"
+        "print(sorted({'timm', 'peft'} & set(sys.modules)))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert shown.stdout.strip() == "[]", shown.stderr
+
+
 # --- 2. duplicate contig names --------------------------------------------------------------------------------
 
 

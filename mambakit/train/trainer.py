@@ -25,12 +25,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
 from ..errors import MambakitError, UserError, first_line
 from ..jsonfiles import read_json_file
@@ -658,8 +652,9 @@ class _Trainer:
         """Load the optimizer (a full state dict, sharded here as this run's wrapper needs), the scheduler, the
         weight average and this process's RNG states."""
         try:
-            set_optimizer_state_dict(
-                self.core, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            dcp = _state_dict_api()
+            dcp.set_optimizer_state_dict(
+                self.core, self.optimizer, state["optimizer"], options=dcp.StateDictOptions(full_state_dict=True)
             )
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
@@ -898,8 +893,9 @@ class _Trainer:
         rng = self.dist.gather_objects(capture_rng(cuda=self.device.type == "cuda"))
         optimizer = None
         if self.sharded or self.dist.is_main:  # gathering FSDP shards takes every process
-            optimizer = get_optimizer_state_dict(
-                self.core, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            dcp = _state_dict_api()
+            optimizer = dcp.get_optimizer_state_dict(
+                self.core, self.optimizer, options=dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         return {
             "step": self.step,
@@ -926,7 +922,10 @@ class _Trainer:
         shards (None on the other processes)."""
         if not self.sharded:
             return self.core
-        weights = get_model_state_dict(self.core, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dcp = _state_dict_api()
+        weights = dcp.get_model_state_dict(
+            self.core, options=dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if not self.dist.is_main:
             return None
         if self._shadow is None:
@@ -936,6 +935,14 @@ class _Trainer:
                 self._shadow = architecture.from_config(self.core.config, self.core.head_config())
         self._shadow.load_state_dict(weights)
         return self._shadow
+
+
+def _state_dict_api() -> Any:
+    """torch.distributed.checkpoint.state_dict, imported when a run first saves or resumes: importing it takes
+    about a second, which every command that imports the trainer (a one-line error included) would otherwise pay."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
 
 
 def _seed_process(seed: int) -> None:
