@@ -74,7 +74,9 @@ def every_kernel_variant() -> list[str]:
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("architecture", [80, 90])
+# sm_90 only: the source differs between architectures in one launch bound, and the sm_80 build of the kernels a
+# layer trains with is compiled by the register test below; every variant on both would cost CI half a minute more.
+@pytest.mark.parametrize("architecture", [90])
 def test_every_kernel_variant_compiles_without_a_gpu(architecture, tmp_path, monkeypatch):
     monkeypatch.setenv(nvrtc.CACHE_ENV_VAR, str(tmp_path))
     # In two programs on two threads: NVRTC compiles without the GIL, so CI's two cores halve the time.

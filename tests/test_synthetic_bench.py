@@ -24,7 +24,18 @@ def test_cpu_tier_induction_heads_shows_mamba_extrapolating_past_attention(tmp_p
     }
     out.mkdir()
     (out / "capabilities.json").write_text(json.dumps([other]))
-    arguments = ["bench", "capabilities", "--tier", "cpu", "--tasks", "induction-heads", "--out", str(out)]
+    arguments = [
+        "bench",
+        "capabilities",
+        "--tier",
+        "cpu",
+        "--tasks",
+        "induction-heads",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+    ]
     assert main([*arguments, "--device", "cpu"]) == 0
     records = json.loads((out / "capabilities.json").read_text())
     assert other in records  # records of tasks this call did not run are kept
