@@ -2,8 +2,9 @@
 # call_scan.sh when it ran first on the same warm machine), one of:
 #   PHASE=probe bash bench/device/call_capabilities.sh
 #       the step time of the GPU tier's runs (bench/capabilities_step_profile.py), then the tier's induction-heads
-#       Mamba run, its checkpoint evaluated past the training length under bf16 autocast and in fp32 (does the fall
-#       in accuracy come from the budget or from bf16?). About 3 minutes.
+#       Mamba run cut to 4,000 steps (the budget that held 100% only to 2^11), its checkpoint evaluated past the
+#       training length under bf16 autocast and in fp32 (does the fall come from the budget or from bf16?). About
+#       3 minutes.
 #   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] bash bench/device/call_capabilities.sh
 #       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT`; capabilities.json/.md and
 #       every run's metrics.jsonl come back in $OUT, also when the limit stops it.
@@ -16,7 +17,7 @@ probe)
         selective-copying--mamba,selective-copying--mamba-lti,induction-heads--mamba,mqar--mambaformer-d64,mqar-hard--mamba-d128,copying--mamba,copying--mambaformer,icl-sparse-parity--mamba \
         2>&1 | grep "^{" | cut -c1-220
     timeout 150 python3 -m mambakit bench capabilities --tier gpu --tasks induction-heads --models mamba \
-        --out /tmp/probe > "$OUT/probe_induction.txt" 2>&1; grep "induction-heads | mamba" "$OUT/probe_induction.txt"
+        --steps-factor 0.15625 --out /tmp/probe > "$OUT/probe_induction.txt" 2>&1; grep "induction-heads | mamba" "$OUT/probe_induction.txt"
     for precision in bf16 fp32; do
         timeout 60 python3 -m mambakit eval synthetic -c /tmp/probe/runs/induction-heads--mamba/last \
             --lengths 2048,4096,8192,16384,65536 --batch-size 64 --precision $precision 2>&1 | grep -E "^\(length|│ accuracy" | paste - - | sed "s/^/$precision /"
