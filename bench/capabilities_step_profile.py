@@ -1,6 +1,7 @@
 """Where a capability-suite training step's time goes on the GPU, for the runs of a tier: the model's forward +
-backward + AdamW on a fixed batch (CUDA events), beside how long the data loader takes per batch, and what the
-run's configured steps then cost. The notes ask that every tier budget be fixed from measured step times.
+backward + AdamW on a fixed batch (CUDA events), eager and with the forward and backward replayed as a CUDA graph
+(TrainConfig.cuda_graphs), beside how long the data loader takes per batch, and what the run's configured steps
+then cost. The notes ask that every tier budget be fixed from measured step times.
 
     python bench/capabilities_step_profile.py [--tier gpu] [--runs all|NAME,NAME] [--workers 8] [--out FILE]
 
@@ -11,11 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from mambakit.apps.synthetic import bench
+
+from mambakit.train.step_graph import StepGraph
 
 
 def profile(run: bench.CapabilityRun, workers: int) -> dict[str, Any]:
@@ -43,31 +47,46 @@ def profile(run: bench.CapabilityRun, workers: int) -> dict[str, Any]:
     batch = {name: value.cuda() for name, value in batch.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
+    def loss_of(inputs: dict[str, Any]) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            return task.compute_loss(model, inputs)
+
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = task.compute_loss(model, batch)
-        loss.backward()
+        loss_of(batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(20):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    model_ms = begin.elapsed_time(end) / 20
+    def timed(one_step: Callable[[], None]) -> float:
+        for _ in range(5):
+            one_step()
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(20):
+            one_step()
+        end.record()
+        torch.cuda.synchronize()
+        return begin.elapsed_time(end) / 20
+
+    model_ms = timed(step)
+    # The same step with the forward and backward replayed as a CUDA graph (TrainConfig.cuda_graphs).
+    graph = StepGraph(loss_of, batch, [p for p in model.parameters() if p.requires_grad])
+
+    def graphed_step() -> None:
+        graph(batch)
+        optimizer.step()
+
+    graphed_ms = timed(graphed_step)
     return {
         "run": run.name,
         "batch_size": run.batch_size,
         "model_step_ms": round(model_ms, 2),
+        "cuda_graph_step_ms": round(graphed_ms, 2),
         "loader_ms_per_batch": round(loader_ms, 2),
         "workers": workers,
         "configured_steps": run.steps,
         "configured_seconds_at_the_slower": round(run.steps * max(model_ms, loader_ms) / 1000, 1),
+        "configured_seconds_with_graphs": round(run.steps * max(graphed_ms, loader_ms) / 1000, 1),
     }
 
 

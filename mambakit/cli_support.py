@@ -76,6 +76,13 @@ CheckpointOption = Annotated[
 GradCheckpointingOption = Annotated[
     bool, typer.Option("--grad-checkpointing", help="Recompute activations in the backward (long sequences).")
 ]
+CudaGraphsOption = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs",
+        help="Replay each step's forward and backward as a CUDA graph (small models on one GPU, fixed shapes).",
+    ),
+]
 
 PRESETS = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
@@ -307,8 +314,9 @@ def run_training(
         settings.pop("epochs", None)  # an explicit step count replaces a default epoch count
     if run.epochs is not None and run.max_steps is None:
         settings.pop("max_steps", None)
-    if run.grad_checkpointing:
-        settings["grad_checkpointing"] = True
+    for switch in ("grad_checkpointing", "cuda_graphs"):
+        if getattr(run, switch):
+            settings[switch] = True
     try:
         config = TrainConfig.from_dict(
             {
@@ -545,6 +553,7 @@ def train_command(domain: Domain) -> Callable[..., None]:
         _parameter("resume", ResumeOption, False),
         _parameter("seed", SeedOption, None),
         _parameter("grad_checkpointing", GradCheckpointingOption, False),
+        _parameter("cuda_graphs", CudaGraphsOption, False),
     ]
     return _command(
         train,

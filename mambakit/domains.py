@@ -66,6 +66,7 @@ class RunOptions:
     resume: bool = False
     seed: int = 0
     grad_checkpointing: bool = False
+    cuda_graphs: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     """Model config overrides (from the config file's `model:` section)."""
     train: dict[str, Any] = field(default_factory=dict)

@@ -1,10 +1,10 @@
 # On the GPU machine (device tool, carry [".device"]; mamba-ssm from `bash bench/device/pack.sh scan`, unpacked by
 # call_scan.sh when it ran first on the same warm machine), one of:
 #   PHASE=probe bash bench/device/call_capabilities.sh
-#       the step time of the GPU tier's runs (bench/capabilities_step_profile.py), then the tier's induction-heads
-#       Mamba run cut to 4,000 steps (the budget that held 100% only to 2^11), its checkpoint evaluated past the
-#       training length under bf16 autocast and in fp32 (does the fall come from the budget or from bf16?). About
-#       3 minutes.
+#       the step time of the GPU tier's runs, eager and as a CUDA graph (bench/capabilities_step_profile.py),
+#       then the tier's induction-heads Mamba run cut to 4,000 steps (the budget that held 100% only to 2^11), its
+#       checkpoint evaluated past the training length under bf16 autocast and in fp32 (budget or bf16?). About
+#       6 minutes (a call of its own: with call_scan.sh it would pass the 10-minute limit).
 #   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] bash bench/device/call_capabilities.sh
 #       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT`; capabilities.json/.md and
 #       every run's metrics.jsonl come back in $OUT, also when the limit stops it.
@@ -13,7 +13,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambaki
 nvidia-smi --query-gpu=name --format=csv,noheader
 case "$PHASE" in
 probe)
-    timeout 120 python3 bench/capabilities_step_profile.py --out "$OUT/step_profile.json" --runs \
+    timeout 200 python3 bench/capabilities_step_profile.py --out "$OUT/step_profile.json" --runs \
         selective-copying--mamba,selective-copying--mamba-lti,induction-heads--mamba,mqar--mambaformer-d64,mqar-hard--mamba-d128,copying--mamba,copying--mambaformer,icl-sparse-parity--mamba \
         2>&1 | grep "^{" | cut -c1-220
     timeout 150 python3 -m mambakit bench capabilities --tier gpu --tasks induction-heads --models mamba \

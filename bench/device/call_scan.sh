@@ -5,7 +5,7 @@
 mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_scan.py tests/test_mamba_inner.py \
+timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_scan.py tests/test_mamba_inner.py tests/test_step_graph.py \
     > "$OUT/gpu_tests.txt" 2>&1; tail -n 3 "$OUT/gpu_tests.txt"; grep -E "^FAILED" "$OUT/gpu_tests.txt" | head -10
 timeout 150 python3 bench/gpu.py --skip-models --commit "$COMMIT" > "$OUT/gpu.txt" 2>&1; tail -n 22 "$OUT/gpu.txt"
 timeout 90 ncu --clock-control none --profile-from-start off --set full -k regex:selective_scan -o "$OUT/scan" \

@@ -88,6 +88,10 @@ class TrainConfig:
     """Sequence-length warm-up stages (step, max_length), HyenaDNA-style; see `max_length_at`."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward (model.set_grad_checkpointing) to save memory."""
+    cuda_graphs: bool = False
+    """Capture each step's forward and backward as a CUDA graph and replay it (`mambakit.train.step_graph`): for
+    small models whose steps wait on kernel launches. One process on a GPU, one micro-batch a step; a new batch
+    shape is captured anew; a step that cannot be captured trains without graphs, with a warning."""
     distributed: str = "ddp"
     """Wrapper when launched by torchrun with more than one process: "ddp" or "fsdp" (FSDP2 fully_shard)."""
     resume: bool = False
@@ -143,9 +147,11 @@ class TrainConfig:
                 raise UserError(
                     f"train config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
-        for name in ("grad_checkpointing", "resume"):
+        for name in ("grad_checkpointing", "resume", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.cuda_graphs and self.grad_accum_steps > 1:
+            raise UserError("train config: cuda_graphs replays one micro-batch a step; set grad_accum_steps to 1")
         self._check_seq_len_warmup()
 
     def _check_seq_len_warmup(self) -> None:

@@ -69,6 +69,7 @@ from .distributed import (
 from .metrics import METRICS_NAME, MetricsLog, records_until
 from .optim import OptimizerFactory, ScheduleFactory, adamw, build_optimizer, no_weight_decay_names, warmup_cosine
 from .run_folder import RunFolderLock, lock_run_folder, write_run_files
+from .step_graph import StepGraph, batch_signature
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -470,6 +471,13 @@ class _Trainer:
         if config.ema_decay and self.sharded:
             raise UserError("ema_decay with FSDP is not supported yet: train with DDP (distributed ddp) or without")
         self.ema = _WeightAverage(self.core, config.ema_decay) if config.ema_decay else None
+        if config.cuda_graphs and (device.type != "cuda" or distributed.world_size > 1):
+            raise UserError(
+                f"cuda_graphs (--cuda-graphs) needs one process on a CUDA device, this run has "
+                f"{_processes(distributed.world_size)} on {device.type}: leave it off"
+            )
+        self.graphs = config.cuda_graphs  # off for the rest of the run once a step fails to capture
+        self.step_graph: StepGraph | None = None
         if resumed is None:
             _seed_process(derive_seed(config.seed, distributed.rank))
         else:
@@ -787,6 +795,10 @@ class _Trainer:
                 batch = self.task.crop(batch, limit)
             tokens += self.task.count_tokens(batch)
             batch = _to_device(batch, self.device)
+            graph = self._graph_for(batch) if self.graphs else None
+            if graph is not None:  # one micro-batch a step (TrainConfig checks): the graph's loss is the step's
+                losses.append(graph(batch))
+                continue
             with gradient_sync(self.model, enabled=index == len(group) - 1):
                 with _autocast(self.device, self.autocast_dtype):
                     loss = self.task.compute_loss(self.model, batch)
@@ -809,10 +821,40 @@ class _Trainer:
         if self.ema is not None:
             self.ema.update()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.step_graph is None:  # a graph's gradients are its buffers, overwritten by the next replay
+            self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.examples += self.step_examples
         return loss_value, lr, norm, tokens_all
+
+    def _graph_for(self, batch: dict[str, Any]) -> StepGraph | None:
+        """The captured forward and backward for `batch`'s shapes, captured now when they are new; None, with a
+        warning, when the step cannot be captured (a host synchronisation in the model or the loss): the run
+        then goes on without graphs."""
+        if self.step_graph is not None and self.step_graph.signature == batch_signature(batch):
+            return self.step_graph
+        self.step_graph = None  # its memory goes before the next capture takes its own
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            self.step_graph = StepGraph(self._captured_loss, batch, parameters)
+        except RuntimeError as error:
+            self.graphs = False
+            for parameter in parameters:
+                parameter.grad = None
+            self._log(
+                logging.WARNING,
+                "cuda_graphs: the training step could not be captured as a CUDA graph (%s); training without graphs",
+                first_line(error),
+            )
+        return self.step_graph
+
+    def _captured_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The task's loss under this run's autocast, without autocast's weight-cast cache: a captured graph must
+        cast the weights itself, as the cached copies would be freed after the capture."""
+        dtype = self.autocast_dtype
+        cast = nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
+        with cast:
+            return self.task.compute_loss(self.model, batch)
 
     def _clip_gradients(self) -> Tensor:
         """The global gradient norm (before clipping); gradients clipped to max_grad_norm unless it is 0."""
