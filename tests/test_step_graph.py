@@ -56,6 +56,9 @@ def test_the_settings_graphs_cannot_serve_are_one_line_errors(tmp_path, capsys):
     assert main(arguments) == 2
     assert "mambakit: error: cuda_graphs (--cuda-graphs) needs one process" in capsys.readouterr().err
     assert not out.exists()
+    bench = ["bench", "capabilities", "--tier", "cpu", "--tasks", "mqar", "--models", "attention", "--cuda-graphs"]
+    assert main([*bench, "--device", "cpu", "--out", str(tmp_path / "bench")]) == 2
+    assert "needs one process on a CUDA device" in capsys.readouterr().err
 
 
 def test_a_graph_is_specific_to_its_batch_shapes():

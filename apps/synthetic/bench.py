@@ -664,6 +664,13 @@ def capabilities(
             "results do not change, seconds do.",
         ),
     ] = 1,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="Train every run with its steps replayed as CUDA graphs (train --cuda-graphs; on a GPU); recorded.",
+        ),
+    ] = False,
     models: Annotated[
         str | None,
         typer.Option(
@@ -696,7 +703,11 @@ def capabilities(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "capabilities.json"
     selected = [
-        replace(run, steps=max(1, round(run.steps * steps_factor)))
+        replace(
+            run,
+            steps=max(1, round(run.steps * steps_factor)),
+            train={**run.train, "cuda_graphs": True} if cuda_graphs else run.train,
+        )
         for run in candidates
         if run.model in wanted or run.name in wanted
     ]
@@ -712,4 +723,5 @@ def capabilities(
         # keeps what it finished.
         records.sort(key=lambda r: known.index(r["task"]) if r["task"] in known else len(known))
         path.write_text(json.dumps(records, indent=1) + "\n")
-    print(write_report(out, records, checks, _environment(resolved, jobs)))
+    environment = {**_environment(resolved, jobs), "cuda graphs": "on" if cuda_graphs else "off"}
+    print(write_report(out, records, checks, environment))

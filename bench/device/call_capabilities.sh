@@ -5,7 +5,7 @@
 #       then the tier's induction-heads Mamba run cut to 4,000 steps (the budget that held 100% only to 2^11), its
 #       checkpoint evaluated past the training length under bf16 autocast and in fp32 (budget or bf16?). About
 #       6 minutes (a call of its own: with call_scan.sh it would pass the 10-minute limit).
-#   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] bash bench/device/call_capabilities.sh
+#   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] [GRAPHS=1] bash bench/device/call_capabilities.sh
 #       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT`; capabilities.json/.md and
 #       every run's metrics.jsonl come back in $OUT, also when the limit stops it.
 mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
@@ -25,7 +25,7 @@ probe)
     ;;
 runs)
     timeout "${LIMIT:-540}" python3 -m mambakit bench capabilities --tier gpu --tasks "$TASKS" \
-        ${MODELS:+--models "$MODELS"} --jobs "${JOBS:-4}" --out /tmp/cap > "$OUT/capabilities_log.txt" 2>&1
+        ${MODELS:+--models "$MODELS"} ${GRAPHS:+--cuda-graphs} --jobs "${JOBS:-4}" --out /tmp/cap > "$OUT/capabilities_log.txt" 2>&1
     echo "exit $?"; tail -n 40 "$OUT/capabilities_log.txt" | grep -v "^$" | cut -c1-200
     cp /tmp/cap/capabilities.* "$OUT/" 2>/dev/null
     for run in /tmp/cap/runs/*/; do cp "$run/metrics.jsonl" "$OUT/$(basename "$run").metrics.jsonl" 2>/dev/null; done
