@@ -56,7 +56,9 @@ class StepGraph:
         torch.cuda.current_stream().wait_stream(side)
         _drop_gradients(parameters)  # the captured backward allocates them in the graph's pool
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=side):
+        # thread_local: the training loader's pin-memory thread allocates pinned memory while this thread
+        # captures; under the default (global) mode that allocation would fail in that thread and end the run.
+        with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
             loss = loss_of(self.inputs)
             loss.backward()
             self.loss = loss.detach().float()
