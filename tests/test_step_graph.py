@@ -82,8 +82,14 @@ class _ReadsBackInTheLoss(Task):
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_graphed_steps_train_as_eager_ones_through_a_shape_change(tmp_path, precision):
-    # The sequence-length warm-up changes the batch shape at step 4 and 8: three captures.
-    changes = {"device": "cuda", "precision": precision, "seq_len_warmup": [[0, 8], [4, 16], [8, 24]]}
+    # The sequence-length warm-up changes the batch shape at step 4 and 8: three captures, each while the loader's
+    # pin-memory thread (loader workers on a GPU) may be allocating.
+    changes = {
+        "device": "cuda",
+        "precision": precision,
+        "seq_len_warmup": [[0, 8], [4, 16], [8, 24]],
+        "num_workers": 2,
+    }
     for graphs in (False, True):
         fit(_model(), Task(), _examples(), config=_config(tmp_path / f"graphs_{graphs}", cuda_graphs=graphs, **changes))
     eager, graphed = _losses(tmp_path / "graphs_False"), _losses(tmp_path / "graphs_True")
