@@ -10,6 +10,7 @@ Prints one JSON line per run and writes them all to --out (default runs/capabili
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -47,12 +48,10 @@ def profile(run: bench.CapabilityRun, workers: int) -> dict[str, Any]:
     batch = {name: value.cuda() for name, value in batch.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def loss_of(inputs: dict[str, Any]) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            return task.compute_loss(model, inputs)
-
     def step() -> None:
-        loss_of(batch).backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = task.compute_loss(model, batch)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -70,7 +69,10 @@ def profile(run: bench.CapabilityRun, workers: int) -> dict[str, Any]:
 
     model_ms = timed(step)
     # The same step with the forward and backward replayed as a CUDA graph (TrainConfig.cuda_graphs).
-    graph = StepGraph(loss_of, batch, [p for p in model.parameters() if p.requires_grad])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        graph = StepGraph(
+            functools.partial(task.compute_loss, model), batch, [p for p in model.parameters() if p.requires_grad]
+        )
 
     def graphed_step() -> None:
         graph(batch)

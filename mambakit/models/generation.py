@@ -118,7 +118,7 @@ def state_tensors(state: Any) -> list[Tensor]:
     return tensors
 
 
-def _uncached_autocast(device_type: str) -> contextlib.AbstractContextManager:
+def uncached_autocast(device_type: str) -> contextlib.AbstractContextManager:
     """The caller's autocast setting without its weight-cast cache: a captured graph must cast the weights itself,
     since the cached copies it would otherwise read are freed when the caller's autocast region ends."""
     if not torch.is_autocast_enabled(device_type):
@@ -132,7 +132,7 @@ class _DecodeGraph:
 
     def __init__(self, model: Any, state: Any, batch: int, device: torch.device, warmups: int = 2) -> None:
         self.device = device
-        with torch.cuda.device(self.device), _uncached_autocast("cuda"):
+        with torch.cuda.device(self.device), uncached_autocast("cuda"):
             self.tokens = torch.zeros(batch, dtype=torch.long, device=self.device)
             self.state = _map_state(lambda t: torch.zeros_like(t, memory_format=torch.contiguous_format), state)
             # Warm-up on a side stream, as CUDA graph capture requires, and capture on the same stream: the Triton
@@ -174,7 +174,7 @@ class PhaseGraphs:
         self.device = device
         saved = [t.clone() for t in keep]
         self.graphs: list[torch.cuda.CUDAGraph] = []
-        with torch.cuda.device(device), _uncached_autocast("cuda"):
+        with torch.cuda.device(device), uncached_autocast("cuda"):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             # Every phase once on the side stream first, so that kernels compile and workspaces are allocated

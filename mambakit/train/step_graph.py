@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..models.generation import uncached_autocast
+
 
 def batch_signature(batch: dict[str, Any]) -> tuple[Any, ...]:
     """What a captured graph is specific to: each entry's name and, for tensors, shape, dtype and device; other
@@ -30,7 +32,8 @@ def batch_signature(batch: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class StepGraph:
-    """`loss_of(batch).backward()` for batches of one signature, captured as one CUDA graph.
+    """`loss_of(batch).backward()` for batches of one signature, captured as one CUDA graph under the caller's
+    autocast setting (without its weight-cast cache, which a graph cannot read after the capture).
 
     Calling it with a batch of that signature copies the batch into the static inputs, replays the graph and
     returns the loss (a float32 scalar tensor that the next call overwrites); the parameters' gradients are then
@@ -49,19 +52,20 @@ class StepGraph:
         # allocates its workspace, all outside the capture. Its gradients are dropped; no parameter changes.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmups):
-                _drop_gradients(parameters)
-                loss_of(self.inputs).backward()
-        torch.cuda.current_stream().wait_stream(side)
-        _drop_gradients(parameters)  # the captured backward allocates them in the graph's pool
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the training loader's pin-memory thread allocates pinned memory while this thread
-        # captures; under the default (global) mode that allocation would fail in that thread and end the run.
-        with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
-            loss = loss_of(self.inputs)
-            loss.backward()
-            self.loss = loss.detach().float()
+        with uncached_autocast("cuda"):
+            with torch.cuda.stream(side):
+                for _ in range(warmups):
+                    _drop_gradients(parameters)
+                    loss_of(self.inputs).backward()
+            torch.cuda.current_stream().wait_stream(side)
+            _drop_gradients(parameters)  # the captured backward allocates them in the graph's pool
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: the training loader's pin-memory thread allocates pinned memory while this thread
+            # captures; under the default (global) mode that allocation would fail in that thread and end the run.
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                loss = loss_of(self.inputs)
+                loss.backward()
+                self.loss = loss.detach().float()
 
     def __call__(self, batch: dict[str, Any]) -> Tensor:
         for name, value in batch.items():

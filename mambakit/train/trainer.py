@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -836,7 +837,8 @@ class _Trainer:
         self.step_graph = None  # its memory goes before the next capture takes its own
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         try:
-            self.step_graph = StepGraph(self._captured_loss, batch, parameters)
+            with _autocast(self.device, self.autocast_dtype):
+                self.step_graph = StepGraph(partial(self.task.compute_loss, self.model), batch, parameters)
         except RuntimeError as error:
             self.graphs = False
             for parameter in parameters:
@@ -847,14 +849,6 @@ class _Trainer:
                 first_line(error),
             )
         return self.step_graph
-
-    def _captured_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The task's loss under this run's autocast, without autocast's weight-cast cache: a captured graph must
-        cast the weights itself, as the cached copies would be freed after the capture."""
-        dtype = self.autocast_dtype
-        cast = nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
-        with cast:
-            return self.task.compute_loss(self.model, batch)
 
     def _clip_gradients(self) -> Tensor:
         """The global gradient norm (before clipping); gradients clipped to max_grad_norm unless it is 0."""
