@@ -17,8 +17,13 @@ bench/results/gpu_notes.md says what the profiles showed.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,12 +69,46 @@ def profile_block(backend: str, batch: int = 8, length: int = 2048, d_model: int
         finished = time.perf_counter()
         host_ms, wall_ms = (issued - started) * 50, (finished - started) * 50
         print(f"== mixer {name}: host {host_ms:.3f} ms to issue a step, {wall_ms:.3f} ms a step until the GPU is done")
+        print_host_time(name, step)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
             for _ in range(10):
                 step()
             torch.cuda.synchronize()
         table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=22, max_name_column_width=70)
         print(f"== mixer {name}, scan backend {backend}, 10 steps\n{table}")
+
+
+def print_host_time(name: str, step: Callable[[], object]) -> None:
+    """Where the host's time to issue `step` goes (cProfile over 20 steps, functions by own time), and every
+    operation in one step that makes the host wait for the GPU (torch's sync debug mode)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(20):
+        step()
+    profile.disable()
+    torch.cuda.synchronize()
+    listing = io.StringIO()
+    pstats.Stats(profile, stream=listing).sort_stats("tottime").print_stats(18)
+    rows = [line for line in listing.getvalue().splitlines() if line.strip()][-19:]
+    title = f"== mixer {name}: host time by function over 20 steps, in seconds (a backward runs on its own thread)"
+    print(title, *rows, sep="\n")
+    waits: list[str] = []
+
+    def record(message: Warning | str, *_: object, **__: object) -> None:
+        frames = [
+            f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_stack()[:-2] if "torch" not in f.filename
+        ]
+        waits.append(f"{str(message).splitlines()[0][:60]} at " + " <- ".join(reversed(frames[-4:])))
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    print(f"== mixer {name}: {len(waits)} host waits in one step", *waits[:12], sep="\n  ")
 
 
 def main() -> None:
