@@ -22,8 +22,6 @@ import io
 import pstats
 import sys
 import time
-import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu import GRAD_NAMES, cuda_fns, mamba_fn, triton_fn  # the sibling script, importable once on the path
+from host_waits import recorded_host_waits, waits_lines
 
 from mambakit.nn import Mamba
 from mambakit.ops.timing import scan_inputs
@@ -92,23 +91,9 @@ def print_host_time(name: str, step: Callable[[], object]) -> None:
     rows = [line for line in listing.getvalue().splitlines() if line.strip()][-19:]
     title = f"== mixer {name}: host time by function over 20 steps, in seconds (a backward runs on its own thread)"
     print(title, *rows, sep="\n")
-    waits: list[str] = []
-
-    def record(message: Warning | str, *_: object, **__: object) -> None:
-        frames = [
-            f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_stack()[:-2] if "torch" not in f.filename
-        ]
-        waits.append(f"{str(message).splitlines()[0][:60]} at " + " <- ".join(reversed(frames[-4:])))
-
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = record
-            step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    print(f"== mixer {name}: {len(waits)} host waits in one step", *waits[:12], sep="\n  ")
+    with recorded_host_waits() as waits:
+        step()
+    print(f"== mixer {name}: {sum(waits.values())} host waits in one step", *waits_lines(waits), sep="\n")
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ kernel compilation); the run trains on the default corpus (bytes) with its defau
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import functools
 import json
 import shutil
@@ -26,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # beside this script
 from gpu_model import bench_lm_train
+from host_waits import recorded_host_waits, waits_lines
 from mambakit.apps.text.cli import DOMAIN, TextOptions
 
 from mambakit.cli_support import train_domain
@@ -63,6 +66,8 @@ def profile_cli(args: argparse.Namespace) -> None:
     import mambakit.train as train_package
 
     wall: list[float] = []
+    waits_scope = contextlib.ExitStack()
+    waits: list[collections.Counter[str]] = []  # step 21's, once recorded
     schedule = torch.profiler.schedule(wait=20, warmup=0, active=args.profile_steps, repeat=1)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities, schedule=schedule, with_stack=True) as profiler:
@@ -71,6 +76,10 @@ def profile_cli(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
             wall.append(time.perf_counter())
             profiler.step()
+            if len(wall) == 20:  # the first profiled step: what makes its host wait for the GPU, too
+                waits.append(waits_scope.enter_context(recorded_host_waits(frames=6)))
+            elif len(wall) == 21:
+                waits_scope.close()
 
         fit = train_package.fit
         train_package.fit = functools.partial(fit, callbacks=[on_step])
@@ -82,17 +91,12 @@ def profile_cli(args: argparse.Namespace) -> None:
     steps = args.profile_steps
     busy_ms = sum(event.self_device_time_total for event in averages) / 1000 / steps
     wall_ms = (wall[-1] - wall[19]) * 1000 / steps
-    # Where the host may wait for the GPU: the Python stacks of the ops that read a value back (.item(), bool(),
-    # .tolist(), .cpu()) or copy.
-    waits = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::copy_", "cudaMemcpyAsync"}
-    copies = [event for event in profiler.key_averages(group_by_stack_n=8) if event.key in waits and event.stack]
-    copies.sort(key=lambda event: -event.count)
     lines = [
         f"wall {wall_ms:.1f} ms per step, GPU busy {busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})",
         averages.table(sort_by="self_device_time_total", row_limit=25),
         averages.table(sort_by="self_cpu_time_total", row_limit=25),
-        "reads back and copies by Python stack:",
-        *(f"{event.count:6d}  {event.key}  " + " <- ".join(event.stack) for event in copies[:15]),
+        "what made the host wait for the GPU in step 21, by Python stack:",
+        *waits_lines(sum(waits, collections.Counter())),
     ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "text_gpu_profile.txt").write_text("\n".join(lines))
