@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,6 +309,25 @@ def test_data_workers_give_the_same_run(tmp_path):
             config=_config(tmp_path / str(workers), num_workers=workers, max_steps=4),
         )
     _assert_same_tensors(models[0].state_dict(), models[1].state_dict(), "parameters")
+
+
+def test_a_sigterm_to_the_process_group_stops_at_a_step_boundary_with_loader_workers(tmp_path):
+    """`timeout`, Ctrl-C and schedulers signal the whole process group, the loader workers included: the run must
+    stop at a step boundary and save, not fail because its workers died under it."""
+    (tmp_path / "config.yaml").write_text("train: {num_workers: 2, log_every: 1}\n")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mambakit", "train", "synthetic", "--task", "induction-heads", "--preset", "tiny"]
+    options = ["--device", "cpu", "--max-steps", "100000", "--config", str(tmp_path / "config.yaml"), "--out", str(out)]
+    process = subprocess.Popen([*command, *options], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.stderr else ""
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "internal error" not in stderr and "training interrupted at step" in stderr
+    assert (out / "last").is_dir()
 
 
 class _LengthRecorder(Task):

@@ -8,7 +8,7 @@
 #   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] [GRAPHS=1] bash bench/device/call_capabilities.sh
 #   (either, with GPU_TESTS="tests/test_x.py ...": those GPU tests first, under a 150 s limit)
 #       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT`; capabilities.json/.md and
-#       every run's metrics.jsonl come back in $OUT, also when the limit stops it.
+#       every run's metrics.jsonl come back in $OUT/cap, also when a limit stops it.
 mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
 # The checkout is not pip-installed there, so the CLI would find no app (`bench capabilities` is the synthetic app's):
@@ -37,11 +37,12 @@ probe)
     done
     ;;
 runs)
+    # Into $OUT as they finish (capabilities.json is rewritten after every run): a call cut short by the session's
+    # device time still brings back the runs it finished.
     timeout "${LIMIT:-540}" python3 -m mambakit bench capabilities --tier gpu --tasks "$TASKS" \
-        ${MODELS:+--models "$MODELS"} ${GRAPHS:+--cuda-graphs} --jobs "${JOBS:-4}" --out /tmp/cap > "$OUT/capabilities_log.txt" 2>&1
+        ${MODELS:+--models "$MODELS"} ${GRAPHS:+--cuda-graphs} --jobs "${JOBS:-4}" --out "$OUT/cap" > "$OUT/capabilities_log.txt" 2>&1
     echo "exit $?"; tail -n 40 "$OUT/capabilities_log.txt" | grep -v "^$" | cut -c1-200
-    cp /tmp/cap/capabilities.* "$OUT/" 2>/dev/null
-    for run in /tmp/cap/runs/*/; do cp "$run/metrics.jsonl" "$OUT/$(basename "$run").metrics.jsonl" 2>/dev/null; done
+    find "$OUT/cap/runs" -mindepth 1 -maxdepth 1 -type d -exec sh -c 'mv "$1/metrics.jsonl" "$1.metrics.jsonl"; rm -rf "$1"' _ {} \; 2>/dev/null
     ;;
 *) echo "PHASE=probe or PHASE=runs" >&2; exit 2 ;;
 esac

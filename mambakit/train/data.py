@@ -14,6 +14,7 @@ what carries over to another world size (`deal_position`): the new processes dea
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -134,7 +135,22 @@ def batch_loader(stream: BatchStream, num_workers: int, pin_memory: bool) -> Dat
     """A DataLoader over `stream`'s ready-made batches; streams are read in the main process."""
     workers = 0 if stream.order is None else num_workers
     # A private generator: creating the loader must not draw from the global RNG, whose state is checkpointed.
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=torch.Generator())
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),
+        worker_init_fn=leave_stop_signals_to_the_trainer,
+    )
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C, `timeout`, a
+    scheduler's preemption) must let the trainer finish its step and save, not kill the workers under it (torch then
+    fails the run with "DataLoader worker ... is killed by signal"). The workers still end with the loader."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def capture_rng(cuda: bool) -> dict[str, Any]:
