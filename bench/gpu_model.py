@@ -39,6 +39,7 @@ from mambakit.nn import Mamba
 from mambakit.ops import ScanShape, available_backends, resolve_backend
 from mambakit.ops.measured import layer_scan_shape
 from mambakit.ops.timing import relative_error
+from mambakit.train.step_graph import StepGraph
 
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # beside this script, importable once its folder is on the path
@@ -164,6 +165,12 @@ SEPARATE_OPS = "mambakit[triton, separate ops]"
 
 def _with_separate_ops(backends: dict[str, str]) -> dict[str, str]:
     return {**backends, SEPARATE_OPS: "triton"}
+
+
+#: The LM step once more with `auto`'s backends and its forward and backward as one CUDA graph (`train
+#: --cuda-graphs`): the step without the host's time to issue it. mamba-ssm's model gets the same treatment.
+GRAPHED_SUFFIX = " + cuda graph"
+GRAPHED = f"mambakit[auto]{GRAPHED_SUFFIX}"
 
 
 def _fuse(model: nn.Module, label: str) -> nn.Module:
@@ -317,16 +324,30 @@ def _lm_loss_mamba_ssm(model: nn.Module, ids: Tensor, vocab_size: int) -> Tensor
 
 
 def _time_training(
-    model: nn.Module, loss_fn: Callable[[nn.Module, Tensor], Tensor], ids: Tensor, steps: int, warmup: int
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Tensor], Tensor],
+    ids: Tensor,
+    steps: int,
+    warmup: int,
+    graphed: bool = False,
 ) -> dict[str, float]:
-    """AdamW steps under bf16 autocast (fp32 params): the first step's loss, ms per step, peak memory."""
+    """AdamW steps under bf16 autocast (fp32 params): the first step's loss, ms per step, peak memory. `graphed`:
+    forward and backward replayed as one CUDA graph (`mambakit.train.StepGraph`, what `train --cuda-graphs` runs),
+    the optimizer eager."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    graph = None
+    if graphed:
+        with torch.autocast("cuda", dtype=BF16):
+            graph = StepGraph(lambda batch: loss_fn(model, batch["ids"]), {"ids": ids}, list(model.parameters()))
 
     def step() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=BF16):
-            loss = loss_fn(model, ids)
-        loss.backward()
+        if graph is not None:  # its gradients are the graph's buffers, rewritten by every replay
+            loss = graph({"ids": ids})
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=BF16):
+                loss = loss_fn(model, ids)
+            loss.backward()
         optimizer.step()
         return loss.detach()
 
@@ -372,6 +393,7 @@ def bench_lm_train(
         )
         for label, backend in _with_separate_ops(_mambakit_backends("selective_scan", layers)).items()
     }
+    builders[GRAPHED] = lambda: (MambaLMHeadModel(config, device=DEVICE), _lm_loss_mambakit)
     unavailable = mamba_ssm_unavailable()
     if unavailable is None:
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel as MambaSSMLM
@@ -380,14 +402,15 @@ def bench_lm_train(
             MambaSSMLM(_mamba_ssm_lm_config(config), device=DEVICE),
             lambda model, ids: _lm_loss_mamba_ssm(model, ids, config.vocab_size),
         )
+        builders[f"mamba_ssm{GRAPHED_SUFFIX}"] = builders["mamba_ssm"]
     results: dict[str, dict | None] = {}
     notes: dict[str, str | None] = {"mamba_ssm": unavailable}
     for label, build in builders.items():
 
-        def run(build: Callable = build) -> dict[str, float]:
+        def run(build: Callable = build, graphed: bool = label.endswith(GRAPHED_SUFFIX)) -> dict[str, float]:
             model, loss_fn = build()
             model.load_state_dict(weights)
-            return _time_training(model, loss_fn, ids, steps, warmup)
+            return _time_training(model, loss_fn, ids, steps, warmup, graphed)
 
         results[label], notes[label] = _measure(run)
         log(label, results[label], notes[label])

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # beside this script
-from gpu_model import bench_lm_train
+from gpu_model import GRAPHED, GRAPHED_SUFFIX, bench_lm_train
 from host_waits import recorded_host_waits, waits_lines
 from mambakit.apps.text.cli import DOMAIN, TextOptions
 
@@ -38,8 +38,9 @@ from mambakit.ops import resolve_backend
 from mambakit.ops.measured import layer_scan_shape
 
 
-def cli_tokens_per_second(args: argparse.Namespace) -> tuple[float, list[float], Any]:
-    """(median tokens/s of the CLI run's logged windows after the first two, all of them, the trained config)."""
+def cli_tokens_per_second(args: argparse.Namespace, cuda_graphs: bool = False) -> tuple[float, list[float], Any]:
+    """(median tokens/s of the CLI run's logged windows after the first two, all of them, the trained config);
+    `cuda_graphs`: the run with `--cuda-graphs`."""
     shutil.rmtree(args.work, ignore_errors=True)
     run = RunOptions(
         task="lm",
@@ -48,11 +49,11 @@ def cli_tokens_per_second(args: argparse.Namespace) -> tuple[float, list[float],
         batch_size=args.batch_size,
         device="cuda",
         preset=args.preset,
-        train={"eval_every": args.steps, "save_every": args.steps, "log_every": 10},
+        train={"eval_every": args.steps, "save_every": args.steps, "log_every": 10, "cuda_graphs": cuda_graphs},
     )
     started = time.perf_counter()
     train_domain(DOMAIN, run, TextOptions(seq_len=args.seq_len))
-    report.log(f"train text: {args.steps} steps in {time.perf_counter() - started:.0f} s")
+    report.log(f"train text (cuda graphs {cuda_graphs}): {args.steps} steps in {time.perf_counter() - started:.0f} s")
     logged = [json.loads(line) for line in (args.work / "metrics.jsonl").read_text().splitlines()]
     windows = [record["tokens_per_s"] for record in logged if "tokens_per_s" in record]
     config = load_model(args.work / "last").config
@@ -121,6 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cli, windows, config = cli_tokens_per_second(args)
+    graphed_cli, graphed_windows, _ = cli_tokens_per_second(args, cuda_graphs=True)
     if args.profile_steps:
         profile_cli(args)
     core_rows = bench_lm_train(batch=args.batch_size, length=args.seq_len, steps=10, warmup=3, config=config)
@@ -130,10 +132,11 @@ def main() -> None:
     layers = layer_scan_shape(args.batch_size, config.d_inner, args.seq_len, config.d_state, torch.bfloat16)
     picked = resolve_backend("auto", torch.device("cuda"), "selective_scan", shape=layers).name
     core_label = next(
-        (name for name in by_backend if name.startswith("mambakit[auto")),
+        (name for name in by_backend if name.startswith("mambakit[auto") and not name.endswith(GRAPHED_SUFFIX)),
         f"mambakit[{picked}]" if f"mambakit[{picked}]" in by_backend else "mambakit[triton]",
     )
     core = by_backend[core_label]["value"]
+    graphed_core = by_backend[GRAPHED]["value"]
     data = {
         "machine": report.gpu_machine(),
         "mamba_ssm": report.version("mamba_ssm"),
@@ -147,6 +150,9 @@ def main() -> None:
         "cli_scan_backend": picked,
         "core_compared": core_label,
         "cli_over_core": cli / core if core else None,
+        "cli_cuda_graphs_tokens_per_s": graphed_cli,
+        "cli_cuda_graphs_windows": graphed_windows,
+        "cli_cuda_graphs_over_core": graphed_cli / graphed_core if graphed_core else None,
     }
     shape = f"B{args.batch_size} L{args.seq_len}, d_model {config.d_model}, {config.n_layer} layers"
     shape += f", vocab {config.vocab_size}"
@@ -163,6 +169,8 @@ def main() -> None:
         "|---|---|---|",
         f"| mambakit train text (CLI; auto picked {picked}) | {cli:,.0f} | {cli / core:.1%} of the core step "
         f"{core_label} (goal: at least 95%) |",
+        f"| mambakit train text --cuda-graphs (CLI) | {graphed_cli:,.0f} | "
+        + (f"{graphed_cli / graphed_core:.1%} of the core step {GRAPHED} |" if graphed_core else "|"),
     ]
     for row in core_rows:
         value = "n/a" if row["value"] is None else f"{row['value']:,.0f}"
