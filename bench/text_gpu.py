@@ -35,7 +35,7 @@ from mambakit.cli_support import train_domain
 from mambakit.domains import RunOptions
 from mambakit.models import load_model
 from mambakit.ops import resolve_backend
-from mambakit.ops.measured import layer_scan_shape
+from mambakit.ops.measured import layer_scan_shape, measurements
 
 
 def cli_tokens_per_second(args: argparse.Namespace, cuda_graphs: bool = False) -> tuple[float, list[float], Any]:
@@ -96,6 +96,8 @@ def profile_cli(args: argparse.Namespace) -> None:
         f"wall {wall_ms:.1f} ms per step, GPU busy {busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})",
         averages.table(sort_by="self_device_time_total", row_limit=25),
         averages.table(sort_by="self_cpu_time_total", row_limit=25),
+        "the scan backends `auto` measured in this process (device, op, shape -> chosen, ms per candidate):",
+        *(f"  {key[1]} {key[2]} -> {m.chosen} {m.milliseconds}" for key, m in measurements().items()),
         "what made the host wait for the GPU in step 21, by Python stack:",
         *waits_lines(sum(waits, collections.Counter())),
     ]
