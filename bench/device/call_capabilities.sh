@@ -5,9 +5,10 @@
 #       then the tier's induction-heads Mamba run cut to 4,000 steps (the budget that held 100% only to 2^11), its
 #       checkpoint evaluated past the training length under bf16 autocast and in fp32 (budget or bf16?). About
 #       6 minutes (a call of its own: with call_scan.sh it would pass the 10-minute limit).
-#   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] [GRAPHS=1] bash bench/device/call_capabilities.sh
+#   PHASE=runs TASKS=a,b [MODELS=x,y] [JOBS=4] [LIMIT=540] [EAGER=1] bash bench/device/call_capabilities.sh
 #   (either, with GPU_TESTS="tests/test_x.py ...": those GPU tests first, under a 150 s limit)
-#       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT`; capabilities.json/.md and
+#       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT` (graphed steps, the tier's
+#       default on a GPU; EAGER=1: --no-cuda-graphs); capabilities.json/.md and
 #       every run's metrics.jsonl come back in $OUT/cap, also when a limit stops it.
 mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
@@ -40,7 +41,7 @@ runs)
     # Into $OUT as they finish (capabilities.json is rewritten after every run): a call cut short by the session's
     # device time still brings back the runs it finished.
     timeout "${LIMIT:-540}" python3 -m mambakit bench capabilities --tier gpu --tasks "$TASKS" \
-        ${MODELS:+--models "$MODELS"} ${GRAPHS:+--cuda-graphs} --jobs "${JOBS:-4}" --out "$OUT/cap" > "$OUT/capabilities_log.txt" 2>&1
+        ${MODELS:+--models "$MODELS"} ${EAGER:+--no-cuda-graphs} --jobs "${JOBS:-4}" --out "$OUT/cap" > "$OUT/capabilities_log.txt" 2>&1
     echo "exit $?"; tail -n 40 "$OUT/capabilities_log.txt" | grep -v "^$" | cut -c1-200
     find "$OUT/cap/runs" -mindepth 1 -maxdepth 1 -type d -exec sh -c 'mv "$1/metrics.jsonl" "$1.metrics.jsonl"; rm -rf "$1"' _ {} \; 2>/dev/null
     ;;
