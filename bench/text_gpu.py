@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # beside this script
@@ -71,7 +72,7 @@ def profile_cli(args: argparse.Namespace) -> None:
     waits: list[collections.Counter[str]] = []  # step 21's, once recorded
     schedule = torch.profiler.schedule(wait=20, warmup=0, active=args.profile_steps, repeat=1)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities, schedule=schedule, with_stack=True) as profiler:
+    with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
 
         def on_step(info: Any) -> None:
             torch.cuda.synchronize()
@@ -93,7 +94,9 @@ def profile_cli(args: argparse.Namespace) -> None:
             train_package.fit = fit
     averages = profiler.key_averages()
     steps = args.profile_steps
-    busy_ms = sum(event.self_device_time_total for event in averages) / 1000 / steps
+    # The device's own events (kernels, copies, memsets): host-side ops carry their kernels' time too.
+    busy_ms = sum(event.self_device_time_total for event in averages if event.device_type == DeviceType.CUDA)
+    busy_ms /= 1000 * steps
     wall_ms = (wall[19 + steps] - wall[19]) * 1000 / steps
     lines = [
         f"wall {wall_ms:.1f} ms per step, GPU busy {busy_ms:.1f} ms per step ({busy_ms / wall_ms:.0%})",
