@@ -10,19 +10,7 @@
 #       `mambakit bench capabilities --tier gpu` for those runs under `timeout LIMIT` (graphed steps, the tier's
 #       default on a GPU; EAGER=1: --no-cuda-graphs); capabilities.json/.md and
 #       every run's metrics.jsonl come back in $OUT/cap, also when a limit stops it.
-mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
-# The checkout is not pip-installed there, so the CLI would find no app (`bench capabilities` is the synthetic app's):
-# a dist-info beside mamba-ssm publishes pyproject's mambakit.apps entry points.
-python3 - <<'PY'
-import pathlib, tomllib
-apps = tomllib.load(open("pyproject.toml", "rb"))["project"]["entry-points"]["mambakit.apps"]
-info = pathlib.Path("/tmp/site/mambakit_checkout-0.dist-info")
-info.mkdir(exist_ok=True)
-(info / "METADATA").write_text("Metadata-Version: 2.1\nName: mambakit-checkout\nVersion: 0\n")
-(info / "entry_points.txt").write_text("[mambakit.apps]\n" + "".join(f"{k} = {v}\n" for k, v in apps.items()))
-PY
-nvidia-smi --query-gpu=name --format=csv,noheader
+source bench/device/setup.sh
 [ -n "$GPU_TESTS" ] && { timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS > "$OUT/gpu_tests.txt" 2>&1;
     tail -n 3 "$OUT/gpu_tests.txt"; grep -E "^FAILED" "$OUT/gpu_tests.txt" | head -10; }
 case "$PHASE" in

@@ -3,8 +3,8 @@
 # Adds causal-conv1d (without it mamba-ssm's Mamba skips its fused path: an unfair baseline), then the block and the
 # 130M LM step beside mamba-ssm (eager, and replayed as a CUDA graph), and `mambakit train text` beside the core step
 # (with and without --cuda-graphs). About 4 minutes.
-mkdir -p /tmp/site && tar xJf .device/causal_conv1d_site.tar.xz -C /tmp/site
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
+source bench/device/setup.sh
+tar xJf .device/causal_conv1d_site.tar.xz -C /tmp/site
 python3 -c "import mamba_ssm, causal_conv1d; print('mamba-ssm', mamba_ssm.__version__, 'causal-conv1d', causal_conv1d.__version__)" || exit 3
 timeout 200 python3 bench/gpu_model.py --only block,train > "$OUT/gpu_model.txt" 2>&1
 grep -E "block_fwd|lm_train" "$OUT/gpu_model.txt" | tail -20 | cut -c1-200

@@ -3,9 +3,7 @@
 # The GPU tests of the scan and the fused mixer, bench/gpu.py's scan sections beside mamba-ssm, Nsight Compute on
 # the cuda forward, and where one mixer's time goes (bench/gpu_profile.py --block: its kernels, the host's time by
 # function, what makes the host wait). About 7 minutes: the GPU tests alone passed 200 s on an H100 at 006c84b.
-mkdir -p /tmp/site && { [ -d /tmp/site/mamba_ssm ] || tar xJf .device/mamba_site.tar.xz -C /tmp/site; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; ln -sfn "$PWD/apps" mambakit/apps
-nvidia-smi --query-gpu=name --format=csv,noheader
+source bench/device/setup.sh
 timeout 270 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_step_graph.py tests/test_cuda_scan.py tests/test_mamba_inner.py \
     > "$OUT/gpu_tests.txt" 2>&1; tail -n 3 "$OUT/gpu_tests.txt"; grep -E "^FAILED" "$OUT/gpu_tests.txt" | head -10
 timeout 150 python3 bench/gpu.py --skip-models --commit "$COMMIT" > "$OUT/gpu.txt" 2>&1; tail -n 22 "$OUT/gpu.txt"
