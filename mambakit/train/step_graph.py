@@ -37,7 +37,7 @@ class StepGraph:
 
     Calling it with a batch of that signature copies the batch into the static inputs, replays the graph and
     returns the loss (a float32 scalar tensor that the next call overwrites); the parameters' gradients are then
-    in their `.grad` tensors."""
+    in their `.grad` tensors. A capture that fails raises, leaving every parameter's `.grad` None."""
 
     def __init__(
         self,
@@ -48,6 +48,13 @@ class StepGraph:
     ) -> None:
         self.signature = batch_signature(batch)
         self.inputs = {name: value.clone() if isinstance(value, Tensor) else value for name, value in batch.items()}
+        try:
+            self._capture(loss_of, parameters, warmups)
+        except BaseException:
+            _drop_gradients(parameters)  # a failed capture leaves no half-made gradients for an eager step to add to
+            raise
+
+    def _capture(self, loss_of: Callable[[dict[str, Any]], Tensor], parameters: Sequence[Tensor], warmups: int) -> None:
         # Warm-up on a side stream, as capture requires: kernels compile, `auto` measures its backends, cuBLAS
         # allocates its workspace, all outside the capture. Its gradients are dropped; no parameter changes.
         side = torch.cuda.Stream()

@@ -841,8 +841,6 @@ class _Trainer:
                 self.step_graph = StepGraph(partial(self.task.compute_loss, self.model), batch, parameters)
         except RuntimeError as error:
             self.graphs = False
-            for parameter in parameters:
-                parameter.grad = None
             self._log(
                 logging.WARNING,
                 "cuda_graphs: the training step could not be captured as a CUDA graph (%s); training without graphs",
