@@ -69,17 +69,18 @@ def profile_cli(args: argparse.Namespace) -> None:
 
     wall: list[float] = []
     waits_scope = contextlib.ExitStack()
-    waits: list[collections.Counter[str]] = []  # step 21's, once recorded
+    waits: collections.Counter[str] = collections.Counter()  # step 21's
     schedule = torch.profiler.schedule(wait=20, warmup=0, active=args.profile_steps, repeat=1)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities, schedule=schedule) as profiler:
 
         def on_step(info: Any) -> None:
+            nonlocal waits
             torch.cuda.synchronize()
             wall.append(time.perf_counter())
             profiler.step()
             if len(wall) == 20:  # the first profiled step: what makes its host wait for the GPU, too
-                waits.append(waits_scope.enter_context(recorded_host_waits(frames=6)))
+                waits = waits_scope.enter_context(recorded_host_waits(frames=6))
             elif len(wall) == 21:
                 waits_scope.close()
 
@@ -105,7 +106,7 @@ def profile_cli(args: argparse.Namespace) -> None:
         "the scan backends `auto` measured in this process (device, op, shape -> chosen, ms per candidate):",
         *(f"  {key[1]} {key[2]} -> {m.chosen} {m.milliseconds}" for key, m in measurements().items()),
         "what made the host wait for the GPU in step 21, by Python stack:",
-        *waits_lines(sum(waits, collections.Counter())),
+        *waits_lines(waits),
     ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "text_gpu_profile.txt").write_text("\n".join(lines))
