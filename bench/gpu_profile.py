@@ -11,6 +11,10 @@ With --block, instead: where one Mamba mixer's time goes (d_model 768, B8 L2048,
 autocast, as bench/gpu_model.py times it), forward without autograd and forward+backward, by kernel, from
 torch.profiler, for the scan backend --backend.
 
+With --host-costs: the host's time to issue each layer of the cuda scan's forward (the bare kernel launch, the
+custom op around it, the forward that prepares its inputs) and the other backends' forwards, at a shape small
+enough that the GPU never holds the host back: where the mixer's host time goes, one layer at a time.
+
 bench/results/gpu_notes.md says what the profiles showed.
 """
 
@@ -96,13 +100,50 @@ def print_host_time(name: str, step: Callable[[], object]) -> None:
     print(f"== mixer {name}: {sum(waits.values())} host waits in one step", *waits_lines(waits), sep="\n")
 
 
+def host_costs(calls: int = 300) -> None:
+    """Print microseconds of host time per call for each layer of a scan forward (B1 D64 N16 L256, bf16)."""
+    from mambakit.ops import cuda_scan, triton_scan
+
+    inputs = scan_inputs(1, 64, 16, 256, "cuda", torch.bfloat16)
+    args = tuple(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+    prepared = cuda_scan._prepare(*args, None)
+    out, last, chunk_states = cuda_scan._forward_outputs(prepared.u, prepared.A, prepared.B, "v2")
+    layers: dict[str, Callable[[], object]] = {
+        "torch.empty (a baseline)": lambda: torch.empty(16, device="cuda"),
+        "torch.add (a baseline)": lambda: torch.add(prepared.u, prepared.u),
+        "cuda: _forward_outputs": lambda: cuda_scan._forward_outputs(prepared.u, prepared.A, prepared.B, "v2"),
+        "cuda: _prepare": lambda: cuda_scan._prepare(*args, None),
+        "cuda: _launch_forward": lambda: cuda_scan._launch_forward(prepared, True, "v2"),
+        "cuda: custom op _forward_op": lambda: cuda_scan._forward_op(*prepared, True, "v2"),
+        "cuda: selective_scan_fwd_cuda": lambda: cuda_scan.selective_scan_fwd_cuda(*args, True),
+        "triton: selective_scan_fwd_triton": lambda: triton_scan.selective_scan_fwd_triton(*args, True),
+    }
+    mamba = mamba_fn()
+    if mamba is not None:
+        layers["mamba_ssm: selective_scan_fn"] = lambda: mamba(**inputs)
+    for name, layer in layers.items():
+        for _ in range(10):
+            layer()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(calls):
+            layer()
+        host_us = (time.perf_counter() - started) / calls * 1e6
+        torch.cuda.synchronize()
+        print(f"== host {host_us:8.1f} us a call  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8,1536,16,2048", help="batch,dim,states,length")
     parser.add_argument("--impls", default="cuda_v2,triton,mamba_ssm", help="comma-separated implementations")
     parser.add_argument("--block", action="store_true", help="profile one Mamba mixer with torch.profiler instead")
     parser.add_argument("--backend", default="cuda", help="the mixer's scan backend (with --block)")
+    parser.add_argument("--host-costs", action="store_true", help="host time per call of each layer of a forward")
     args = parser.parse_args()
+    if args.host_costs:
+        host_costs()
+        return
     if args.block:
         profile_block(args.backend)
         return
