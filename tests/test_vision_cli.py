@@ -261,7 +261,8 @@ def test_predict_with_released_weights_names_imagenet_classes(image_folder, tmp_
         rows = list(csv.DictReader(handle))
     from timm.data import ImageNetInfo
 
-    names = {ImageNetInfo().index_to_description(i) for i in range(1000)}
+    info = ImageNetInfo()  # reads timm's class lists: once, not per class
+    names = {info.index_to_description(i) for i in range(1000)}
     assert rows and all(row["top1"] in names and row["top2"] in names for row in rows)
     assert all(float(row["p_top1"]) >= float(row["p_top2"]) for row in rows)
 
