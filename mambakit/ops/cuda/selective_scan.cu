@@ -285,10 +285,11 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
         // Steps past the end get delta 0 and u 0: decay 1 and no input, so the carried state passes unchanged.
         const int first = chunk_start + lane * kItems;
         const int valid = active ? min(length - first, kItems) : 0;
-        // Where this lane puts the state entering its items, if its items start a save.
-        float* const save_to = kSavesPerChunk > 0 && (lane * kItems) % kSaveEvery == 0
-                                   ? chunk_saves + (lane * kItems / kSaveEvery) * kSavePitch
-                                   : nullptr;
+        // Whether this lane's items start a save, and where it puts the state entering them. A flag beside the
+        // row, not a null row: a pointer that may be null is a generic one, whose conversion to a shared address
+        // ptxas then repeated in every iteration of the state loop (a quarter of its instructions).
+        const bool saves_state = kSavesPerChunk > 0 && (lane * kItems) % kSaveEvery == 0;
+        float* const save_to = chunk_saves + (lane * kItems / kSaveEvery) * kSavePitch;
         float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
         load_items<kDtype, kItems>(u, u_row + first, valid, u_values);
         load_items<kDtype, kItems>(delta, delta_row + first, valid, dt);
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
                 float chunk_decay, chunk_h;
                 state[s] = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
                 if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
-                if (kSavesPerChunk > 0 && save_to != nullptr) save_to[n] = state[s];
+                if (saves_state) save_to[n] = state[s];
             }
 #pragma unroll
             for (int s = 0; s < kInFlight; ++s) {
