@@ -245,6 +245,8 @@ GPU_CASES = [
     # Backward v2's other layouts (cuda_scan.v2_layout): 16 channels a group take (8, 2), 3 take (1, 1).
     (1, 32, 16, 300, "grouped:2", {}),
     (2, 9, 16, 700, "grouped:3", {}),
+    # The most states (MAX_STATES) on a small grid, whose longer lanes would need 280 KB of shared memory a CTA.
+    (1, 8, 64, 600, "shared", {}),
 ]
 
 
@@ -667,13 +669,37 @@ def test_a_long_sequences_backward_in_segments_equals_one_pass(with_initial):
             assert a.shape == b.shape and relative_error(a, b) < 1e-12, name
 
 
+H100 = type("Properties", (), {"multi_processor_count": 132, "shared_memory_per_block_optin": 227 * 1024})
+SM86 = type("Properties", (), {"multi_processor_count": 84, "shared_memory_per_block_optin": 99 * 1024})
+
+
 def test_the_forward_takes_longer_lanes_only_where_its_grid_leaves_the_gpu_short(monkeypatch):
-    """16 steps a lane where the grid has at most 4 CTAs an SM (B1 D1536: 384 CTAs on 132 SMs), 8 where it fills the
-    GPU (B8 D1536: 3,072)."""
-    h100 = type("Properties", (), {"multi_processor_count": 132})
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h100)
-    assert cuda_scan.forward_items(384, 0) == cuda_scan.SMALL_GRID_FORWARD_ITEMS == 16
-    assert cuda_scan.forward_items(3072, 0) == cuda_scan.FORWARD_ITEMS == 8
+    """16 steps a lane where the grid has at most 4 CTAs an SM (B1 D1536: 384 CTAs on 132 SMs) and its shared memory
+    fits, 8 where it fills the GPU (B8 D1536: 3,072) or where 16 would not fit (64 states: 280 KB)."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: H100)
+    cuda_scan._shared_limit.cache_clear()
+    try:
+        for states, expected in ((16, 16), (32, 16), (64, 8)):
+            shared = functools.partial(cuda_scan.forward_shared_bytes, states, cuda_scan.CHANNELS, 32)
+            assert cuda_scan.forward_items(384, 0, shared) == expected, states
+            assert cuda_scan.forward_items(3072, 0, shared) == cuda_scan.FORWARD_ITEMS == 8
+            assert shared(cuda_scan.forward_items(384, 0, shared)) <= H100.shared_memory_per_block_optin
+    finally:
+        cuda_scan._shared_limit.cache_clear()
+
+
+def test_states_whose_forward_does_not_fit_the_gpu_run_on_triton(monkeypatch):
+    """64 states need 142 KB of shared memory a CTA at the forward's smallest tile: more than an sm_86 has, less
+    than an H100's 227 KB."""
+    cuda_scan._shared_limit.cache_clear()
+    try:
+        for properties, fitting in ((SM86, (16, 32)), (H100, (16, 32, 64))):
+            monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index, found=properties: found)
+            cuda_scan._shared_limit.cache_clear()
+            for states in (16, 32, 64):
+                assert cuda_scan.forward_fits(states, torch.device("cuda", 0)) is (states in fitting), states
+    finally:
+        cuda_scan._shared_limit.cache_clear()
 
 
 def test_segments_only_for_one_long_sequence_of_few_channels(monkeypatch):

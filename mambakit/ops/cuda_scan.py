@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +50,9 @@ _VARIANTS = (*BACKWARDS, DETERMINISTIC)
 #: Backward v2's (channels a warp, warps a CTA), most channels a CTA first: it takes the first whose channels do not
 #: straddle two B/C groups and whose shared memory fits V2_SHARED_BUDGET (else the one of those that needs least).
 V2_LAYOUTS = ((8, 4), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1))
+#: The fewest steps between the states a forward saves (backward v2's chunk with 8 channels a warp): where even
+#: its shared memory does not fit a CTA of the GPU (64 states on a 99 KB sm_86), the scan runs on Triton.
+MIN_SAVE_EVERY = 32 // max(lane_channels for lane_channels, _ in V2_LAYOUTS) * ITEMS
 #: Shared memory a v2 CTA may take and still let 4 CTAs (16 warps, the registers' limit) share an SM.
 V2_SHARED_BUDGET = 48 * 1024
 
@@ -186,6 +190,7 @@ def _falls_back(tensors: tuple[Tensor | None, ...], B: Tensor, C: Tensor, states
         or length == 0
         or states > MAX_STATES
         or any(t is not None and t.dtype == torch.float64 for t in tensors)
+        or (B.is_cuda and not forward_fits(states, B.device))
     )
 
 
@@ -317,7 +322,9 @@ def _launch_forward(inputs: _Prepared, softplus: bool, backward: str) -> tuple[T
     save_every = _save_every(dim, groups, states, backward)
     channels = _channels_per_cta(dim, groups)
     grid = ((dim + channels - 1) // channels, batch, 1)
-    items = forward_items(grid[0] * batch, _index(u.device))
+    items = forward_items(
+        grid[0] * batch, _index(u.device), lambda items: forward_shared_bytes(states, channels, save_every, items)
+    )
     flags = (z is not None, D is not None, delta_bias is not None, softplus, initial_state is not None)
     in_flight = FORWARD_IN_FLIGHT if states % FORWARD_IN_FLIGHT == 0 else 1
     name = kernel_name(DTYPE_CODES[u.dtype], states, items, channels, *flags, True, True, save_every, in_flight)
@@ -633,19 +640,39 @@ def selective_scan_bwd_cuda(
     )
 
 
-def forward_items(ctas: int, device_index: int) -> int:
-    """The forward's steps per lane for a grid of `ctas` CTAs on GPU `device_index`."""
+def forward_items(ctas: int, device_index: int, shared_bytes: Callable[[int], int]) -> int:
+    """The forward's steps per lane for a grid of `ctas` CTAs on GPU `device_index`, whose CTAs need
+    `shared_bytes(steps per lane)` of shared memory: SMALL_GRID_FORWARD_ITEMS for a small grid where that fits
+    (at 64 states it would need 280 KB), else FORWARD_ITEMS."""
     multiprocessors = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return SMALL_GRID_FORWARD_ITEMS if ctas <= SMALL_GRID_CTAS_PER_SM * multiprocessors else FORWARD_ITEMS
+    small = ctas <= SMALL_GRID_CTAS_PER_SM * multiprocessors
+    fits = shared_bytes(SMALL_GRID_FORWARD_ITEMS) <= shared_limit(torch.device("cuda", device_index))
+    return SMALL_GRID_FORWARD_ITEMS if small and fits else FORWARD_ITEMS
+
+
+def forward_fits(states: int, device: torch.device) -> bool:
+    """Whether the forward's smallest tile at `states` states fits the shared memory of a CTA on `device`."""
+    return forward_shared_bytes(states, CHANNELS, MIN_SAVE_EVERY, FORWARD_ITEMS) <= shared_limit(device)
+
+
+def shared_limit(device: torch.device) -> int:
+    """The most shared memory a CTA may have on `device` (its opt-in limit: 227 KB on sm_90, 99 KB on sm_86)."""
+    return _shared_limit(_index(device))
+
+
+@functools.cache
+def _shared_limit(device_index: int) -> int:
+    properties = torch.cuda.get_device_properties(device_index)
+    return int(getattr(properties, "shared_memory_per_block_optin", 0) or properties.shared_memory_per_block)
 
 
 def forward_shared_bytes(states: int, channels: int, save_every: int, items: int) -> int:
     """The forward's shared memory at `items` steps a lane: the chunk's B and C, and each warp's A, carried states
     and, where the backward's chunk (`save_every` steps) is shorter than the forward's, the chunk's saved states (rows
-    padded by one)."""
+    padded by one) and the row the lanes that save nothing store to."""
     chunk = 32 * items
-    saves = chunk // save_every if save_every < chunk else 0
-    return 4 * (2 * states * chunk + channels * (2 * states + saves * (states + 1)))
+    save_rows = chunk // save_every + 1 if save_every < chunk else 0
+    return 4 * (2 * states * chunk + channels * (2 * states + save_rows * (states + 1)))
 
 
 def backward_shared_bytes(states: int, channels: int) -> int:

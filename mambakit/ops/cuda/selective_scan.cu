@@ -234,8 +234,10 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     static_assert(kItems % 4 == 0, "a lane reads its B and C as float4s");
     static_assert(kStates % kInFlight == 0, "the states go in groups of kInFlight");
     // Saved states a chunk holds where the backward's chunk is shorter (each lane starting one saves the state
-    // entering it): gathered per warp in shared memory, rows padded by one, and written out together.
+    // entering it): gathered per warp in shared memory, rows padded by one, and written out together. One more row
+    // takes the stores of the lanes that save nothing, so that every lane stores and the state loop has no branch.
     constexpr int kSavesPerChunk = kSaveChunkStates && kSaveEvery < kChunk ? kChunk / kSaveEvery : 0;
+    constexpr int kSaveRows = kSavesPerChunk > 0 ? kSavesPerChunk + 1 : 0;
     constexpr int kSavePitch = kStates + 1;
     // Shared: B then C of the chunk (2 x kStates x kChunk floats, in staged_position order), then per warp A log2(e)
     // and the carried state of each state n (2 x kStates floats; the state loop indexes them with a run-time n,
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
     float* shared_C = shared + kStates * kChunk;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float* A_log2 = shared + 2 * kStates * kChunk + warp * (2 * kStates + kSavesPerChunk * kSavePitch);
+    float* A_log2 = shared + 2 * kStates * kChunk + warp * (2 * kStates + kSaveRows * kSavePitch);
     float* carry = A_log2 + kStates;  // written by lane 0, read by every lane
     float* chunk_saves = carry + kStates;
     const int batch = blockIdx.y;
@@ -285,11 +287,11 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
         // Steps past the end get delta 0 and u 0: decay 1 and no input, so the carried state passes unchanged.
         const int first = chunk_start + lane * kItems;
         const int valid = active ? min(length - first, kItems) : 0;
-        // Whether this lane's items start a save, and where it puts the state entering them. A flag beside the
-        // row, not a null row: a pointer that may be null is a generic one, whose conversion to a shared address
-        // ptxas then repeated in every iteration of the state loop (a quarter of its instructions).
-        const bool saves_state = kSavesPerChunk > 0 && (lane * kItems) % kSaveEvery == 0;
-        float* const save_to = chunk_saves + (lane * kItems / kSaveEvery) * kSavePitch;
+        // Where this lane puts the state entering its items: its save's row if its items start a save, else the
+        // discarded row (never a null pointer: one that may be null is a generic address, which ptxas converted to
+        // a shared one in every iteration of the state loop).
+        const int save_row = (lane * kItems) % kSaveEvery == 0 ? lane * kItems / kSaveEvery : kSavesPerChunk;
+        float* const save_to = chunk_saves + save_row * kSavePitch;
         float dt[kItems], dtu[kItems], u_values[kItems], y[kItems];
         load_items<kDtype, kItems>(u, u_row + first, valid, u_values);
         load_items<kDtype, kItems>(delta, delta_row + first, valid, dt);
@@ -323,7 +325,7 @@ __global__ void __launch_bounds__(kChannels * 32, 4) selective_scan_fwd(
                 float chunk_decay, chunk_h;
                 state[s] = entering_state(exp2f(dt_sum * A_n), h, carry_n, lane, chunk_decay, chunk_h);
                 if (lane == 0) carry[n] = chunk_decay * carry_n + chunk_h;
-                if (saves_state) save_to[n] = state[s];
+                if (kSavesPerChunk > 0) save_to[n] = state[s];
             }
 #pragma unroll
             for (int s = 0; s < kInFlight; ++s) {
