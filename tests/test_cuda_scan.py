@@ -688,9 +688,9 @@ def test_the_forward_takes_longer_lanes_only_where_its_grid_leaves_the_gpu_short
         cuda_scan._shared_limit.cache_clear()
 
 
-def test_states_whose_forward_does_not_fit_the_gpu_run_on_triton(monkeypatch):
-    """64 states need 142 KB of shared memory a CTA at the forward's smallest tile: more than an sm_86 has, less
-    than an H100's 227 KB."""
+def test_no_kernel_launches_with_more_shared_memory_than_a_cta_has(monkeypatch):
+    """The forward at 64 states needs 142 KB of shared memory a CTA at its smallest tile: more than an sm_86 has (the
+    scan runs on Triton there), less than an H100's 227 KB."""
     cuda_scan._shared_limit.cache_clear()
     try:
         for properties, fitting in ((SM86, (16, 32)), (H100, (16, 32, 64))):
@@ -698,6 +698,10 @@ def test_states_whose_forward_does_not_fit_the_gpu_run_on_triton(monkeypatch):
             cuda_scan._shared_limit.cache_clear()
             for states in (16, 32, 64):
                 assert cuda_scan.forward_fits(states, torch.device("cuda", 0)) is (states in fitting), states
+        # Backward v1 keeps a CTA's B, C and sums for 4 channels: 290 KB at 64 states, so v2 runs there.
+        for states, variant in ((32, "v1"), (64, "v2")):
+            assert cuda_scan._variant("v1", False, states, torch.device("cuda", 0)) == variant, states
+        assert cuda_scan._variant("v1", False, 64, torch.device("meta")) == "v1"  # tracing: no GPU to ask
     finally:
         cuda_scan._shared_limit.cache_clear()
 

@@ -215,7 +215,7 @@ def selective_scan_cuda(
     backward v2 without atomics, so that every gradient is the same bit for bit from run to run: it stores partial
     sums (dB and dC of each CTA, dA, dD and d delta_bias of each batch element) that are then summed in
     a fixed order."""
-    variant = _variant(backward, deterministic)
+    variant = _variant(backward, deterministic, A.shape[1], u.device)
     batch, dim, length = u.shape
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if _falls_back(tensors, B, C, A.shape[1], length):
@@ -270,14 +270,20 @@ def _prepare(
     )
 
 
-def _variant(backward: str, deterministic: bool | None) -> str:
+def _variant(backward: str, deterministic: bool | None, states: int = 16, device: torch.device | None = None) -> str:
     """The backward kernel to run: `backward`, or DETERMINISTIC when `deterministic` (None: when torch's
-    deterministic algorithms are on)."""
+    deterministic algorithms are on); v2 for v1 where v1's shared memory at `states` states does not fit a CTA of
+    `device` (64 states need 290 KB; the same gradients)."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    return DETERMINISTIC if deterministic else backward
+    if deterministic:
+        return DETERMINISTIC
+    too_big = (
+        device is not None and device.type == "cuda" and backward_shared_bytes(states, CHANNELS) > shared_limit(device)
+    )
+    return "v2" if backward == "v1" and too_big else backward
 
 
 def _save_every(dim: int, groups: int, states: int, backward: str) -> int:
