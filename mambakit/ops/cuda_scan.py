@@ -280,10 +280,9 @@ def _variant(backward: str, deterministic: bool | None, states: int = 16, device
         deterministic = torch.are_deterministic_algorithms_enabled()
     if deterministic:
         return DETERMINISTIC
-    too_big = (
-        device is not None and device.type == "cuda" and backward_shared_bytes(states, CHANNELS) > shared_limit(device)
-    )
-    return "v2" if backward == "v1" and too_big else backward
+    if backward == "v1" and device is not None and device.type == "cuda":
+        return "v2" if backward_shared_bytes(states, CHANNELS) > shared_limit(device) else "v1"
+    return backward
 
 
 def _save_every(dim: int, groups: int, states: int, backward: str) -> int:
